@@ -1,0 +1,1 @@
+//! Benches live in `benches/`; see `compare.sh` for the comparison with rsync.

@@ -1,0 +1,300 @@
+//! Rolling-checksum deltas (fast_rsync, librsync's format) over files of any size in bounded
+//! memory.
+//!
+//! fast_rsync works on whole buffers, so a file is cut into [`DELTA_CHUNK`]-sized chunks and
+//! chunk *i* of the new version is diffed against the signature of chunk *i* of the old one. A
+//! small insertion shifts later data by a few bytes, which the rolling checksum still finds
+//! inside the same chunk, so the loss against a whole-file delta is a few blocks per chunk.
+//! Memory per file is about two chunks whatever its size.
+//!
+//! # Security
+//! Signatures and deltas come from the peer. Signatures are checked for a sane block size before
+//! use; deltas are applied with `apply_limited` so a delta cannot make a chunk grow past its
+//! declared length; and MD4 is not collision resistant, so the caller must check the BLAKE3 of
+//! the result before using it.
+
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use fast_rsync::{Signature, SignatureOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::hash::read_full;
+
+/// Size of the unit a file is diffed in.
+pub const DELTA_CHUNK: usize = 8 << 20;
+/// Files smaller than this are sent whole: below it the round trip for a signature costs more
+/// than the bytes it saves on any link rdist targets.
+pub const DELTA_MIN_SIZE: u64 = 64 << 10;
+/// Strong-hash bytes per block: 8 bytes of MD4 as rsync's default; BLAKE3 guards the result.
+const CRYPTO_HASH_SIZE: u32 = 8;
+const MAX_BLOCK: u32 = 128 << 10;
+const MIN_BLOCK: u32 = 700;
+
+/// rsync's block size rule: about the square root of the file length, a multiple of 8, between
+/// 700 bytes and 128 KiB.
+pub fn block_size(len: u64) -> u32 {
+    let root = (len as f64).sqrt() as u64;
+    let rounded = (root / 8 * 8) as u32;
+    rounded.clamp(MIN_BLOCK, MAX_BLOCK)
+}
+
+/// The signature of an old file: one librsync signature per chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSignature {
+    pub block_size: u32,
+    pub chunks: Vec<Vec<u8>>,
+}
+
+/// A peer-supplied signature that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("signature has block size {0}, outside {MIN_BLOCK}..={MAX_BLOCK}")]
+    BlockSize(u32),
+    #[error("signature chunk {0} is malformed")]
+    Signature(usize),
+    #[error("signature chunk {0} was made with block size {1}, not the declared {2}")]
+    MixedBlockSize(usize, u32, u32),
+    #[error("cannot compute delta")]
+    Diff(#[source] fast_rsync::DiffError),
+    #[error("delta does not apply")]
+    Apply(#[source] fast_rsync::ApplyError),
+}
+
+/// Reads the file at `path` chunk by chunk and signs each chunk.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn file_signature(path: &Path, len: u64) -> io::Result<FileSignature> {
+    let bs = block_size(len);
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; DELTA_CHUNK.min(len as usize + 1)];
+    let mut chunks = Vec::new();
+    loop {
+        let n = read_full(&mut f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        chunks.push(sign(&buf[..n], bs));
+        if n < buf.len() {
+            break;
+        }
+    }
+    Ok(FileSignature {
+        block_size: bs,
+        chunks,
+    })
+}
+
+fn sign(data: &[u8], block_size: u32) -> Vec<u8> {
+    Signature::calculate(
+        data,
+        SignatureOptions {
+            block_size,
+            crypto_hash_size: CRYPTO_HASH_SIZE,
+        },
+    )
+    .into_serialized()
+}
+
+/// A checked, ready-to-use signature of an old file.
+pub struct Differ {
+    chunks: Vec<Signature>,
+    empty: Signature,
+}
+
+impl Differ {
+    /// Validates a peer's signature.
+    ///
+    /// # Errors
+    /// When the block size is out of range or a chunk does not parse.
+    pub fn new(sig: FileSignature) -> Result<Differ, DeltaError> {
+        if !(MIN_BLOCK..=MAX_BLOCK).contains(&sig.block_size) {
+            return Err(DeltaError::BlockSize(sig.block_size));
+        }
+        let mut chunks = Vec::with_capacity(sig.chunks.len());
+        for (i, c) in sig.chunks.into_iter().enumerate() {
+            let s = Signature::deserialize(c).map_err(|_| DeltaError::Signature(i))?;
+            // The serialized header carries block size then hash size, both big-endian u32.
+            let bs = u32::from_be_bytes(s.serialized()[4..8].try_into().expect("header checked"));
+            if bs != sig.block_size {
+                return Err(DeltaError::MixedBlockSize(i, bs, sig.block_size));
+            }
+            chunks.push(s);
+        }
+        Ok(Differ {
+            chunks,
+            empty: Signature::calculate(
+                &[],
+                SignatureOptions {
+                    block_size: sig.block_size,
+                    crypto_hash_size: CRYPTO_HASH_SIZE,
+                },
+            ),
+        })
+    }
+
+    /// The delta that turns old chunk `index` into `new`.
+    ///
+    /// # Errors
+    /// When fast_rsync rejects the signature.
+    pub fn diff(&self, index: usize, new: &[u8]) -> Result<Vec<u8>, DeltaError> {
+        let sig = self.chunks.get(index).unwrap_or(&self.empty);
+        let mut out = Vec::with_capacity(new.len() / 64 + 64);
+        fast_rsync::diff(&sig.index(), new, &mut out).map_err(DeltaError::Diff)?;
+        Ok(out)
+    }
+}
+
+/// Reads chunk `index` of the old file into `buf` (empty past its end).
+///
+/// # Errors
+/// When the old file cannot be read.
+pub fn read_chunk(f: &mut std::fs::File, index: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.resize(DELTA_CHUNK, 0);
+    f.seek(SeekFrom::Start((index * DELTA_CHUNK) as u64))?;
+    let n = read_full(f, buf)?;
+    buf.truncate(n);
+    Ok(())
+}
+
+/// Applies a peer's delta for one chunk to its old chunk, producing at most `limit` bytes.
+///
+/// # Errors
+/// When the delta is malformed or would produce more than `limit` bytes.
+pub fn apply_chunk(
+    base: &[u8],
+    delta: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), DeltaError> {
+    out.clear();
+    fast_rsync::apply_limited(base, delta, out, limit).map_err(DeltaError::Apply)
+}
+
+/// Reads exactly one delta chunk's worth of new data.
+///
+/// # Errors
+/// On read errors.
+pub fn read_new_chunk(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.resize(DELTA_CHUNK, 0);
+    let n = read_full(r, buf)?;
+    buf.truncate(n);
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip(old: &[u8], new: &[u8]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old");
+        std::fs::write(&p, old).unwrap();
+        let sig = file_signature(&p, old.len() as u64).unwrap();
+        let d = Differ::new(sig).unwrap();
+        let mut f = std::fs::File::open(&p).unwrap();
+        let mut result = Vec::new();
+        let (mut base, mut out) = (Vec::new(), Vec::new());
+        for (i, chunk) in new.chunks(DELTA_CHUNK).enumerate() {
+            let delta = d.diff(i, chunk).unwrap();
+            read_chunk(&mut f, i, &mut base).unwrap();
+            apply_chunk(&base, &delta, chunk.len(), &mut out).unwrap();
+            result.extend_from_slice(&out);
+        }
+        result
+    }
+
+    #[test]
+    fn block_size_follows_rsync() {
+        assert_eq!(block_size(0), 700);
+        assert_eq!(block_size(20 << 20), 4576);
+        assert_eq!(block_size(1 << 40), 128 << 10);
+    }
+
+    #[test]
+    fn small_edit_in_big_file_costs_little() {
+        let old: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let mut new = old.clone();
+        for b in &mut new[10 << 20..(10 << 20) + 4096] {
+            *b ^= 0x5a;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old");
+        std::fs::write(&p, &old).unwrap();
+        let d = Differ::new(file_signature(&p, old.len() as u64).unwrap()).unwrap();
+        let total: usize = new
+            .chunks(DELTA_CHUNK)
+            .enumerate()
+            .map(|(i, c)| d.diff(i, c).unwrap().len())
+            .sum();
+        assert!(total < 32 << 10, "delta was {total} bytes");
+        assert_eq!(roundtrip(&old, &new), new);
+    }
+
+    #[test]
+    fn hostile_signatures_are_refused() {
+        let bad = FileSignature {
+            block_size: 0,
+            chunks: vec![],
+        };
+        assert!(matches!(Differ::new(bad), Err(DeltaError::BlockSize(0))));
+        let bad = FileSignature {
+            block_size: 1024,
+            chunks: vec![vec![1, 2, 3]],
+        };
+        assert!(matches!(Differ::new(bad), Err(DeltaError::Signature(0))));
+        let mixed = FileSignature {
+            block_size: 1024,
+            chunks: vec![sign(b"abc", 2048)],
+        };
+        assert!(matches!(Differ::new(mixed), Err(DeltaError::MixedBlockSize(0, 2048, 1024))));
+    }
+
+    #[test]
+    fn delta_cannot_exceed_limit() {
+        let d = Differ::new(FileSignature {
+            block_size: 700,
+            chunks: vec![],
+        })
+        .unwrap();
+        let delta = d.diff(0, &[7u8; 5000]).unwrap();
+        let mut out = Vec::new();
+        assert!(apply_chunk(&[], &delta, 4999, &mut out).is_err());
+        assert!(apply_chunk(&[], &delta, 5000, &mut out).is_ok());
+        assert!(apply_chunk(&[], b"garbage", 5000, &mut out).is_err());
+    }
+
+    fn sizes() -> impl Strategy<Value = usize> {
+        let bs = MIN_BLOCK as usize;
+        prop_oneof![
+            Just(0usize),
+            Just(1),
+            Just(bs - 1),
+            Just(bs),
+            Just(bs + 1),
+            Just(2 * bs),
+            0usize..5000
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn apply_of_diff_rebuilds_new(
+            old_len in sizes(),
+            new_len in sizes(),
+            seed in any::<u8>(),
+            edit in any::<u16>(),
+        ) {
+            let old: Vec<u8> = (0..old_len).map(|i| (i as u8).wrapping_mul(seed | 1)).collect();
+            let mut new: Vec<u8> = (0..new_len).map(|i| (i as u8).wrapping_mul(seed | 1)).collect();
+            if !new.is_empty() {
+                let at = edit as usize % new.len();
+                new[at] = new[at].wrapping_add(1);
+            }
+            prop_assert_eq!(roundtrip(&old, &new), new);
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Content hashing: BLAKE3 of files, in parallel across files and, for big files, within a file;
+//! and the hash cache that lets an unchanged file skip being read at all.
+//!
+//! A cached hash is trusted only when the file's [`Stamp`] (device, inode, size, mtime and ctime
+//! to the nanosecond) is unchanged *and* the file was last changed clearly before the hash was
+//! taken. Without the second rule an edit made in the same timestamp tick as the hashing would go
+//! unseen (git's "racily clean" problem; rsync's one-second quick check has it too).
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{Hash, Stamp};
+
+/// Files at least this big are hashed with several threads on 8 MiB slices.
+const PARALLEL_FILE_MIN: u64 = 16 << 20;
+const BIG_BUF: usize = 8 << 20;
+
+/// Hashes the file at `path`, which is expected to be `size` bytes long.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn hash_file(path: &Path, size: u64) -> io::Result<Hash> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = blake3::Hasher::new();
+    if size < 64 << 10 {
+        let mut buf = Vec::with_capacity(size as usize + 1);
+        f.read_to_end(&mut buf)?;
+        h.update(&buf);
+    } else if size < PARALLEL_FILE_MIN {
+        h.update_reader(&mut f)?;
+    } else {
+        let mut buf = vec![0u8; BIG_BUF];
+        loop {
+            let n = read_full(&mut f, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update_rayon(&buf[..n]);
+        }
+    }
+    Ok(*h.finalize().as_bytes())
+}
+
+/// Reads until `buf` is full or EOF; returns the number of bytes read.
+///
+/// # Errors
+/// On read errors other than interruption.
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// How long after a change a stamp stays untrusted. File systems with nanosecond timestamps
+/// still advance them only at the kernel's coarse clock tick (a few ms); ones with whole-second
+/// (or FAT's two-second) timestamps need the longer window.
+pub fn racy_window_ns(stamp: &Stamp) -> i64 {
+    let whole = |t: i64| t % 1_000_000_000 == 0;
+    if whole(stamp.mtime_ns) && whole(stamp.ctime_ns) {
+        2_000_000_000
+    } else {
+        50_000_000
+    }
+}
+
+/// Whether a hash of a file with `stamp`, taken at `taken_ns`, may be trusted while the stamp is
+/// unchanged.
+pub fn stamp_trustworthy(stamp: &Stamp, taken_ns: i64) -> bool {
+    let edge = taken_ns - racy_window_ns(stamp);
+    stamp.mtime_ns < edge && stamp.ctime_ns < edge
+}
+
+/// Current wall-clock time in nanoseconds since the epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    path: String,
+    stamp: Stamp,
+    hash: Hash,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheFile {
+    version: u32,
+    records: Vec<Record>,
+}
+
+const CACHE_VERSION: u32 = 1;
+
+/// A persistent map from a file's absolute path and stamp to its hash.
+#[derive(Default)]
+pub struct HashCache {
+    file: Option<PathBuf>,
+    old: HashMap<String, (Stamp, Hash)>,
+    new: Vec<Record>,
+    changed: bool,
+}
+
+impl HashCache {
+    /// A cache that remembers nothing between runs.
+    pub fn in_memory() -> HashCache {
+        HashCache::default()
+    }
+
+    /// Loads the cache stored at `file`; a missing, unreadable or outdated file gives an empty
+    /// cache (it is only an optimisation).
+    pub fn load(file: PathBuf) -> HashCache {
+        let old = std::fs::read(&file)
+            .ok()
+            .and_then(|b| postcard::from_bytes::<CacheFile>(&b).ok())
+            .filter(|c| c.version == CACHE_VERSION)
+            .map(|c| {
+                c.records
+                    .into_iter()
+                    .map(|r| (r.path, (r.stamp, r.hash)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        HashCache {
+            file: Some(file),
+            old,
+            new: Vec::new(),
+            changed: false,
+        }
+    }
+
+    /// The cached hash of `path` if its stamp is unchanged.
+    pub fn lookup(&self, path: &str, stamp: &Stamp) -> Option<Hash> {
+        match self.old.get(path) {
+            Some((s, h)) if s == stamp => Some(*h),
+            _ => None,
+        }
+    }
+
+    /// Records the hash of `path` for the next run if it can be trusted then. `taken_ns` is when
+    /// the hashing started.
+    pub fn record(&mut self, path: String, stamp: Stamp, hash: Hash, taken_ns: i64) {
+        if !stamp_trustworthy(&stamp, taken_ns) {
+            self.changed = true;
+            return;
+        }
+        if self.old.get(&path) != Some(&(stamp, hash)) {
+            self.changed = true;
+        }
+        self.new.push(Record { path, stamp, hash });
+    }
+
+    /// Writes the records of this run (only those) atomically, if anything changed.
+    ///
+    /// # Errors
+    /// When the cache file cannot be written.
+    pub fn save(self) -> io::Result<()> {
+        let Some(file) = self.file else {
+            return Ok(());
+        };
+        if !self.changed && self.new.len() == self.old.len() {
+            return Ok(());
+        }
+        let bytes = postcard::to_stdvec(&CacheFile {
+            version: CACHE_VERSION,
+            records: self.new,
+        })
+        .map_err(io::Error::other)?;
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(mtime_ns: i64, ctime_ns: i64) -> Stamp {
+        Stamp {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns,
+            ctime_ns,
+        }
+    }
+
+    #[test]
+    fn racily_clean_stamps_are_not_trusted() {
+        let t = 100_000_000_000;
+        assert!(stamp_trustworthy(&stamp(t - 60_000_001, t - 60_000_001), t));
+        assert!(!stamp_trustworthy(&stamp(t - 1_000_001, t - 60_000_001), t));
+        assert!(!stamp_trustworthy(&stamp(t - 60_000_001, t - 1), t));
+        // Whole-second timestamps: the file system cannot tell edits within a second apart.
+        assert!(!stamp_trustworthy(&stamp(t - 1_000_000_000, t - 1_000_000_000), t));
+        assert!(stamp_trustworthy(&stamp(t - 3_000_000_000, t - 3_000_000_000), t));
+    }
+
+    #[test]
+    fn cache_round_trip_and_stamp_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c/cache.bin");
+        let s = stamp(1_000_000_123, 1_000_000_123);
+        let mut c = HashCache::load(file.clone());
+        c.record("/a".into(), s, [7; 32], now_ns());
+        c.save().unwrap();
+        let c = HashCache::load(file);
+        assert_eq!(c.lookup("/a", &s), Some([7; 32]));
+        assert_eq!(c.lookup("/a", &stamp(1_000_000_124, 1_000_000_123)), None);
+        assert_eq!(c.lookup("/b", &s), None);
+    }
+
+    #[test]
+    fn hash_file_matches_blake3_at_all_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        for size in [0usize, 1, 65535, 65536, (PARALLEL_FILE_MIN as usize) + 3] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            let p = dir.path().join(format!("f{size}"));
+            std::fs::write(&p, &data).unwrap();
+            assert_eq!(
+                hash_file(&p, size as u64).unwrap(),
+                *blake3::hash(&data).as_bytes()
+            );
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Manifests: the sorted list of entries a tree consists of, and the digest that lets two sides
+//! agree that their trees are equal without exchanging the list.
+//!
+//! The digest is the BLAKE3 of the postcard encoding of the entries in path order, so it is
+//! computed the same way by the controller (from its scan) and by an agent (from its validated
+//! state). Entries carry what a mirror must reproduce: kind, size, mode bits, mtime in
+//! nanoseconds, content hash, symlink target.
+
+use serde::{Deserialize, Serialize};
+
+use crate::path::RelPath;
+
+/// A BLAKE3 hash of a file's content.
+pub type Hash = [u8; 32];
+
+/// One entry of a tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub path: RelPath,
+    pub kind: Kind,
+}
+
+/// What an entry is, with the attributes a mirror reproduces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File {
+        size: u64,
+        mtime_ns: i64,
+        mode: u32,
+        hash: Hash,
+    },
+    Dir {
+        mode: u32,
+    },
+    Symlink {
+        target: String,
+    },
+}
+
+impl Kind {
+    /// Short name for messages.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Kind::File { .. } => "file",
+            Kind::Dir { .. } => "directory",
+            Kind::Symlink { .. } => "symlink",
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        matches!(self, Kind::Dir { .. })
+    }
+
+    /// Whether `self` and `other` are the same kind of entry.
+    pub fn same_type(&self, other: &Kind) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+/// The file-system identity of a file when it was hashed: if all of it still matches, the
+/// hash is still right. Inode and ctime catch a replaced file with a restored mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl Stamp {
+    pub fn of(meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: mtime_ns(meta),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
+/// Modification time in nanoseconds since the epoch.
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+}
+
+/// Permission bits (including setuid/setgid/sticky) of a mode.
+pub fn perm_bits(mode: u32) -> u32 {
+    mode & 0o7777
+}
+
+/// A tree's entries, sorted by path, paths unique.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    entries: Vec<Entry>,
+}
+
+/// Why a list of entries is not a valid manifest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest is not sorted at `{0}`")]
+    Unsorted(RelPath),
+    #[error("manifest lists `{0}` twice")]
+    Duplicate(RelPath),
+    #[error("manifest entry `{path}` has parent `{parent}` that is not a directory of the manifest")]
+    Orphan { path: RelPath, parent: RelPath },
+}
+
+impl Manifest {
+    /// Sorts `entries` by path. Duplicate paths keep the first occurrence.
+    pub fn from_unsorted(mut entries: Vec<Entry>) -> Manifest {
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        entries.dedup_by(|b, a| a.path == b.path);
+        Manifest { entries }
+    }
+
+    /// Accepts entries from an untrusted peer: they must be sorted, unique, and every entry's
+    /// parent must be a directory of the manifest, so no entry can be written through a symlink
+    /// or a file that the same manifest puts in its way.
+    ///
+    /// # Errors
+    /// On the first violation.
+    pub fn from_sorted_checked(entries: Vec<Entry>) -> Result<Manifest, ManifestError> {
+        for w in entries.windows(2) {
+            match w[0].path.cmp(&w[1].path) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => {
+                    return Err(ManifestError::Duplicate(w[1].path.clone()));
+                }
+                std::cmp::Ordering::Greater => {
+                    return Err(ManifestError::Unsorted(w[1].path.clone()));
+                }
+            }
+        }
+        let m = Manifest { entries };
+        for e in &m.entries {
+            if let Some(parent) = e.path.parent() {
+                match m.get(&parent) {
+                    Some(Entry {
+                        kind: Kind::Dir { .. },
+                        ..
+                    }) => {}
+                    _ => {
+                        return Err(ManifestError::Orphan {
+                            path: e.path.clone(),
+                            parent,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn into_entries(self) -> Vec<Entry> {
+        self.entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Index of `path`, by binary search.
+    pub fn position(&self, path: &RelPath) -> Option<usize> {
+        self.entries.binary_search_by(|e| e.path.cmp(path)).ok()
+    }
+
+    pub fn get(&self, path: &RelPath) -> Option<&Entry> {
+        self.position(path).map(|i| &self.entries[i])
+    }
+
+    /// BLAKE3 over the canonical encoding of all entries.
+    pub fn digest(&self) -> Hash {
+        let mut h = blake3::Hasher::new();
+        let mut buf = Vec::with_capacity(256);
+        for e in &self.entries {
+            buf.clear();
+            let bytes = postcard::to_extend(e, std::mem::take(&mut buf))
+                .expect("encoding into a Vec cannot fail");
+            h.update(&(bytes.len() as u32).to_le_bytes());
+            h.update(&bytes);
+            buf = bytes;
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// Total size of the regular files.
+    pub fn file_bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|e| match e.kind {
+                Kind::File { size, .. } => size,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(p: &str) -> Entry {
+        Entry {
+            path: RelPath::new(p).unwrap(),
+            kind: Kind::Dir { mode: 0o755 },
+        }
+    }
+    fn file(p: &str, b: u8) -> Entry {
+        Entry {
+            path: RelPath::new(p).unwrap(),
+            kind: Kind::File {
+                size: 1,
+                mtime_ns: 1,
+                mode: 0o644,
+                hash: [b; 32],
+            },
+        }
+    }
+    fn link(p: &str) -> Entry {
+        Entry {
+            path: RelPath::new(p).unwrap(),
+            kind: Kind::Symlink { target: "x".into() },
+        }
+    }
+
+    #[test]
+    fn checked_manifest_refuses_orphans_and_disorder() {
+        assert!(Manifest::from_sorted_checked(vec![dir("a"), file("a/b", 1)]).is_ok());
+        assert_eq!(
+            Manifest::from_sorted_checked(vec![file("a/b", 1)]).unwrap_err(),
+            ManifestError::Orphan {
+                path: RelPath::new("a/b").unwrap(),
+                parent: RelPath::new("a").unwrap()
+            }
+        );
+        // Writing below a symlink of the same manifest is how a peer would escape.
+        assert!(matches!(
+            Manifest::from_sorted_checked(vec![link("a"), file("a/b", 1)]),
+            Err(ManifestError::Orphan { .. })
+        ));
+        assert!(matches!(
+            Manifest::from_sorted_checked(vec![file("b", 1), file("a", 1)]),
+            Err(ManifestError::Unsorted(_))
+        ));
+        assert!(matches!(
+            Manifest::from_sorted_checked(vec![file("a", 1), file("a", 2)]),
+            Err(ManifestError::Duplicate(_))
+        ));
+    }
+
+    #[test]
+    fn digest_depends_on_every_field() {
+        let a = Manifest::from_unsorted(vec![file("x", 1), dir("d")]);
+        let b = Manifest::from_unsorted(vec![dir("d"), file("x", 1)]);
+        assert_eq!(a.digest(), b.digest());
+        let c = Manifest::from_unsorted(vec![dir("d"), file("x", 2)]);
+        assert_ne!(a.digest(), c.digest());
+        assert_ne!(Manifest::default().digest(), a.digest());
+    }
+}

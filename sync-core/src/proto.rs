@@ -1,0 +1,371 @@
+//! The wire protocol: a magic number, then length-prefixed frames, each one postcard-encoded
+//! [`Message`]. See `docs/protocol.md` for the full description and the rules for changing it.
+//!
+//! Both sides write [`MAGIC`] and a [`Hello`] first and check the peer's. Bytes before the
+//! peer's magic (a login banner on ssh's stdout) are skipped, up to [`MAX_PREAMBLE`], and kept to
+//! explain a failure. Every frame is at most [`MAX_FRAME`] bytes; anything the peer sends is
+//! decoded into validated types ([`RelPath`]) or refused.
+
+use std::io::{self, BufRead, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::delta::FileSignature;
+use crate::manifest::{Entry, Hash};
+use crate::path::RelPath;
+
+/// Written by both sides before anything else.
+pub const MAGIC: [u8; 8] = *b"\x00RDIST\r\n";
+/// The protocol revision. Peers must agree exactly; see docs/protocol.md for when it changes.
+pub const PROTO_VERSION: u32 = 1;
+/// The largest frame body either side accepts.
+pub const MAX_FRAME: usize = 16 << 20;
+/// How many stray bytes may precede the peer's magic.
+pub const MAX_PREAMBLE: usize = 64 << 10;
+/// The largest piece of file data in one frame.
+pub const DATA_CHUNK: usize = 1 << 20;
+
+/// The first frame each side sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub proto: u32,
+    /// The sender's rdist version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// Optional features the sender understands; empty today.
+    pub caps: Vec<String>,
+}
+
+impl Hello {
+    pub fn ours(version: &str) -> Hello {
+        Hello {
+            proto: PROTO_VERSION,
+            version: version.to_owned(),
+            caps: Vec::new(),
+        }
+    }
+}
+
+/// Options of one sync, sent by the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Begin {
+    /// The destination directory on the agent's machine.
+    pub dest: String,
+    /// User ignore patterns; the fixed ones are implied. The agent uses them to spare
+    /// worker-only entries the rules match.
+    pub ignore: Vec<String>,
+    /// The digest of the controller's manifest.
+    pub digest: Hash,
+    pub entries: u64,
+    pub dry_run: bool,
+    /// fsync each file before its rename (durability across power loss).
+    pub fsync: bool,
+    /// Take over a non-empty destination that rdist did not create.
+    pub adopt: bool,
+    /// How long to wait for another sync to the same destination to finish.
+    pub lock_wait_ms: u64,
+}
+
+/// How the agent wants a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Want {
+    /// Send all of it.
+    Whole { index: u32 },
+    /// Send a delta against the old version, whose signature this is.
+    Delta { index: u32, signature: FileSignature },
+}
+
+/// What the agent decided to do, for dry runs and `-v`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub deleted: Vec<RelPath>,
+    pub dirs_created: u64,
+    pub links_written: u64,
+    pub metadata_only: u64,
+    pub local_copies: u64,
+    /// Manifest indices of the files to transfer (whole or by delta).
+    pub transfers: Vec<u32>,
+}
+
+/// What the agent did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub files_written: u64,
+    pub deleted: u64,
+    pub bytes_written: u64,
+    /// Non-fatal problems as `(path, message)`.
+    pub problems: Vec<(String, String)>,
+}
+
+/// Every message of the protocol. Variants are append-only: never reorder or remove one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Both sides, first.
+    Hello(Hello),
+    /// Either side: a fatal error, then the sender closes.
+    Error(String),
+    /// Controller: start a sync.
+    Begin(Begin),
+    /// Agent: the destination already matches the digest.
+    UpToDate,
+    /// Agent: send the manifest.
+    NeedManifest,
+    /// Controller: a run of manifest entries, in order.
+    Manifest(Vec<Entry>),
+    /// Controller: the manifest is complete.
+    ManifestEnd,
+    /// Agent: what it will do.
+    Plan(Plan),
+    /// Agent: files it needs.
+    Want(Vec<Want>),
+    /// Agent: no more wants in this round.
+    WantEnd,
+    /// Controller: small files, whole, as `(index, content)`.
+    Files(Vec<(u32, Vec<u8>)>),
+    /// Controller: a piece of a big file sent whole; pieces come in order.
+    Data { index: u32, bytes: Vec<u8>, last: bool },
+    /// Controller: the delta for one chunk of a file; chunks come in order.
+    Delta { index: u32, chunk: u32, delta: Vec<u8>, last: bool },
+    /// Controller: a wanted file could not be sent.
+    Skip { index: u32, reason: String },
+    /// Controller: all wants of the round are answered.
+    DataEnd,
+    /// Agent: finished.
+    Done(Outcome),
+}
+
+impl Message {
+    /// Short name for error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Error(_) => "Error",
+            Message::Begin(_) => "Begin",
+            Message::UpToDate => "UpToDate",
+            Message::NeedManifest => "NeedManifest",
+            Message::Manifest(_) => "Manifest",
+            Message::ManifestEnd => "ManifestEnd",
+            Message::Plan(_) => "Plan",
+            Message::Want(_) => "Want",
+            Message::WantEnd => "WantEnd",
+            Message::Files(_) => "Files",
+            Message::Data { .. } => "Data",
+            Message::Delta { .. } => "Delta",
+            Message::Skip { .. } => "Skip",
+            Message::DataEnd => "DataEnd",
+            Message::Done(_) => "Done",
+        }
+    }
+}
+
+/// A protocol failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("i/o error on the connection")]
+    Io(#[from] io::Error),
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    FrameTooLarge(usize),
+    #[error("undecodable frame")]
+    Decode(#[source] postcard::Error),
+    #[error("peer did not start the rdist protocol; it sent `{0}`")]
+    NoMagic(String),
+    #[error("peer speaks protocol {theirs} (rdist {their_version}), this side speaks {ours} (rdist {our_version})")]
+    Version {
+        ours: u32,
+        our_version: String,
+        theirs: u32,
+        their_version: String,
+    },
+    #[error("unexpected `{got}` message while waiting for {expected}")]
+    Unexpected { got: &'static str, expected: &'static str },
+    #[error("peer reported: {0}")]
+    Remote(String),
+    #[error("peer sent invalid data: {0}")]
+    Invalid(String),
+}
+
+/// Encodes one message as a frame.
+///
+/// # Errors
+/// When the message is larger than [`MAX_FRAME`] or the writer fails.
+pub fn write_frame(w: &mut impl Write, msg: &Message) -> Result<usize, ProtoError> {
+    let body = postcard::to_stdvec(msg).map_err(ProtoError::Decode)?;
+    if body.len() > MAX_FRAME {
+        return Err(ProtoError::FrameTooLarge(body.len()));
+    }
+    w.write_all(&(body.len() as u32).to_be_bytes())?;
+    w.write_all(&body)?;
+    Ok(body.len() + 4)
+}
+
+/// Reads one frame. A clean end of stream before the length is [`ProtoError::Closed`].
+///
+/// # Errors
+/// On a truncated or oversized frame, an undecodable body, or I/O failure.
+pub fn read_frame(r: &mut impl Read) -> Result<(Message, usize), ProtoError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ProtoError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(ProtoError::FrameTooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            ProtoError::Closed
+        } else {
+            e.into()
+        }
+    })?;
+    let msg = postcard::from_bytes(&body).map_err(ProtoError::Decode)?;
+    Ok((msg, len + 4))
+}
+
+/// Writes our magic and hello.
+///
+/// # Errors
+/// When the writer fails.
+pub fn send_hello(w: &mut impl Write, version: &str) -> Result<(), ProtoError> {
+    w.write_all(&MAGIC)?;
+    write_frame(w, &Message::Hello(Hello::ours(version)))?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Skips up to [`MAX_PREAMBLE`] bytes of noise, then reads and checks the peer's hello.
+/// Returns the hello and the noise that preceded it.
+///
+/// # Errors
+/// When no magic appears, the hello is missing, or the protocol versions differ.
+pub fn recv_hello(r: &mut impl BufRead, our_version: &str) -> Result<(Hello, Vec<u8>), ProtoError> {
+    let mut seen: Vec<u8> = Vec::new();
+    loop {
+        if seen.ends_with(&MAGIC) {
+            seen.truncate(seen.len() - MAGIC.len());
+            break;
+        }
+        if seen.len() > MAX_PREAMBLE {
+            return Err(ProtoError::NoMagic(preview(&seen)));
+        }
+        let mut b = [0u8; 1];
+        match r.read(&mut b) {
+            Ok(0) if seen.is_empty() => return Err(ProtoError::Closed),
+            Ok(0) => return Err(ProtoError::NoMagic(preview(&seen))),
+            Ok(_) => seen.push(b[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match read_frame(r)?.0 {
+        Message::Hello(h) if h.proto == PROTO_VERSION => Ok((h, seen)),
+        Message::Hello(h) => Err(ProtoError::Version {
+            ours: PROTO_VERSION,
+            our_version: our_version.to_owned(),
+            theirs: h.proto,
+            their_version: h.version,
+        }),
+        Message::Error(e) => Err(ProtoError::Remote(e)),
+        other => Err(ProtoError::Unexpected {
+            got: other.name(),
+            expected: "Hello",
+        }),
+    }
+}
+
+/// The first few hundred bytes of `b`, printable, for an error message.
+pub fn preview(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&b[..b.len().min(300)]);
+    s.trim().escape_debug().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of(m: &Message) -> Vec<u8> {
+        let mut v = Vec::new();
+        write_frame(&mut v, m).unwrap();
+        v
+    }
+
+    /// The encoding of each variant is part of the protocol: changing any of these bytes breaks
+    /// peers of the same protocol version.
+    #[test]
+    fn variant_bytes_are_pinned() {
+        let p = RelPath::new("a/b").unwrap();
+        let cases: Vec<(Message, &[u8])> = vec![
+            (Message::Hello(Hello { proto: 1, version: "0.1.0".into(), caps: vec![] }),
+             &[0, 0, 0, 9, 0, 1, 5, b'0', b'.', b'1', b'.', b'0', 0]),
+            (Message::Error("x".into()), &[0, 0, 0, 3, 1, 1, b'x']),
+            (Message::UpToDate, &[0, 0, 0, 1, 3]),
+            (Message::NeedManifest, &[0, 0, 0, 1, 4]),
+            (Message::ManifestEnd, &[0, 0, 0, 1, 6]),
+            (Message::WantEnd, &[0, 0, 0, 1, 9]),
+            (Message::Files(vec![(2, vec![9])]), &[0, 0, 0, 5, 10, 1, 2, 1, 9]),
+            (Message::Data { index: 1, bytes: vec![7], last: true }, &[0, 0, 0, 5, 11, 1, 1, 7, 1]),
+            (Message::Skip { index: 3, reason: "r".into() }, &[0, 0, 0, 4, 13, 3, 1, b'r']),
+            (Message::DataEnd, &[0, 0, 0, 1, 14]),
+            (Message::Plan(Plan { deleted: vec![p], ..Plan::default() }),
+             &[0, 0, 0, 11, 7, 1, 3, b'a', b'/', b'b', 0, 0, 0, 0, 0]),
+        ];
+        for (m, want) in cases {
+            assert_eq!(bytes_of(&m), want, "{}", m.name());
+            assert_eq!(read_frame(&mut &want[..]).unwrap().0, m);
+        }
+    }
+
+    #[test]
+    fn hostile_frames_are_errors_not_crashes() {
+        // Oversized length.
+        let mut big = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
+        big.extend([0; 16]);
+        assert!(matches!(read_frame(&mut &big[..]), Err(ProtoError::FrameTooLarge(_))));
+        // Truncated body.
+        assert!(matches!(read_frame(&mut &[0, 0, 0, 9, 1][..]), Err(ProtoError::Closed)));
+        // Unknown variant.
+        assert!(matches!(read_frame(&mut &[0, 0, 0, 1, 200][..]), Err(ProtoError::Decode(_))));
+        // A path escaping the destination, inside an otherwise valid Plan.
+        let evil = [0, 0, 0, 12, 7, 1, 4, b'.', b'.', b'/', b'x', 0, 0, 0, 0, 0];
+        assert!(matches!(read_frame(&mut &evil[..]), Err(ProtoError::Decode(_))));
+        // A vector length far beyond the frame.
+        assert!(read_frame(&mut &[0, 0, 0, 6, 10, 0xff, 0xff, 0xff, 0xff, 0x0f][..]).is_err());
+        // Random garbage of many lengths never panics.
+        let mut x: u32 = 12345;
+        for len in 0..400usize {
+            let mut buf = (len as u32).to_be_bytes().to_vec();
+            for _ in 0..len {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                buf.push((x >> 16) as u8);
+            }
+            let _ = read_frame(&mut &buf[..]);
+        }
+    }
+
+    #[test]
+    fn handshake_skips_banners_and_checks_versions() {
+        let mut stream = b"Welcome to host\nlast login: never\n".to_vec();
+        send_hello(&mut stream, "9.9.9").unwrap();
+        let (h, noise) = recv_hello(&mut &stream[..], "0.1.0").unwrap();
+        assert_eq!(h.version, "9.9.9");
+        assert_eq!(noise, b"Welcome to host\nlast login: never\n");
+
+        let mut other = MAGIC.to_vec();
+        write_frame(&mut other, &Message::Hello(Hello { proto: 99, version: "7.0.0".into(), caps: vec![] })).unwrap();
+        let e = recv_hello(&mut &other[..], "0.1.0").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "peer speaks protocol 99 (rdist 7.0.0), this side speaks 1 (rdist 0.1.0)"
+        );
+
+        let e = recv_hello(&mut &b"bash: rdist: command not found\n"[..], "0.1.0").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "peer did not start the rdist protocol; it sent `bash: rdist: command not found`"
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! The controller's scan: the sync roots walked once, in parallel, hashed once (with the hash
+//! cache), into one [`Manifest`] shared by every target, plus the local path of each file.
+//!
+//! Absolute symlinks that point inside a root are rewritten as relative links so they keep
+//! pointing at the same file in the destination; ones that point elsewhere are kept verbatim and
+//! reported.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::filter::Filter;
+use crate::hash::{HashCache, hash_file, now_ns};
+use crate::manifest::{Entry, Kind, Manifest};
+use crate::path::RelPath;
+use crate::walk::{Found, Problem, WalkRoot, Walked, classify, walk};
+
+/// A scanned source tree.
+#[derive(Debug, Default)]
+pub struct SourceTree {
+    pub manifest: Manifest,
+    /// For each manifest entry (same index), where it is on this machine.
+    pub sources: Vec<PathBuf>,
+    /// Warnings and skipped entries.
+    pub problems: Vec<Problem>,
+    /// How many files were read to hash them (the rest came from the cache).
+    pub hashed_files: usize,
+    pub hashed_bytes: u64,
+}
+
+/// Why a scan could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("cannot read sync root `{path}`")]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sync root `{path}` is a {what}, not a file or directory")]
+    RootKind { path: PathBuf, what: String },
+    #[error("sync root `{path}` is a file, and a file root needs a name in the destination")]
+    FileRootAtTop { path: PathBuf },
+}
+
+/// Scans `roots` (each in its own place in the destination), applying `filter`, hashing files
+/// not found in `cache`. `project_root` supplies the modes of the directories above a root.
+///
+/// # Errors
+/// When a root itself cannot be read; problems below a root are collected instead.
+pub fn scan(
+    project_root: &Path,
+    roots: &[WalkRoot],
+    filter: &Filter,
+    cache: &mut HashCache,
+    threads: usize,
+) -> Result<SourceTree, ScanError> {
+    let started = now_ns();
+    let mut walked: Vec<Walked> = Vec::new();
+    let mut problems = Vec::new();
+    for root in roots {
+        let meta = std::fs::symlink_metadata(&root.abs).map_err(|source| ScanError::Root {
+            path: root.abs.clone(),
+            source,
+        })?;
+        let found = classify(&root.abs, &meta).map_err(|what| ScanError::RootKind {
+            path: root.abs.clone(),
+            what,
+        })?;
+        if let Some(dest) = &root.dest_rel {
+            for anc in dest.ancestors() {
+                let mode = std::fs::metadata(anc.to_native(project_root))
+                    .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+                    .unwrap_or(0o755);
+                walked.push(Walked {
+                    path: anc.clone(),
+                    abs: anc.to_native(project_root),
+                    found: Found::Dir { mode },
+                });
+            }
+            walked.push(Walked {
+                path: dest.clone(),
+                abs: root.abs.clone(),
+                found: found.clone(),
+            });
+        } else if !matches!(found, Found::Dir { .. }) {
+            return Err(ScanError::FileRootAtTop {
+                path: root.abs.clone(),
+            });
+        }
+        if matches!(found, Found::Dir { .. }) {
+            let (mut w, mut p) = walk(root, filter, threads);
+            walked.append(&mut w);
+            problems.append(&mut p);
+        }
+    }
+    walked.sort_by(|a, b| a.path.cmp(&b.path));
+    walked.dedup_by(|b, a| a.path == b.path);
+
+    // Hash what the cache does not know, in parallel.
+    let todo: Vec<usize> = walked
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match &w.found {
+            Found::File { stamp, .. } => {
+                let key = w.abs.to_string_lossy();
+                cache.lookup(&key, stamp).is_none().then_some(i)
+            }
+            _ => None,
+        })
+        .collect();
+    let fresh: Vec<(usize, std::io::Result<[u8; 32]>)> = todo
+        .par_iter()
+        .map(|&i| {
+            let w = &walked[i];
+            let size = match &w.found {
+                Found::File { stamp, .. } => stamp.size,
+                _ => 0,
+            };
+            (i, hash_file(&w.abs, size))
+        })
+        .collect();
+    let hashed_files = fresh.len();
+    let mut hashed_bytes = 0;
+    let mut fresh: HashMap<usize, std::io::Result<[u8; 32]>> = fresh.into_iter().collect();
+
+    let link_roots: Vec<(&Path, Option<&RelPath>)> = roots
+        .iter()
+        .map(|r| (r.abs.as_path(), r.dest_rel.as_ref()))
+        .collect();
+    let mut entries = Vec::with_capacity(walked.len());
+    let mut sources = Vec::with_capacity(walked.len());
+    for (i, w) in walked.into_iter().enumerate() {
+        let kind = match w.found {
+            Found::Dir { mode } => Kind::Dir { mode },
+            Found::File { stamp, mode } => {
+                let key = w.abs.to_string_lossy().into_owned();
+                let hash = match fresh.remove(&i) {
+                    Some(Ok(h)) => {
+                        hashed_bytes += stamp.size;
+                        cache.record(key, stamp, h, started);
+                        h
+                    }
+                    Some(Err(e)) => {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            problems.push(Problem::new(key, format!("cannot read: {e}")));
+                        }
+                        continue;
+                    }
+                    None => {
+                        let h = cache.lookup(&key, &stamp).expect("looked up before");
+                        cache.record(key, stamp, h, started);
+                        h
+                    }
+                };
+                Kind::File {
+                    size: stamp.size,
+                    mtime_ns: stamp.mtime_ns,
+                    mode,
+                    hash,
+                }
+            }
+            Found::Symlink { target } => {
+                let target = if Path::new(&target).is_absolute() {
+                    match rebase_link(&w.path, Path::new(&target), &link_roots) {
+                        Some(rel) => rel,
+                        None => {
+                            problems.push(Problem::new(
+                                w.abs.display().to_string(),
+                                format!(
+                                    "absolute symlink to `{target}` points outside the synced \
+                                     roots; copied as it is"
+                                ),
+                            ));
+                            target
+                        }
+                    }
+                } else {
+                    target
+                };
+                Kind::Symlink { target }
+            }
+        };
+        entries.push(Entry { path: w.path, kind });
+        sources.push(w.abs);
+    }
+    Ok(SourceTree {
+        manifest: Manifest::from_unsorted(entries),
+        sources,
+        problems,
+        hashed_files,
+        hashed_bytes,
+    })
+}
+
+/// Removes `.` and resolves `..` lexically.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The relative link text that makes the link at `link` (a destination path) point at the
+/// destination copy of the absolute `target`, if `target` is inside one of `roots`.
+fn rebase_link(
+    link: &RelPath,
+    target: &Path,
+    roots: &[(&Path, Option<&RelPath>)],
+) -> Option<String> {
+    let candidates = [Some(normalize(target)), std::fs::canonicalize(target).ok()];
+    for t in candidates.into_iter().flatten() {
+        for (abs, dest) in roots {
+            let Ok(sub) = t.strip_prefix(abs) else {
+                continue;
+            };
+            let sub = sub.to_str()?;
+            let mut to: Vec<&str> = dest.map(|d| d.as_str().split('/').collect()).unwrap_or_default();
+            to.extend(sub.split('/').filter(|c| !c.is_empty()));
+            let parent = link.parent();
+            let from: Vec<&str> = parent
+                .as_ref()
+                .map(|p| p.as_str().split('/').collect())
+                .unwrap_or_default();
+            let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+            let mut parts = vec![".."; from.len() - common];
+            parts.extend(&to[common..]);
+            return Some(if parts.is_empty() {
+                ".".to_owned()
+            } else {
+                parts.join("/")
+            });
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_links_inside_a_root_become_relative() {
+        let root = Path::new("/p/pkg");
+        let dest = RelPath::new("pkg").unwrap();
+        let roots = [(root, Some(&dest))];
+        let link = RelPath::new("pkg/sub/link").unwrap();
+        let cases = [
+            ("/p/pkg/data.txt", Some("../data.txt")),
+            ("/p/pkg/sub/x", Some("x")),
+            ("/p/pkg/sub/../sub/y/z", Some("y/z")),
+            ("/p/pkg", Some("..")),
+            ("/p/pkg/sub", Some(".")),
+            ("/p/other", None),
+            ("/etc/passwd", None),
+        ];
+        for (target, want) in cases {
+            assert_eq!(
+                rebase_link(&link, Path::new(target), &roots).as_deref(),
+                want,
+                "{target}"
+            );
+        }
+        let top = [(Path::new("/p"), None)];
+        let link = RelPath::new("l").unwrap();
+        assert_eq!(
+            rebase_link(&link, Path::new("/p/a/b"), &top).as_deref(),
+            Some("a/b")
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! Atomic file replacement: content goes to a temp file in the destination's staging
+//! directory, is checked against the manifest's BLAKE3, gets its mode and mtime, and only then is
+//! renamed over the old path. A crash at any point leaves the old file or the new one, never a
+//! mix; stale temp files are removed by the next sync.
+
+use std::fs::{File, FileTimes, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::manifest::Hash;
+
+/// The destination's private directory; its name is covered by the fixed `.*` ignore, so syncs
+/// neither send nor delete it.
+pub const STATE_DIR: &str = ".rdist";
+
+/// Creates temp files in one staging directory.
+pub struct Stager {
+    dir: PathBuf,
+    counter: AtomicU64,
+    pub fsync: bool,
+}
+
+/// The attributes a staged file gets before its rename.
+#[derive(Debug, Clone, Copy)]
+pub struct FileAttrs {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub mode: u32,
+    pub hash: Hash,
+}
+
+/// Why a staged file was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("content changed while syncing (expected {expected} bytes with the manifest's hash, got {got} bytes that differ)")]
+    Mismatch { expected: u64, got: u64 },
+    #[error("{op} `{path}`")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StageError + 'a {
+    move |source| StageError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Stager {
+    /// Uses (and empties) `dir` as the staging directory.
+    ///
+    /// # Errors
+    /// When the directory cannot be created or cleared.
+    pub fn new(dir: PathBuf, fsync: bool) -> io::Result<Stager> {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::create_dir_all(&dir)?;
+        Ok(Stager {
+            dir,
+            counter: AtomicU64::new(0),
+            fsync,
+        })
+    }
+
+    /// A new, exclusively created temp file.
+    ///
+    /// # Errors
+    /// When the file cannot be created.
+    pub fn create(&self) -> Result<Staged, StageError> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("t{n}"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("cannot create temp file", &path))?;
+        Ok(Staged {
+            file,
+            path,
+            hasher: blake3::Hasher::new(),
+            written: 0,
+            fsync: self.fsync,
+        })
+    }
+
+    /// Writes `data` to `dest` atomically after checking it against `attrs`.
+    ///
+    /// # Errors
+    /// When the content does not match or a file operation fails.
+    pub fn install_bytes(&self, data: &[u8], attrs: &FileAttrs, dest: &Path) -> Result<(), StageError> {
+        let mut s = self.create()?;
+        s.write(data)?;
+        s.install(attrs, dest)
+    }
+
+    /// Path for a staged symlink or other temp entry.
+    pub fn temp_path(&self) -> PathBuf {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("t{n}"))
+    }
+}
+
+/// A temp file being written.
+pub struct Staged {
+    file: File,
+    path: PathBuf,
+    hasher: blake3::Hasher,
+    written: u64,
+    fsync: bool,
+}
+
+impl Staged {
+    /// Appends `data`.
+    ///
+    /// # Errors
+    /// When the write fails (a full disk, for one).
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StageError> {
+        self.file
+            .write_all(data)
+            .map_err(io_err("cannot write temp file", &self.path))?;
+        self.hasher.update(data);
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Checks size and hash, sets mode and mtime, and renames over `dest`.
+    ///
+    /// # Errors
+    /// On a mismatch (the temp file is removed) or a failed file operation.
+    pub fn install(self, attrs: &FileAttrs, dest: &Path) -> Result<(), StageError> {
+        let hash = *self.hasher.finalize().as_bytes();
+        if self.written != attrs.size || hash != attrs.hash {
+            let _ = std::fs::remove_file(&self.path);
+            return Err(StageError::Mismatch {
+                expected: attrs.size,
+                got: self.written,
+            });
+        }
+        let path = &self.path;
+        let res = (|| {
+            self.file
+                .set_permissions(Permissions::from_mode(attrs.mode))
+                .map_err(io_err("cannot set mode of", path))?;
+            self.file
+                .set_times(FileTimes::new().set_modified(system_time(attrs.mtime_ns)))
+                .map_err(io_err("cannot set mtime of", path))?;
+            if self.fsync {
+                self.file.sync_all().map_err(io_err("cannot fsync", path))?;
+            }
+            std::fs::rename(path, dest).map_err(io_err("cannot rename into place", dest))
+        })();
+        if res.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        res
+    }
+
+    /// Drops the temp file.
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// `ns` nanoseconds since the epoch (negative for earlier) as a `SystemTime`.
+pub fn system_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn install_checks_hash_and_sets_attributes() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Stager::new(dir.path().join(".rdist/tmp"), false).unwrap();
+        let dest = dir.path().join("f");
+        std::fs::write(&dest, b"old").unwrap();
+        let attrs = FileAttrs {
+            size: 3,
+            mtime_ns: 1_600_000_000_123_456_789,
+            mode: 0o640,
+            hash: *blake3::hash(b"new").as_bytes(),
+        };
+        let e = st.install_bytes(b"bad", &attrs, &dest).unwrap_err();
+        assert!(matches!(e, StageError::Mismatch { .. }));
+        assert_eq!(std::fs::read(&dest).unwrap(), b"old");
+        st.install_bytes(b"new", &attrs, &dest).unwrap();
+        let m = std::fs::metadata(&dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        assert_eq!(m.mode() & 0o7777, 0o640);
+        assert_eq!(m.mtime(), 1_600_000_000);
+        assert_eq!(m.mtime_nsec(), 123_456_789);
+        // Nothing is left behind in the staging directory.
+        assert_eq!(std::fs::read_dir(dir.path().join(".rdist/tmp")).unwrap().count(), 0);
+    }
+}
