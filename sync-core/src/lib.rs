@@ -12,3 +12,5 @@ pub mod scan;
 pub mod delta;
 pub mod proto;
 pub mod stage;
+pub mod agent;
+pub mod push;

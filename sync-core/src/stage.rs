@@ -144,6 +144,23 @@ impl Staged {
     /// # Errors
     /// On a mismatch (the temp file is removed) or a failed file operation.
     pub fn install(self, attrs: &FileAttrs, dest: &Path) -> Result<(), StageError> {
+        let tmp = self.finish(attrs)?;
+        std::fs::rename(&tmp, dest).map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            StageError::Io {
+                op: "cannot rename into place",
+                path: dest.to_owned(),
+                source,
+            }
+        })
+    }
+
+    /// Checks size and hash and sets mode and mtime, leaving the finished temp file for a later
+    /// rename; returns its path.
+    ///
+    /// # Errors
+    /// On a mismatch (the temp file is removed) or a failed file operation.
+    pub fn finish(self, attrs: &FileAttrs) -> Result<PathBuf, StageError> {
         let hash = *self.hasher.finalize().as_bytes();
         if self.written != attrs.size || hash != attrs.hash {
             let _ = std::fs::remove_file(&self.path);
@@ -163,12 +180,15 @@ impl Staged {
             if self.fsync {
                 self.file.sync_all().map_err(io_err("cannot fsync", path))?;
             }
-            std::fs::rename(path, dest).map_err(io_err("cannot rename into place", dest))
+            Ok(())
         })();
-        if res.is_err() {
-            let _ = std::fs::remove_file(path);
+        match res {
+            Ok(()) => Ok(self.path),
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                Err(e)
+            }
         }
-        res
     }
 
     /// Drops the temp file.

@@ -1,0 +1,268 @@
+//! The agent: the receiving side of a sync. It serves one destination per `Begin` over any byte
+//! stream (a child's stdin/stdout, an ssh channel, a TCP connection), checks every path and
+//! every byte the controller sends, and changes the destination only through atomic renames.
+//!
+//! Sequence of one sync (see docs/protocol.md): lock the destination, work out what it holds,
+//! answer `UpToDate` when the digests agree, else take the manifest, plan, apply what needs no
+//! data (copies, removals, directories, links, metadata), ask for file data, install each file
+//! after checking its BLAKE3, set directory modes, save the state for the next run.
+
+mod apply;
+mod lock;
+pub mod plan;
+pub mod state;
+
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::filter::{Filter, PatternError};
+use crate::manifest::{Manifest, ManifestError};
+use crate::path::RelPath;
+use crate::proto::{Begin, Message, Outcome, ProtoError, read_frame, recv_hello, send_hello, write_frame};
+use crate::stage::STATE_DIR;
+
+pub use lock::DestLock;
+
+/// The most entries a manifest may have; a bound on the agent's memory against a hostile peer.
+pub const MAX_ENTRIES: u64 = 20_000_000;
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// This binary's version, for the handshake.
+    pub version: String,
+    /// Threads for walking and hashing.
+    pub threads: usize,
+    /// When set, destinations must lie inside this directory (a server's session root).
+    pub confine: Option<PathBuf>,
+}
+
+/// Why a sync failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error("destination `{0}` is not empty and was not created by rdist")]
+    Foreign(PathBuf),
+    #[error("destination `{dest}` is being synced by another rdist (pid {holder}); gave up after {waited_ms} ms")]
+    Locked {
+        dest: PathBuf,
+        holder: String,
+        waited_ms: u64,
+    },
+    #[error("destination `{0}` is outside the directory this agent serves")]
+    Confined(PathBuf),
+    #[error("cannot {op} `{path}`")]
+    Dest {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("manifest refused")]
+    Manifest(#[from] ManifestError),
+    #[error("manifest entry `{0}` matches the ignore rules and would overwrite a protected entry")]
+    IgnoredEntry(RelPath),
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    #[error("peer sent invalid data: {0}")]
+    Invalid(String),
+}
+
+impl AgentError {
+    /// A hint for the user, where one helps.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            AgentError::Foreign(_) => Some(
+                "choose an empty or new directory, or pass `--adopt` to mirror into this one \
+                 (its entries that are not in the sync will be deleted)",
+            ),
+            AgentError::Locked { .. } => {
+                Some("wait for the other sync to finish, or raise `--lock-wait`")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The full text of an error: its message and every cause, joined by `: `.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Serves syncs on `input`/`output` until the controller closes the stream.
+///
+/// # Errors
+/// A handshake failure, a protocol violation, or a failed sync (after telling the peer).
+pub fn serve(input: impl Read, output: impl Write, opts: &AgentOptions) -> Result<(), AgentError> {
+    let mut r = BufReader::with_capacity(1 << 20, input);
+    let mut w = BufWriter::with_capacity(1 << 20, output);
+    send_hello(&mut w, &opts.version)?;
+    recv_hello(&mut r, &opts.version)?;
+    loop {
+        let begin = match read_frame(&mut r) {
+            Ok((Message::Begin(b), _)) => b,
+            Ok((Message::Error(e), _)) => return Err(ProtoError::Remote(e).into()),
+            Ok((other, _)) => {
+                return Err(report(
+                    &mut w,
+                    ProtoError::Unexpected {
+                        got: other.name(),
+                        expected: "Begin",
+                    }
+                    .into(),
+                ));
+            }
+            Err(ProtoError::Closed) => return Ok(()),
+            Err(e) => return Err(report(&mut w, e.into())),
+        };
+        if let Err(e) = session(&mut r, &mut w, begin, opts) {
+            return Err(report(&mut w, e));
+        }
+    }
+}
+
+/// Tells the peer about a fatal error, as well as the broken stream allows.
+fn report(w: &mut impl Write, e: AgentError) -> AgentError {
+    if !matches!(e, AgentError::Proto(ProtoError::Closed | ProtoError::Io(_))) {
+        let mut text = error_chain(&e);
+        if let Some(h) = e.hint() {
+            text.push_str("\nhint: ");
+            text.push_str(h);
+        }
+        let _ = write_frame(w, &Message::Error(text));
+        let _ = w.flush();
+    }
+    e
+}
+
+fn resolve_dest(raw: &str, confine: Option<&Path>) -> Result<PathBuf, AgentError> {
+    let p = match (raw.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(raw),
+    };
+    let p = if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir()
+            .map_err(|source| AgentError::Dest {
+                op: "resolve the current directory for",
+                path: p.clone(),
+                source,
+            })?
+            .join(p)
+    };
+    if let Some(root) = confine {
+        let ok = p
+            .components()
+            .all(|c| !matches!(c, std::path::Component::ParentDir))
+            && p.starts_with(root);
+        if !ok {
+            return Err(AgentError::Confined(p));
+        }
+    }
+    Ok(p)
+}
+
+fn session<R: BufRead, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    begin: Begin,
+    opts: &AgentOptions,
+) -> Result<(), AgentError> {
+    let dest = resolve_dest(&begin.dest, opts.confine.as_deref())?;
+    let dest_err = |op: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| AgentError::Dest { op, path, source }
+    };
+    let state_dir = dest.join(STATE_DIR);
+    if !begin.adopt && !state_dir.is_dir() {
+        match std::fs::read_dir(&dest) {
+            Ok(mut it) => {
+                if it.next().is_some() {
+                    return Err(AgentError::Foreign(dest));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(dest_err("read destination", &dest)(e)),
+        }
+    }
+    std::fs::create_dir_all(&state_dir).map_err(dest_err("create", &state_dir))?;
+    let _lock = DestLock::acquire(&dest, begin.lock_wait_ms)?;
+    let filter = Filter::new(&begin.ignore)?;
+    let current = state::current(&dest, &filter, opts.threads);
+    if current.manifest.digest() == begin.digest {
+        if current.rehashed > 0 && !begin.dry_run {
+            let _ = state::save(&dest, apply::file_list(&current.manifest, &Default::default()));
+        }
+        write_frame(w, &Message::UpToDate)?;
+        w.flush().map_err(ProtoError::from)?;
+        return Ok(());
+    }
+    write_frame(w, &Message::NeedManifest)?;
+    w.flush().map_err(ProtoError::from)?;
+    let want = receive_manifest(r, &begin, &filter)?;
+    apply::run(r, w, &dest, &begin, &current, want, opts)
+}
+
+fn receive_manifest(
+    r: &mut impl BufRead,
+    begin: &Begin,
+    filter: &Filter,
+) -> Result<Manifest, AgentError> {
+    let limit = begin.entries.min(MAX_ENTRIES);
+    let mut entries = Vec::with_capacity(limit.min(1 << 20) as usize);
+    loop {
+        match read_frame(r)?.0 {
+            Message::Manifest(mut part) => {
+                if entries.len() as u64 + part.len() as u64 > limit {
+                    return Err(AgentError::Invalid(format!(
+                        "manifest has more than the announced {limit} entries"
+                    )));
+                }
+                entries.append(&mut part);
+            }
+            Message::ManifestEnd => break,
+            Message::Error(e) => return Err(ProtoError::Remote(e).into()),
+            other => {
+                return Err(ProtoError::Unexpected {
+                    got: other.name(),
+                    expected: "Manifest",
+                }
+                .into());
+            }
+        }
+    }
+    let want = Manifest::from_sorted_checked(entries)?;
+    if want.digest() != begin.digest {
+        return Err(AgentError::Invalid(
+            "manifest does not match its announced digest".to_owned(),
+        ));
+    }
+    if let Some(e) = want
+        .entries()
+        .iter()
+        .find(|e| filter.is_ignored(&e.path, e.kind.is_dir()))
+    {
+        return Err(AgentError::IgnoredEntry(e.path.clone()));
+    }
+    Ok(want)
+}
+
+/// The outcome of a sync that changed nothing, for dry runs.
+fn dry_outcome(problems: Vec<crate::walk::Problem>) -> Outcome {
+    Outcome {
+        problems: problems.into_iter().map(|p| (p.path, p.message)).collect(),
+        ..Outcome::default()
+    }
+}

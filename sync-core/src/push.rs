@@ -1,0 +1,385 @@
+//! The controller's side of a sync: offer the manifest digest, send the manifest when the agent
+//! asks, then answer the agent's wants with file data: small files batched and read in
+//! parallel, big files streamed in chunks, changed big files as deltas against the signature the
+//! agent sent. A reader thread drains the agent's messages while this side writes, so neither
+//! side can block the other on full pipes.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use rayon::prelude::*;
+
+use crate::delta::{DELTA_CHUNK, Differ, read_new_chunk};
+use crate::manifest::{Entry, Kind};
+use crate::proto::{
+    Begin, DATA_CHUNK, Message, Outcome, Plan, ProtoError, Want, read_frame, recv_hello,
+    send_hello, write_frame,
+};
+use crate::scan::SourceTree;
+
+/// Files up to this size are read whole and batched with others.
+const SMALL_FILE: u64 = 256 << 10;
+/// Manifest entries are sent in frames of about this many bytes.
+const MANIFEST_FRAME: usize = 1 << 20;
+
+/// What to sync where.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    pub dest: String,
+    pub ignore: Vec<String>,
+    pub dry_run: bool,
+    pub fsync: bool,
+    pub adopt: bool,
+    pub lock_wait_ms: u64,
+    /// This binary's version, for the handshake.
+    pub version: String,
+}
+
+/// What one target's sync did.
+#[derive(Debug, Clone, Default)]
+pub struct PushReport {
+    pub up_to_date: bool,
+    pub plan: Plan,
+    pub outcome: Outcome,
+    /// Manifest indices of the files sent, whole or by delta.
+    pub sent: Vec<u32>,
+    pub literal_bytes: u64,
+    pub delta_bytes: u64,
+    pub delta_files: u64,
+    pub wire_sent: u64,
+    pub wire_received: u64,
+    /// The peer's version from its hello.
+    pub agent_version: String,
+    /// Bytes the peer printed before its handshake (a login banner).
+    pub preamble: Vec<u8>,
+}
+
+/// Why a target's sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error("{message}")]
+    Remote {
+        message: String,
+        hint: Option<String>,
+    },
+    #[error("agent sent invalid data: {0}")]
+    Invalid(String),
+}
+
+fn remote(text: String) -> PushError {
+    match text.split_once("\nhint: ") {
+        Some((m, h)) => PushError::Remote {
+            message: m.to_owned(),
+            hint: Some(h.to_owned()),
+        },
+        None => PushError::Remote {
+            message: text,
+            hint: None,
+        },
+    }
+}
+
+fn unexpected(got: &Message, expected: &'static str) -> PushError {
+    match got {
+        Message::Error(e) => remote(e.clone()),
+        other => ProtoError::Unexpected {
+            got: other.name(),
+            expected,
+        }
+        .into(),
+    }
+}
+
+/// Called with (files, bytes) as data is sent.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
+/// Syncs `tree` to the agent at the other end of `reader`/`writer`.
+///
+/// # Errors
+/// A protocol failure, an agent-side fatal error, or invalid data from the agent.
+pub fn push<R: Read + Send, W: Write + Send>(
+    tree: &SourceTree,
+    reader: R,
+    writer: W,
+    opts: &PushOptions,
+    progress: Progress<'_>,
+) -> Result<PushReport, PushError> {
+    let mut r = BufReader::with_capacity(256 << 10, reader);
+    let mut w = BufWriter::with_capacity(1 << 20, writer);
+    let mut report = PushReport::default();
+    send_hello(&mut w, &opts.version)?;
+    let (hello, preamble) = recv_hello(&mut r, &opts.version)?;
+    report.agent_version = hello.version;
+    report.preamble = preamble;
+    let m = &tree.manifest;
+    report.wire_sent += write_frame(
+        &mut w,
+        &Message::Begin(Begin {
+            dest: opts.dest.clone(),
+            ignore: opts.ignore.clone(),
+            digest: m.digest(),
+            entries: m.len() as u64,
+            dry_run: opts.dry_run,
+            fsync: opts.fsync,
+            adopt: opts.adopt,
+            lock_wait_ms: opts.lock_wait_ms,
+        }),
+    )? as u64;
+    w.flush().map_err(ProtoError::from)?;
+    let (msg, n) = read_frame(&mut r)?;
+    report.wire_received += n as u64;
+    match msg {
+        Message::UpToDate => {
+            report.up_to_date = true;
+            return Ok(report);
+        }
+        Message::NeedManifest => {}
+        other => return Err(unexpected(&other, "UpToDate or NeedManifest")),
+    }
+    let mut part: Vec<Entry> = Vec::new();
+    let mut bytes = 0;
+    for e in m.entries() {
+        bytes += e.path.as_str().len() + 64;
+        part.push(e.clone());
+        if bytes >= MANIFEST_FRAME {
+            report.wire_sent += write_frame(&mut w, &Message::Manifest(std::mem::take(&mut part)))? as u64;
+            bytes = 0;
+        }
+    }
+    if !part.is_empty() {
+        report.wire_sent += write_frame(&mut w, &Message::Manifest(part))? as u64;
+    }
+    report.wire_sent += write_frame(&mut w, &Message::ManifestEnd)? as u64;
+    w.flush().map_err(ProtoError::from)?;
+    let (msg, n) = read_frame(&mut r)?;
+    report.wire_received += n as u64;
+    report.plan = match msg {
+        Message::Plan(p) => p,
+        other => return Err(unexpected(&other, "Plan")),
+    };
+    if opts.dry_run {
+        let (msg, n) = read_frame(&mut r)?;
+        report.wire_received += n as u64;
+        report.outcome = match msg {
+            Message::Done(o) => o,
+            other => return Err(unexpected(&other, "Done")),
+        };
+        return Ok(report);
+    }
+    let received = AtomicU64::new(report.wire_received);
+    std::thread::scope(|scope| -> Result<(), PushError> {
+        // Owned by this closure: an early error drops (closes) the writer before the scope
+        // joins the reader, so the agent sees end-of-stream and the reader is not left waiting.
+        let mut w = w;
+        let (tx, rx) = mpsc::sync_channel::<Result<Message, ProtoError>>(64);
+        let received = &received;
+        scope.spawn(move || {
+            loop {
+                let res = read_frame(&mut r);
+                let stop = !matches!(res, Ok((Message::Want(_) | Message::WantEnd, _)));
+                let res = res.map(|(m, n)| {
+                    received.fetch_add(n as u64, Ordering::Relaxed);
+                    m
+                });
+                if tx.send(res).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        let mut sender = Sender {
+            tree,
+            w: &mut w,
+            report: &mut report,
+            progress,
+            batch: Vec::new(),
+            batch_bytes: 0,
+        };
+        loop {
+            match rx.recv() {
+                Ok(Ok(Message::Want(wants))) => sender.answer(wants)?,
+                Ok(Ok(Message::WantEnd)) => {
+                    sender.flush_batch()?;
+                    sender.report.wire_sent += write_frame(sender.w, &Message::DataEnd)? as u64;
+                    sender.w.flush().map_err(ProtoError::from)?;
+                }
+                Ok(Ok(Message::Done(o))) => {
+                    sender.report.outcome = o;
+                    return Ok(());
+                }
+                Ok(Ok(other)) => return Err(unexpected(&other, "Want or Done")),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(ProtoError::Closed.into()),
+            }
+        }
+    })?;
+    report.wire_received = received.into_inner();
+    Ok(report)
+}
+
+struct Sender<'a, W: Write> {
+    tree: &'a SourceTree,
+    w: &'a mut W,
+    report: &'a mut PushReport,
+    progress: Progress<'a>,
+    batch: Vec<(u32, Vec<u8>)>,
+    batch_bytes: usize,
+}
+
+impl<W: Write> Sender<'_, W> {
+    fn send(&mut self, m: &Message) -> Result<(), PushError> {
+        self.report.wire_sent += write_frame(self.w, m)? as u64;
+        Ok(())
+    }
+
+    fn file(&self, index: u32) -> Result<(u64, &std::path::Path), PushError> {
+        match self.tree.manifest.entries().get(index as usize) {
+            Some(Entry {
+                kind: Kind::File { size, .. },
+                ..
+            }) => Ok((*size, &self.tree.sources[index as usize])),
+            _ => Err(PushError::Invalid(format!("want for entry #{index}, which is not a file"))),
+        }
+    }
+
+    fn answer(&mut self, wants: Vec<Want>) -> Result<(), PushError> {
+        let mut small = Vec::new();
+        let mut rest = Vec::new();
+        for want in wants {
+            match want {
+                Want::Whole { index } if self.file(index)?.0 <= SMALL_FILE => small.push(index),
+                other => rest.push(other),
+            }
+        }
+        let tree = self.tree;
+        let read: Vec<(u32, std::io::Result<Vec<u8>>)> = small
+            .par_iter()
+            .map(|&i| (i, std::fs::read(&tree.sources[i as usize])))
+            .collect();
+        for (index, res) in read {
+            match res {
+                Ok(data) => {
+                    self.report.sent.push(index);
+                    self.report.literal_bytes += data.len() as u64;
+                    (self.progress)(1, data.len() as u64);
+                    self.batch_bytes += data.len();
+                    self.batch.push((index, data));
+                    if self.batch_bytes >= DATA_CHUNK {
+                        self.flush_batch()?;
+                    }
+                }
+                Err(e) => self.send(&Message::Skip {
+                    index,
+                    reason: format!("cannot read on the controller: {e}"),
+                })?,
+            }
+        }
+        for want in rest {
+            match want {
+                Want::Whole { index } => self.stream_whole(index)?,
+                Want::Delta { index, signature } => {
+                    let differ = Differ::new(signature).map_err(|e| PushError::Invalid(e.to_string()))?;
+                    self.stream_delta(index, &differ)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<(), PushError> {
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.batch_bytes = 0;
+            self.send(&Message::Files(batch))?;
+        }
+        Ok(())
+    }
+
+    fn stream_whole(&mut self, index: u32) -> Result<(), PushError> {
+        let (size, path) = self.file(index)?;
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                return self.send(&Message::Skip {
+                    index,
+                    reason: format!("cannot read on the controller: {e}"),
+                });
+            }
+        };
+        let mut left = size;
+        let mut buf = vec![0u8; DATA_CHUNK.min(size as usize).max(1)];
+        loop {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = match crate::hash::read_full(&mut f, &mut buf[..want]) {
+                Ok(n) => n,
+                Err(e) => {
+                    return self.send(&Message::Skip {
+                        index,
+                        reason: format!("read failed on the controller: {e}"),
+                    });
+                }
+            };
+            if n < want {
+                return self.send(&Message::Skip {
+                    index,
+                    reason: "file shrank while syncing".to_owned(),
+                });
+            }
+            left -= n as u64;
+            self.report.literal_bytes += n as u64;
+            (self.progress)(0, n as u64);
+            let last = left == 0;
+            self.send(&Message::Data {
+                index,
+                bytes: buf[..n].to_vec(),
+                last,
+            })?;
+            if last {
+                break;
+            }
+        }
+        self.report.sent.push(index);
+        (self.progress)(1, 0);
+        Ok(())
+    }
+
+    fn stream_delta(&mut self, index: u32, differ: &Differ) -> Result<(), PushError> {
+        let (size, path) = self.file(index)?;
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                return self.send(&Message::Skip {
+                    index,
+                    reason: format!("cannot read on the controller: {e}"),
+                });
+            }
+        };
+        let chunks = (size as usize).div_ceil(DELTA_CHUNK).max(1);
+        let mut buf = Vec::new();
+        for chunk in 0..chunks {
+            if let Err(e) = read_new_chunk(&mut f, &mut buf) {
+                return self.send(&Message::Skip {
+                    index,
+                    reason: format!("read failed on the controller: {e}"),
+                });
+            }
+            let delta = differ
+                .diff(chunk, &buf)
+                .map_err(|e| PushError::Invalid(e.to_string()))?;
+            self.report.delta_bytes += delta.len() as u64;
+            (self.progress)(0, buf.len() as u64);
+            self.send(&Message::Delta {
+                index,
+                chunk: chunk as u32,
+                delta,
+                last: chunk + 1 == chunks,
+            })?;
+        }
+        self.report.sent.push(index);
+        self.report.delta_files += 1;
+        (self.progress)(1, 0);
+        Ok(())
+    }
+}

@@ -1,0 +1,116 @@
+//! End-to-end mirror semantics through the real protocol (controller and agent in one process).
+
+mod common;
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+
+use common::*;
+
+fn write(p: &Path, data: &[u8]) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+#[test]
+fn first_sync_then_noop_then_changes() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    write(&src.join("pkg/__init__.py"), b"");
+    write(&src.join("pkg/mod.py"), b"x = 1\n");
+    write(&src.join("dir with space/ünï.py"), b"u");
+    write(&src.join(".git/HEAD"), b"ref");
+    write(&src.join("pkg/__pycache__/mod.cpython-311.pyc"), b"pyc");
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+    symlink("mod.py", src.join("pkg/link.py")).unwrap();
+    std::fs::set_permissions(src.join("pkg/mod.py"), std::fs::Permissions::from_mode(0o751)).unwrap();
+
+    let r = sync(&src, &dst);
+    assert!(!r.up_to_date);
+    assert_eq!(snapshot(&src).into_iter().filter(|e| !e.0.starts_with(".git") && !e.0.ends_with(".pyc")).collect::<Vec<_>>(), snapshot(&dst));
+    assert!(!dst.join(".git").exists());
+    assert!(dst.join("pkg/__pycache__").is_dir());
+
+    let r = sync(&src, &dst);
+    assert!(r.up_to_date, "second sync must be a no-op");
+    assert_eq!(r.literal_bytes, 0);
+
+    write(&src.join("pkg/mod.py"), b"x = 2\n");
+    std::fs::remove_file(src.join("dir with space/ünï.py")).unwrap();
+    let r = sync(&src, &dst);
+    assert_eq!(r.sent.len(), 1);
+    assert_eq!(r.outcome.deleted, 1);
+    assert_eq!(std::fs::read(dst.join("pkg/mod.py")).unwrap(), b"x = 2\n");
+    assert!(r.outcome.problems.is_empty(), "{:?}", r.outcome.problems);
+}
+
+#[test]
+fn worker_only_ignored_entries_survive() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    write(&src.join("a.py"), b"a");
+    sync(&src, &dst);
+    write(&dst.join(".venv/bin/python"), b"venv");
+    write(&dst.join("pkg/__pycache__/m.pyc"), b"pyc");
+    write(&dst.join("stray.py"), b"stray");
+    let r = sync(&src, &dst);
+    // `pkg/` holds only protected entries, so it stays, as rsync keeps a directory of excluded files.
+    assert_eq!(r.outcome.deleted, 1, "{:?}", r.plan.deleted);
+    assert!(dst.join(".venv/bin/python").exists());
+    assert!(dst.join("pkg/__pycache__/m.pyc").exists());
+    assert!(!dst.join("stray.py").exists());
+}
+
+#[test]
+fn big_file_edit_goes_by_delta() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let mut data: Vec<u8> = (0..(20u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    write(&src.join("blob.bin"), &data);
+    sync(&src, &dst);
+    for b in &mut data[(10 << 20)..(10 << 20) + 4096] {
+        *b = b.wrapping_add(1);
+    }
+    write(&src.join("blob.bin"), &data);
+    let r = sync(&src, &dst);
+    assert_eq!(r.delta_files, 1);
+    assert!(r.delta_bytes < 32 << 10, "delta {}", r.delta_bytes);
+    assert!(r.wire_sent < 64 << 10, "wire {}", r.wire_sent);
+    assert_eq!(std::fs::read(dst.join("blob.bin")).unwrap(), data);
+}
+
+#[test]
+fn type_changes_and_renames() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    write(&src.join("x/inner.py"), b"inner");
+    write(&src.join("f"), b"file");
+    symlink("f", src.join("l")).unwrap();
+    write(&src.join("moved_from.txt"), b"content that moves");
+    sync(&src, &dst);
+    std::fs::remove_dir_all(src.join("x")).unwrap();
+    write(&src.join("x"), b"now a file");
+    std::fs::remove_file(src.join("f")).unwrap();
+    write(&src.join("f/child"), b"now a dir");
+    std::fs::remove_file(src.join("l")).unwrap();
+    std::fs::create_dir(src.join("l")).unwrap();
+    std::fs::rename(src.join("moved_from.txt"), src.join("moved_to.txt")).unwrap();
+    let r = sync(&src, &dst);
+    assert_eq!(snapshot(&src), snapshot(&dst));
+    assert_eq!(r.plan.local_copies, 1, "rename is a local copy, not a transfer");
+}
+
+#[test]
+fn foreign_destination_is_refused_unless_adopted() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    write(&src.join("a"), b"a");
+    write(&dst.join("precious"), b"p");
+    let e = sync_with(&scan_dir(&src, &[]), &opts(&dst)).unwrap_err();
+    assert!(e.to_string().contains("is not empty and was not created by rdist"), "{e}");
+    assert!(dst.join("precious").exists());
+    let mut o = opts(&dst);
+    o.adopt = true;
+    sync_with(&scan_dir(&src, &[]), &o).unwrap();
+    assert!(!dst.join("precious").exists());
+}
