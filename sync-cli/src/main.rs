@@ -1,1 +1,5 @@
-fn main() {}
+//! The `rdist` binary; everything lives in the library so tests can reach it.
+
+fn main() -> std::process::ExitCode {
+    rdist::main()
+}

@@ -215,7 +215,9 @@ mod tests {
 
     #[test]
     fn small_edit_in_big_file_costs_little() {
-        let old: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let old: Vec<u8> = (0..20u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let mut new = old.clone();
         for b in &mut new[10 << 20..(10 << 20) + 4096] {
             *b ^= 0x5a;
@@ -249,7 +251,10 @@ mod tests {
             block_size: 1024,
             chunks: vec![sign(b"abc", 2048)],
         };
-        assert!(matches!(Differ::new(mixed), Err(DeltaError::MixedBlockSize(0, 2048, 1024))));
+        assert!(matches!(
+            Differ::new(mixed),
+            Err(DeltaError::MixedBlockSize(0, 2048, 1024))
+        ));
     }
 
     #[test]

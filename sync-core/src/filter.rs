@@ -112,7 +112,11 @@ mod tests {
         let f = Filter::new(patterns).unwrap();
         for &(path, is_dir, want) in table {
             let p = RelPath::new(path).unwrap();
-            assert_eq!(f.is_ignored(&p, is_dir), want, "{patterns:?} on {path} (dir={is_dir})");
+            assert_eq!(
+                f.is_ignored(&p, is_dir),
+                want,
+                "{patterns:?} on {path} (dir={is_dir})"
+            );
         }
     }
 

@@ -207,8 +207,14 @@ mod tests {
         assert!(!stamp_trustworthy(&stamp(t - 1_000_001, t - 60_000_001), t));
         assert!(!stamp_trustworthy(&stamp(t - 60_000_001, t - 1), t));
         // Whole-second timestamps: the file system cannot tell edits within a second apart.
-        assert!(!stamp_trustworthy(&stamp(t - 1_000_000_000, t - 1_000_000_000), t));
-        assert!(stamp_trustworthy(&stamp(t - 3_000_000_000, t - 3_000_000_000), t));
+        assert!(!stamp_trustworthy(
+            &stamp(t - 1_000_000_000, t - 1_000_000_000),
+            t
+        ));
+        assert!(stamp_trustworthy(
+            &stamp(t - 3_000_000_000, t - 3_000_000_000),
+            t
+        ));
     }
 
     #[test]

@@ -3,14 +3,14 @@
 //! any byte stream. It never prints, parses command lines or exits: callers get values, errors
 //! and problem lists back, and observe progress through callbacks.
 
+pub mod agent;
+pub mod delta;
 pub mod filter;
+pub mod hash;
 pub mod manifest;
 pub mod path;
-pub mod walk;
-pub mod hash;
-pub mod scan;
-pub mod delta;
 pub mod proto;
-pub mod stage;
-pub mod agent;
 pub mod push;
+pub mod scan;
+pub mod stage;
+pub mod walk;

@@ -105,7 +105,9 @@ pub enum ManifestError {
     Unsorted(RelPath),
     #[error("manifest lists `{0}` twice")]
     Duplicate(RelPath),
-    #[error("manifest entry `{path}` has parent `{parent}` that is not a directory of the manifest")]
+    #[error(
+        "manifest entry `{path}` has parent `{parent}` that is not a directory of the manifest"
+    )]
     Orphan { path: RelPath, parent: RelPath },
 }
 

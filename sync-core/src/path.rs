@@ -158,7 +158,14 @@ mod tests {
 
     #[test]
     fn accepts_and_refuses() {
-        let ok = ["a", "a/b", "dir with space/ünïcødé.py", "a.b/..c", "...", ".hidden"];
+        let ok = [
+            "a",
+            "a/b",
+            "dir with space/ünïcødé.py",
+            "a.b/..c",
+            "...",
+            ".hidden",
+        ];
         for s in ok {
             assert_eq!(RelPath::new(s).unwrap().as_str(), s);
         }
@@ -184,7 +191,10 @@ mod tests {
         let bytes = postcard::to_stdvec(&"../escape".to_string()).unwrap();
         assert!(postcard::from_bytes::<RelPath>(&bytes).is_err());
         let bytes = postcard::to_stdvec(&"ok/path".to_string()).unwrap();
-        assert_eq!(postcard::from_bytes::<RelPath>(&bytes).unwrap().as_str(), "ok/path");
+        assert_eq!(
+            postcard::from_bytes::<RelPath>(&bytes).unwrap().as_str(),
+            "ok/path"
+        );
     }
 
     #[test]

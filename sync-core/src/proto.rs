@@ -71,7 +71,10 @@ pub enum Want {
     /// Send all of it.
     Whole { index: u32 },
     /// Send a delta against the old version, whose signature this is.
-    Delta { index: u32, signature: FileSignature },
+    Delta {
+        index: u32,
+        signature: FileSignature,
+    },
 }
 
 /// What the agent decided to do, for dry runs and `-v`.
@@ -122,9 +125,18 @@ pub enum Message {
     /// Controller: small files, whole, as `(index, content)`.
     Files(Vec<(u32, Vec<u8>)>),
     /// Controller: a piece of a big file sent whole; pieces come in order.
-    Data { index: u32, bytes: Vec<u8>, last: bool },
+    Data {
+        index: u32,
+        bytes: Vec<u8>,
+        last: bool,
+    },
     /// Controller: the delta for one chunk of a file; chunks come in order.
-    Delta { index: u32, chunk: u32, delta: Vec<u8>, last: bool },
+    Delta {
+        index: u32,
+        chunk: u32,
+        delta: Vec<u8>,
+        last: bool,
+    },
     /// Controller: a wanted file could not be sent.
     Skip { index: u32, reason: String },
     /// Controller: all wants of the round are answered.
@@ -170,7 +182,9 @@ pub enum ProtoError {
     Decode(#[source] postcard::Error),
     #[error("peer did not start the rdist protocol; it sent `{0}`")]
     NoMagic(String),
-    #[error("peer speaks protocol {theirs} (rdist {their_version}), this side speaks {ours} (rdist {our_version})")]
+    #[error(
+        "peer speaks protocol {theirs} (rdist {their_version}), this side speaks {ours} (rdist {our_version})"
+    )]
     Version {
         ours: u32,
         our_version: String,
@@ -178,7 +192,10 @@ pub enum ProtoError {
         their_version: String,
     },
     #[error("unexpected `{got}` message while waiting for {expected}")]
-    Unexpected { got: &'static str, expected: &'static str },
+    Unexpected {
+        got: &'static str,
+        expected: &'static str,
+    },
     #[error("peer reported: {0}")]
     Remote(String),
     #[error("peer sent invalid data: {0}")]
@@ -299,19 +316,46 @@ mod tests {
     fn variant_bytes_are_pinned() {
         let p = RelPath::new("a/b").unwrap();
         let cases: Vec<(Message, &[u8])> = vec![
-            (Message::Hello(Hello { proto: 1, version: "0.1.0".into(), caps: vec![] }),
-             &[0, 0, 0, 9, 0, 1, 5, b'0', b'.', b'1', b'.', b'0', 0]),
+            (
+                Message::Hello(Hello {
+                    proto: 1,
+                    version: "0.1.0".into(),
+                    caps: vec![],
+                }),
+                &[0, 0, 0, 9, 0, 1, 5, b'0', b'.', b'1', b'.', b'0', 0],
+            ),
             (Message::Error("x".into()), &[0, 0, 0, 3, 1, 1, b'x']),
             (Message::UpToDate, &[0, 0, 0, 1, 3]),
             (Message::NeedManifest, &[0, 0, 0, 1, 4]),
             (Message::ManifestEnd, &[0, 0, 0, 1, 6]),
             (Message::WantEnd, &[0, 0, 0, 1, 9]),
-            (Message::Files(vec![(2, vec![9])]), &[0, 0, 0, 5, 10, 1, 2, 1, 9]),
-            (Message::Data { index: 1, bytes: vec![7], last: true }, &[0, 0, 0, 5, 11, 1, 1, 7, 1]),
-            (Message::Skip { index: 3, reason: "r".into() }, &[0, 0, 0, 4, 13, 3, 1, b'r']),
+            (
+                Message::Files(vec![(2, vec![9])]),
+                &[0, 0, 0, 5, 10, 1, 2, 1, 9],
+            ),
+            (
+                Message::Data {
+                    index: 1,
+                    bytes: vec![7],
+                    last: true,
+                },
+                &[0, 0, 0, 5, 11, 1, 1, 7, 1],
+            ),
+            (
+                Message::Skip {
+                    index: 3,
+                    reason: "r".into(),
+                },
+                &[0, 0, 0, 4, 13, 3, 1, b'r'],
+            ),
             (Message::DataEnd, &[0, 0, 0, 1, 14]),
-            (Message::Plan(Plan { deleted: vec![p], ..Plan::default() }),
-             &[0, 0, 0, 11, 7, 1, 3, b'a', b'/', b'b', 0, 0, 0, 0, 0]),
+            (
+                Message::Plan(Plan {
+                    deleted: vec![p],
+                    ..Plan::default()
+                }),
+                &[0, 0, 0, 11, 7, 1, 3, b'a', b'/', b'b', 0, 0, 0, 0, 0],
+            ),
         ];
         for (m, want) in cases {
             assert_eq!(bytes_of(&m), want, "{}", m.name());
@@ -324,14 +368,26 @@ mod tests {
         // Oversized length.
         let mut big = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
         big.extend([0; 16]);
-        assert!(matches!(read_frame(&mut &big[..]), Err(ProtoError::FrameTooLarge(_))));
+        assert!(matches!(
+            read_frame(&mut &big[..]),
+            Err(ProtoError::FrameTooLarge(_))
+        ));
         // Truncated body.
-        assert!(matches!(read_frame(&mut &[0, 0, 0, 9, 1][..]), Err(ProtoError::Closed)));
+        assert!(matches!(
+            read_frame(&mut &[0, 0, 0, 9, 1][..]),
+            Err(ProtoError::Closed)
+        ));
         // Unknown variant.
-        assert!(matches!(read_frame(&mut &[0, 0, 0, 1, 200][..]), Err(ProtoError::Decode(_))));
+        assert!(matches!(
+            read_frame(&mut &[0, 0, 0, 1, 200][..]),
+            Err(ProtoError::Decode(_))
+        ));
         // A path escaping the destination, inside an otherwise valid Plan.
         let evil = [0, 0, 0, 12, 7, 1, 4, b'.', b'.', b'/', b'x', 0, 0, 0, 0, 0];
-        assert!(matches!(read_frame(&mut &evil[..]), Err(ProtoError::Decode(_))));
+        assert!(matches!(
+            read_frame(&mut &evil[..]),
+            Err(ProtoError::Decode(_))
+        ));
         // A vector length far beyond the frame.
         assert!(read_frame(&mut &[0, 0, 0, 6, 10, 0xff, 0xff, 0xff, 0xff, 0x0f][..]).is_err());
         // Random garbage of many lengths never panics.
@@ -355,7 +411,15 @@ mod tests {
         assert_eq!(noise, b"Welcome to host\nlast login: never\n");
 
         let mut other = MAGIC.to_vec();
-        write_frame(&mut other, &Message::Hello(Hello { proto: 99, version: "7.0.0".into(), caps: vec![] })).unwrap();
+        write_frame(
+            &mut other,
+            &Message::Hello(Hello {
+                proto: 99,
+                version: "7.0.0".into(),
+                caps: vec![],
+            }),
+        )
+        .unwrap();
         let e = recv_hello(&mut &other[..], "0.1.0").unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -145,7 +145,8 @@ pub fn push<R: Read + Send, W: Write + Send>(
         bytes += e.path.as_str().len() + 64;
         part.push(e.clone());
         if bytes >= MANIFEST_FRAME {
-            report.wire_sent += write_frame(&mut w, &Message::Manifest(std::mem::take(&mut part)))? as u64;
+            report.wire_sent +=
+                write_frame(&mut w, &Message::Manifest(std::mem::take(&mut part)))? as u64;
             bytes = 0;
         }
     }
@@ -240,7 +241,9 @@ impl<W: Write> Sender<'_, W> {
                 kind: Kind::File { size, .. },
                 ..
             }) => Ok((*size, &self.tree.sources[index as usize])),
-            _ => Err(PushError::Invalid(format!("want for entry #{index}, which is not a file"))),
+            _ => Err(PushError::Invalid(format!(
+                "want for entry #{index}, which is not a file"
+            ))),
         }
     }
 
@@ -280,7 +283,8 @@ impl<W: Write> Sender<'_, W> {
             match want {
                 Want::Whole { index } => self.stream_whole(index)?,
                 Want::Delta { index, signature } => {
-                    let differ = Differ::new(signature).map_err(|e| PushError::Invalid(e.to_string()))?;
+                    let differ =
+                        Differ::new(signature).map_err(|e| PushError::Invalid(e.to_string()))?;
                     self.stream_delta(index, &differ)?;
                 }
             }

@@ -223,7 +223,9 @@ fn rebase_link(
                 continue;
             };
             let sub = sub.to_str()?;
-            let mut to: Vec<&str> = dest.map(|d| d.as_str().split('/').collect()).unwrap_or_default();
+            let mut to: Vec<&str> = dest
+                .map(|d| d.as_str().split('/').collect())
+                .unwrap_or_default();
             to.extend(sub.split('/').filter(|c| !c.is_empty()));
             let parent = link.parent();
             let from: Vec<&str> = parent

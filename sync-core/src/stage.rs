@@ -35,7 +35,9 @@ pub struct FileAttrs {
 /// Why a staged file was not installed.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
-    #[error("content changed while syncing (expected {expected} bytes with the manifest's hash, got {got} bytes that differ)")]
+    #[error(
+        "content changed while syncing (expected {expected} bytes with the manifest's hash, got {got} bytes that differ)"
+    )]
     Mismatch { expected: u64, got: u64 },
     #[error("{op} `{path}`")]
     Io {
@@ -99,7 +101,12 @@ impl Stager {
     ///
     /// # Errors
     /// When the content does not match or a file operation fails.
-    pub fn install_bytes(&self, data: &[u8], attrs: &FileAttrs, dest: &Path) -> Result<(), StageError> {
+    pub fn install_bytes(
+        &self,
+        data: &[u8],
+        attrs: &FileAttrs,
+        dest: &Path,
+    ) -> Result<(), StageError> {
         let mut s = self.create()?;
         s.write(data)?;
         s.install(attrs, dest)
@@ -233,6 +240,11 @@ mod tests {
         assert_eq!(m.mtime(), 1_600_000_000);
         assert_eq!(m.mtime_nsec(), 123_456_789);
         // Nothing is left behind in the staging directory.
-        assert_eq!(std::fs::read_dir(dir.path().join(".rdist/tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(".rdist/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }

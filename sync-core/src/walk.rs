@@ -95,7 +95,9 @@ pub fn classify(abs: &Path, meta: &Metadata) -> Result<Found, String> {
         } else {
             "special file"
         };
-        Err(format!("{what} skipped (only files, directories and symlinks are synced)"))
+        Err(format!(
+            "{what} skipped (only files, directories and symlinks are synced)"
+        ))
     }
 }
 

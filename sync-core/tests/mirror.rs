@@ -23,11 +23,21 @@ fn first_sync_then_noop_then_changes() {
     write(&src.join("pkg/__pycache__/mod.cpython-311.pyc"), b"pyc");
     std::fs::create_dir_all(src.join("empty")).unwrap();
     symlink("mod.py", src.join("pkg/link.py")).unwrap();
-    std::fs::set_permissions(src.join("pkg/mod.py"), std::fs::Permissions::from_mode(0o751)).unwrap();
+    std::fs::set_permissions(
+        src.join("pkg/mod.py"),
+        std::fs::Permissions::from_mode(0o751),
+    )
+    .unwrap();
 
     let r = sync(&src, &dst);
     assert!(!r.up_to_date);
-    assert_eq!(snapshot(&src).into_iter().filter(|e| !e.0.starts_with(".git") && !e.0.ends_with(".pyc")).collect::<Vec<_>>(), snapshot(&dst));
+    assert_eq!(
+        snapshot(&src)
+            .into_iter()
+            .filter(|e| !e.0.starts_with(".git") && !e.0.ends_with(".pyc"))
+            .collect::<Vec<_>>(),
+        snapshot(&dst)
+    );
     assert!(!dst.join(".git").exists());
     assert!(dst.join("pkg/__pycache__").is_dir());
 
@@ -65,7 +75,9 @@ fn worker_only_ignored_entries_survive() {
 fn big_file_edit_goes_by_delta() {
     let t = tempfile::tempdir().unwrap();
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
-    let mut data: Vec<u8> = (0..(20u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    let mut data: Vec<u8> = (0..(20u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
     write(&src.join("blob.bin"), &data);
     sync(&src, &dst);
     for b in &mut data[(10 << 20)..(10 << 20) + 4096] {
@@ -97,7 +109,10 @@ fn type_changes_and_renames() {
     std::fs::rename(src.join("moved_from.txt"), src.join("moved_to.txt")).unwrap();
     let r = sync(&src, &dst);
     assert_eq!(snapshot(&src), snapshot(&dst));
-    assert_eq!(r.plan.local_copies, 1, "rename is a local copy, not a transfer");
+    assert_eq!(
+        r.plan.local_copies, 1,
+        "rename is a local copy, not a transfer"
+    );
 }
 
 #[test]
@@ -107,7 +122,11 @@ fn foreign_destination_is_refused_unless_adopted() {
     write(&src.join("a"), b"a");
     write(&dst.join("precious"), b"p");
     let e = sync_with(&scan_dir(&src, &[]), &opts(&dst)).unwrap_err();
-    assert!(e.to_string().contains("is not empty and was not created by rdist"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("is not empty and was not created by rdist"),
+        "{e}"
+    );
     assert!(dst.join("precious").exists());
     let mut o = opts(&dst);
     o.adopt = true;

@@ -22,6 +22,9 @@ use crate::proto::{Begin, Message, Outcome, Plan, ProtoError, Want, read_frame, 
 use crate::stage::{FileAttrs, STATE_DIR, Staged, Stager, system_time};
 use crate::walk::Problem;
 
+/// Small files for the writer pool, as `(manifest index, content)`.
+type Batch = Vec<(usize, Vec<u8>)>;
+
 /// Wants per `Want` frame; signatures are computed a batch at a time.
 const WANT_BATCH: usize = 512;
 
@@ -209,7 +212,10 @@ fn structural(ctx: &Ctx<'_>, current: &Current, a: &Actions) -> u64 {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 if !std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-                    ctx.problem(j, "cannot create directory: something else is in the way".into());
+                    ctx.problem(
+                        j,
+                        "cannot create directory: something else is in the way".into(),
+                    );
                 }
             }
             Err(e) => ctx.problem(j, format!("cannot create directory: {e}")),
@@ -254,22 +260,33 @@ fn structural(ctx: &Ctx<'_>, current: &Current, a: &Actions) -> u64 {
 
 fn copy_local(ctx: &Ctx<'_>, from: &Path, j: usize) -> Result<PathBuf, String> {
     let at = attrs(&ctx.want.entries()[j]).expect("copies are files");
-    let mut src = std::fs::File::open(from).map_err(|e| format!("cannot read `{}`: {e}", from.display()))?;
-    let mut staged = ctx.stager.create().map_err(|e| crate::agent::error_chain(&e))?;
+    let mut src =
+        std::fs::File::open(from).map_err(|e| format!("cannot read `{}`: {e}", from.display()))?;
+    let mut staged = ctx
+        .stager
+        .create()
+        .map_err(|e| crate::agent::error_chain(&e))?;
     let mut buf = vec![0u8; (at.size as usize).clamp(1, 1 << 20)];
     loop {
         let n = crate::hash::read_full(&mut src, &mut buf).map_err(|e| e.to_string())?;
         if n == 0 {
             break;
         }
-        staged.write(&buf[..n]).map_err(|e| crate::agent::error_chain(&e))?;
+        staged
+            .write(&buf[..n])
+            .map_err(|e| crate::agent::error_chain(&e))?;
     }
-    staged.finish(&at).map_err(|e| crate::agent::error_chain(&e))
+    staged
+        .finish(&at)
+        .map_err(|e| crate::agent::error_chain(&e))
 }
 
 /// A file being received over several frames.
 enum Stream {
-    Whole { index: usize, staged: Staged },
+    Whole {
+        index: usize,
+        staged: Staged,
+    },
     Delta {
         index: usize,
         staged: Staged,
@@ -277,7 +294,9 @@ enum Stream {
         next_chunk: u32,
     },
     /// A delta that failed part-way: its remaining chunks are read and dropped.
-    Discard { index: usize },
+    Discard {
+        index: usize,
+    },
 }
 
 /// What one round of wants expects.
@@ -297,7 +316,7 @@ fn receive<R: BufRead, W: Write>(
     let mut round: Vec<(usize, Source)> = a.transfers.clone();
     let mut retried: HashSet<usize> = HashSet::new();
     let writers = opts.threads.clamp(1, 4);
-    let (tx, rx) = sync_channel::<Vec<(usize, Vec<u8>)>>(8);
+    let (tx, rx) = sync_channel::<Batch>(8);
     let rx = Mutex::new(rx);
     std::thread::scope(|scope| -> Result<(), AgentError> {
         // Owned by this closure so that an early error return drops it and the writers stop.
@@ -323,7 +342,7 @@ fn receive<R: BufRead, W: Write>(
     })
 }
 
-fn writer(ctx: &Ctx<'_>, rx: &Mutex<Receiver<Vec<(usize, Vec<u8>)>>>) {
+fn writer(ctx: &Ctx<'_>, rx: &Mutex<Receiver<Batch>>) {
     loop {
         let job = rx.lock().unwrap().recv();
         let Ok(batch) = job else { return };
@@ -404,7 +423,7 @@ fn receive_round<R: BufRead>(
     r: &mut R,
     ctx: &Ctx<'_>,
     pending: &mut HashMap<usize, Expect>,
-    tx: &std::sync::mpsc::SyncSender<Vec<(usize, Vec<u8>)>>,
+    tx: &std::sync::mpsc::SyncSender<Batch>,
 ) -> Result<Vec<usize>, AgentError> {
     let mut stream: Option<Stream> = None;
     let mut retry = Vec::new();
@@ -413,7 +432,9 @@ fn receive_round<R: BufRead>(
         let i = index as usize;
         match pending.remove(&i) {
             Some(got) if got == e => Ok(i),
-            _ => Err(invalid(format!("data for file #{index} that was not asked for"))),
+            _ => Err(invalid(format!(
+                "data for file #{index} that was not asked for"
+            ))),
         }
     };
     loop {
@@ -424,13 +445,16 @@ fn receive_round<R: BufRead>(
                 for (index, data) in files {
                     batch.push((take(pending, index, Expect::Whole)?, data));
                 }
-                tx.send(batch).map_err(|_| invalid("writer pool stopped".to_owned()))?;
+                tx.send(batch)
+                    .map_err(|_| invalid("writer pool stopped".to_owned()))?;
             }
             Message::Data { index, bytes, last } => {
                 let i = index as usize;
                 let mut st = match stream.take() {
                     Some(Stream::Whole { index: k, staged }) if k == i => staged,
-                    Some(_) => return Err(invalid(format!("file #{index} interleaved with another"))),
+                    Some(_) => {
+                        return Err(invalid(format!("file #{index} interleaved with another")));
+                    }
                     None => {
                         let i = take(pending, index, Expect::Whole)?;
                         match ctx.stager.create() {
@@ -445,7 +469,9 @@ fn receive_round<R: BufRead>(
                 let at = attrs(&ctx.want.entries()[i]).expect("files");
                 if st.written() + bytes.len() as u64 > at.size {
                     st.discard();
-                    return Err(invalid(format!("file #{index} is longer than its manifest size")));
+                    return Err(invalid(format!(
+                        "file #{index} is longer than its manifest size"
+                    )));
                 }
                 if let Err(e) = st.write(&bytes) {
                     st.discard();
@@ -458,7 +484,10 @@ fn receive_round<R: BufRead>(
                         Err(e) => ctx.problem(i, crate::agent::error_chain(&e)),
                     }
                 } else {
-                    stream = Some(Stream::Whole { index: i, staged: st });
+                    stream = Some(Stream::Whole {
+                        index: i,
+                        staged: st,
+                    });
                 }
             }
             Message::Delta {
@@ -481,7 +510,9 @@ fn receive_round<R: BufRead>(
                         old,
                         next_chunk,
                     }) if k == i => (staged, old, next_chunk),
-                    Some(_) => return Err(invalid(format!("file #{index} interleaved with another"))),
+                    Some(_) => {
+                        return Err(invalid(format!("file #{index} interleaved with another")));
+                    }
                     None => {
                         let i = take(pending, index, Expect::Delta)?;
                         let old = std::fs::File::open(ctx.path_of(i));
@@ -501,12 +532,15 @@ fn receive_round<R: BufRead>(
                 };
                 if chunk != next {
                     staged.discard();
-                    return Err(invalid(format!("file #{index}: delta chunk {chunk} out of order")));
+                    return Err(invalid(format!(
+                        "file #{index}: delta chunk {chunk} out of order"
+                    )));
                 }
                 let at = attrs(&ctx.want.entries()[i]).expect("files");
                 let remaining = at.size.saturating_sub(staged.written()) as usize;
                 let ok = delta::read_chunk(&mut old, chunk as usize, &mut base).is_ok()
-                    && delta::apply_chunk(&base, &delta, remaining.min(DELTA_CHUNK), &mut out).is_ok()
+                    && delta::apply_chunk(&base, &delta, remaining.min(DELTA_CHUNK), &mut out)
+                        .is_ok()
                     && staged.write(&out).is_ok();
                 if !ok {
                     // A delta that does not apply is the controller's fault or a changed old
@@ -536,11 +570,12 @@ fn receive_round<R: BufRead>(
             Message::Skip { index, reason } => {
                 let i = index as usize;
                 match stream.take() {
-                    Some(Stream::Whole { index: k, staged } | Stream::Delta { index: k, staged, .. })
-                        if k == i =>
-                    {
-                        staged.discard()
-                    }
+                    Some(
+                        Stream::Whole { index: k, staged }
+                        | Stream::Delta {
+                            index: k, staged, ..
+                        },
+                    ) if k == i => staged.discard(),
                     Some(Stream::Discard { index: k }) if k == i => {}
                     Some(s) => stream = Some(s),
                     None => {

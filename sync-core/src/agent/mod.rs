@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use crate::filter::{Filter, PatternError};
 use crate::manifest::{Manifest, ManifestError};
 use crate::path::RelPath;
-use crate::proto::{Begin, Message, Outcome, ProtoError, read_frame, recv_hello, send_hello, write_frame};
+use crate::proto::{
+    Begin, Message, Outcome, ProtoError, read_frame, recv_hello, send_hello, write_frame,
+};
 use crate::stage::STATE_DIR;
 
 pub use lock::DestLock;
@@ -44,7 +46,9 @@ pub enum AgentError {
     Proto(#[from] ProtoError),
     #[error("destination `{0}` is not empty and was not created by rdist")]
     Foreign(PathBuf),
-    #[error("destination `{dest}` is being synced by another rdist (pid {holder}); gave up after {waited_ms} ms")]
+    #[error(
+        "destination `{dest}` is being synced by another rdist (pid {holder}); gave up after {waited_ms} ms"
+    )]
     Locked {
         dest: PathBuf,
         holder: String,
@@ -203,7 +207,10 @@ fn session<R: BufRead, W: Write>(
     let current = state::current(&dest, &filter, opts.threads);
     if current.manifest.digest() == begin.digest {
         if current.rehashed > 0 && !begin.dry_run {
-            let _ = state::save(&dest, apply::file_list(&current.manifest, &Default::default()));
+            let _ = state::save(
+                &dest,
+                apply::file_list(&current.manifest, &Default::default()),
+            );
         }
         write_frame(w, &Message::UpToDate)?;
         w.flush().map_err(ProtoError::from)?;

@@ -193,7 +193,10 @@ mod tests {
         ]);
         let a = plan(&current, &want);
         let idx = |p: &str| want.position(&RelPath::new(p).unwrap()).unwrap();
-        assert_eq!(a.copies, vec![(idx("renamed_to"), RelPath::new("renamed_from").unwrap())]);
+        assert_eq!(
+            a.copies,
+            vec![(idx("renamed_to"), RelPath::new("renamed_from").unwrap())]
+        );
         assert_eq!(
             a.transfers,
             vec![

@@ -97,7 +97,10 @@ pub fn current(dest: &Path, filter: &Filter, threads: usize) -> Current {
                     Some(Err(e)) => e,
                     _ => "not hashed".to_owned(),
                 };
-                problems.push(Problem::new(w.path.to_string(), format!("cannot read: {msg}")));
+                problems.push(Problem::new(
+                    w.path.to_string(),
+                    format!("cannot read: {msg}"),
+                ));
                 continue;
             }
         };

@@ -63,11 +63,22 @@ pub fn snapshot(dir: &Path) -> Vec<(String, String, u32, i64, Vec<u8>)> {
         }
         let m = std::fs::symlink_metadata(&e).unwrap();
         let (kind, data, mtime) = if m.file_type().is_symlink() {
-            ("link", std::fs::read_link(&e).unwrap().into_os_string().into_encoded_bytes(), 0)
+            (
+                "link",
+                std::fs::read_link(&e)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes(),
+                0,
+            )
         } else if m.is_dir() {
             ("dir", vec![], 0)
         } else {
-            ("file", std::fs::read(&e).unwrap(), m.mtime() * 1_000_000_000 + m.mtime_nsec())
+            (
+                "file",
+                std::fs::read(&e).unwrap(),
+                m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            )
         };
         let mode = if kind == "link" { 0 } else { m.mode() & 0o7777 };
         out.push((rel, kind.to_owned(), mode, mtime, data));

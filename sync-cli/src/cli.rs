@@ -1,0 +1,119 @@
+//! The command line, as clap types. Doc comments are the help text. Commands turn these into
+//! `Settings` before any work starts; engines never see clap types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Mirror Python source trees to test workers and run pytest there: the replacement for
+/// pytest-xdist's `--rsyncdir` / `--tx`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rdist",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mirror the sync roots into every worker's directory.
+    Sync(SyncArgs),
+    /// Serve one side of the sync protocol on stdin/stdout (what the controller starts on a
+    /// worker host).
+    Agent(AgentArgs),
+}
+
+/// How roots are placed in the worker directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Layout {
+    /// At their path relative to the project root, so test ids match the local ones.
+    Rdist,
+    /// At `<chdir>/<basename(root)>`, as pytest-xdist placed them.
+    Xdist,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// A directory (or file) to mirror; repeatable. Relative to the current directory and
+    /// inside the project root.
+    #[arg(long = "rsyncdir", value_name = "DIR", help_heading = "What to sync")]
+    pub rsyncdir: Vec<PathBuf>,
+
+    /// Leave out entries matching GLOB; repeatable. A pattern without `/` matches a name at any
+    /// depth (`*.log`, `build`); one with `/` matches the path from the project root
+    /// (`pkg/data`, `docs/**/*.png`). A trailing `/` matches directories only. `.*`, `*.pyc`,
+    /// `*.pyo` and `*~` are always ignored. Ignored names that exist only on a worker (a
+    /// `.venv`) are never deleted there.
+    #[arg(
+        long = "rsyncignore",
+        value_name = "GLOB",
+        help_heading = "What to sync"
+    )]
+    pub rsyncignore: Vec<String>,
+
+    /// Where roots land in the worker directory.
+    #[arg(long, value_enum, default_value_t = Layout::Rdist, help_heading = "What to sync")]
+    pub layout: Layout,
+
+    /// A worker, as an xdist spec: `popen//chdir=DIR`, `2*popen//chdir=DIR`; repeatable.
+    /// Workers with the same directory are synced once.
+    #[arg(
+        long = "tx",
+        value_name = "SPEC",
+        required = true,
+        help_heading = "Where"
+    )]
+    pub tx: Vec<String>,
+
+    /// Mirror into a non-empty directory that rdist did not create (its other entries are
+    /// deleted).
+    #[arg(long, help_heading = "Where")]
+    pub adopt: bool,
+
+    /// List what would change without changing anything.
+    #[arg(short = 'n', long, help_heading = "Behaviour")]
+    pub dry_run: bool,
+
+    /// fsync every written file before its rename (survives power loss; slower).
+    #[arg(long, help_heading = "Behaviour")]
+    pub fsync: bool,
+
+    /// Seconds to wait for another sync to the same directory to finish.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 60.0,
+        env = "RDIST_LOCK_WAIT",
+        help_heading = "Behaviour"
+    )]
+    pub lock_wait: f64,
+
+    /// Print each transferred and deleted path.
+    #[arg(short, long, help_heading = "Output")]
+    pub verbose: bool,
+
+    /// Print a JSON summary on stdout.
+    #[arg(long, help_heading = "Output")]
+    pub json: bool,
+
+    /// Where rdist keeps its hash cache.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "RDIST_CACHE_DIR",
+        help_heading = "Behaviour"
+    )]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Speak the protocol on stdin/stdout.
+    #[arg(long, required = true)]
+    pub stdio: bool,
+}

@@ -1,0 +1,41 @@
+//! `rdist agent --stdio`: the worker side. Speaks the protocol on stdin/stdout; anything it has
+//! to say to a human goes to stderr, which the controller keeps the tail of.
+
+use sync_core::agent::{AgentOptions, error_chain, serve};
+
+use crate::cli::AgentArgs;
+use crate::exit::{Code, Failure};
+
+/// Serves until the controller closes the connection.
+///
+/// # Errors
+/// A fatal protocol or destination error (already reported to the controller).
+pub fn run(_args: &AgentArgs) -> Result<Code, Failure> {
+    let opts = AgentOptions {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        confine: None,
+    };
+    // Raw descriptors: std's stdout is line-buffered, which would split binary frames at every
+    // newline byte.
+    use std::os::fd::AsFd;
+    let raw = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(std::fs::File::from);
+    let (input, output) = match (
+        raw(std::io::stdin().as_fd()),
+        raw(std::io::stdout().as_fd()),
+    ) {
+        (Ok(i), Ok(o)) => (i, o),
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(Failure::failed(
+                anyhow::anyhow!(e).context("cannot open stdin/stdout"),
+            ));
+        }
+    };
+    match serve(input, output, &opts) {
+        Ok(()) => Ok(Code::Ok),
+        Err(e) => {
+            eprintln!("rdist agent: {}", error_chain(&e));
+            Ok(Code::Failed)
+        }
+    }
+}

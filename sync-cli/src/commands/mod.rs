@@ -1,0 +1,18 @@
+//! One module per subcommand; `run` dispatches.
+
+pub mod agent;
+pub mod sync;
+
+use crate::cli::{Cli, Command};
+use crate::exit::{Code, Failure};
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// The command's fatal failure.
+pub fn run(cli: Cli) -> Result<Code, Failure> {
+    match cli.command {
+        Command::Sync(args) => sync::run(&args),
+        Command::Agent(args) => agent::run(&args),
+    }
+}

@@ -1,0 +1,150 @@
+//! `rdist sync`: scan once, then sync every distinct target concurrently, each through its own
+//! agent process, and report.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::anyhow;
+use sync_core::hash::HashCache;
+use sync_core::push::{PushError, PushOptions, PushReport, push};
+use sync_core::scan::{SourceTree, scan};
+
+use crate::cli::SyncArgs;
+use crate::exit::{Code, Failure};
+use crate::output::{self, Progress};
+use crate::settings::{SyncSettings, Target, TargetKind};
+use crate::transport::popen::AgentChild;
+
+/// One target's result.
+pub struct TargetResult {
+    pub target: Target,
+    pub result: Result<PushReport, TargetError>,
+}
+
+/// A target that failed, with what its agent said on stderr.
+#[derive(Debug)]
+pub struct TargetError {
+    pub error: anyhow::Error,
+    pub hint: Option<String>,
+    pub stderr: String,
+    /// The agent reported the error itself (so its stderr only repeats it).
+    pub remote: bool,
+}
+
+/// Runs `rdist sync`.
+///
+/// # Errors
+/// Usage errors and a failed scan; failed targets are reported and give exit code 1.
+pub fn run(args: &SyncArgs) -> Result<Code, Failure> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| Failure::usage(anyhow!(e).context("no current directory")))?;
+    let settings = SyncSettings::from_args(args, &cwd)?;
+    for n in &settings.notes {
+        output::note(n);
+    }
+    let started = Instant::now();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut cache = match &settings.cache_file {
+        Some(f) => HashCache::load(f.clone()),
+        None => HashCache::in_memory(),
+    };
+    let tree = scan(
+        &settings.project_root,
+        &settings.roots,
+        &settings.filter,
+        &mut cache,
+        threads,
+    )
+    .map_err(Failure::failed)?;
+    if let Err(e) = cache.save() {
+        output::warn(&format!(
+            "cannot save the hash cache (next run rehashes): {e}"
+        ));
+    }
+    let progress = Progress::new(settings.targets.len());
+    let results = sync_all(&tree, &settings, &progress);
+    progress.finish();
+    let elapsed = started.elapsed();
+    output::report_sync(&settings, &tree, &results, elapsed);
+    let failed = results.iter().any(|r| r.result.is_err());
+    let problems = !tree.problems.is_empty()
+        || results.iter().any(|r| {
+            r.result
+                .as_ref()
+                .is_ok_and(|p| !p.outcome.problems.is_empty())
+        });
+    Ok(if failed || problems {
+        Code::Failed
+    } else {
+        Code::Ok
+    })
+}
+
+fn sync_all(tree: &SourceTree, s: &SyncSettings, progress: &Progress) -> Vec<TargetResult> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = s
+            .targets
+            .iter()
+            .map(|t| scope.spawn(move || sync_one(tree, s, t, progress)))
+            .collect();
+        handles
+            .into_iter()
+            .zip(&s.targets)
+            .map(|(h, t)| TargetResult {
+                target: t.clone(),
+                result: h.join().unwrap_or_else(|_| {
+                    Err(TargetError {
+                        error: anyhow!("internal error: the sync thread panicked"),
+                        hint: None,
+                        stderr: String::new(),
+                        remote: false,
+                    })
+                }),
+            })
+            .collect()
+    })
+}
+
+fn push_options(s: &SyncSettings, dest: &Path) -> PushOptions {
+    PushOptions {
+        dest: dest.display().to_string(),
+        ignore: s.agent_ignore.clone(),
+        dry_run: s.dry_run,
+        fsync: s.fsync,
+        adopt: s.adopt,
+        lock_wait_ms: s.lock_wait_ms,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+fn sync_one(
+    tree: &SourceTree,
+    s: &SyncSettings,
+    t: &Target,
+    progress: &Progress,
+) -> Result<PushReport, TargetError> {
+    let TargetKind::Popen { dest } = &t.kind;
+    let (agent, stdin, stdout) = AgentChild::spawn().map_err(|e| TargetError {
+        error: anyhow!(e).context("cannot start the local agent (`rdist agent --stdio`)"),
+        hint: None,
+        stderr: String::new(),
+        remote: false,
+    })?;
+    // `push` owns and drops both pipes, so the agent sees end-of-stream and exits.
+    let res = push(tree, stdout, stdin, &push_options(s, dest), &|f, b| {
+        progress.add(f, b)
+    });
+    let (_, stderr) = agent.finish();
+    res.map_err(|e| {
+        let hint = match &e {
+            PushError::Remote { hint, .. } => hint.clone(),
+            _ => None,
+        };
+        TargetError {
+            remote: matches!(e, PushError::Remote { .. }),
+            error: anyhow!(e),
+            hint,
+            stderr,
+        }
+    })
+}

@@ -1,0 +1,275 @@
+//! Everything rdist prints. stdout carries data (`--json`, `-v` listings, dry-run listings);
+//! stderr carries progress, warnings, errors and the summary line. Progress bars are drawn only
+//! on a terminal; nothing depends on colour.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use sync_core::scan::SourceTree;
+
+use crate::commands::sync::TargetResult;
+use crate::exit::Failure;
+use crate::settings::SyncSettings;
+
+/// Prints a fatal failure: `error:`, its causes, the hint.
+pub fn print_failure(f: &Failure) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "error: {}", f.error);
+    for cause in f.error.chain().skip(1) {
+        let _ = writeln!(err, "  Caused by: {cause}");
+    }
+    if let Some(h) = &f.hint {
+        let _ = writeln!(err, "hint: {h}");
+    }
+}
+
+pub fn note(msg: &str) {
+    eprintln!("note: {msg}");
+}
+
+pub fn warn(msg: &str) {
+    eprintln!("warning: {msg}");
+}
+
+/// Bytes in binary units, as people read them.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A count with thousands separators.
+pub fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The sync progress bar: files and bytes sent, across all targets.
+pub struct Progress {
+    bar: ProgressBar,
+    files: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    pub fn new(targets: usize) -> Progress {
+        let draw = if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(None, draw);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} syncing {prefix}: {msg} files, {bytes} ({bytes_per_sec}) {elapsed}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_prefix(if targets == 1 {
+            "1 target".to_owned()
+        } else {
+            format!("{targets} targets")
+        });
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress {
+            bar,
+            files: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn add(&self, files: u64, bytes: u64) {
+        if files > 0 {
+            let n = self
+                .files
+                .fetch_add(files, std::sync::atomic::Ordering::Relaxed)
+                + files;
+            self.bar.set_message(count(n));
+        }
+        if bytes > 0 {
+            self.bar.inc(bytes);
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Prints per-target errors and problems, listings, the summary line, and `--json`.
+pub fn report_sync(
+    s: &SyncSettings,
+    tree: &SourceTree,
+    results: &[TargetResult],
+    elapsed: Duration,
+) {
+    let files_scanned = tree
+        .manifest
+        .entries()
+        .iter()
+        .filter(|e| matches!(e.kind, sync_core::manifest::Kind::File { .. }))
+        .count() as u64;
+    let mut stdout = std::io::stdout().lock();
+    for p in &tree.problems {
+        warn(&p.to_string());
+    }
+    let (mut sent, mut deleted, mut literal, mut delta, mut wire, mut up_to_date) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let multi = results.len() > 1;
+    for r in results {
+        let label = r.target.dest_label();
+        match &r.result {
+            Ok(rep) => {
+                sent += if s.dry_run {
+                    rep.plan.transfers.len()
+                } else {
+                    rep.sent.len()
+                } as u64;
+                literal += rep.literal_bytes;
+                delta += rep.delta_bytes;
+                wire += rep.wire_sent + rep.wire_received;
+                up_to_date += u64::from(rep.up_to_date);
+                deleted += if s.dry_run {
+                    rep.plan.deleted.len() as u64
+                } else {
+                    rep.outcome.deleted
+                };
+                let listing = s.dry_run || (s.verbose && !s.json);
+                if listing {
+                    let prefix = if multi {
+                        format!("{label}: ")
+                    } else {
+                        String::new()
+                    };
+                    let paths: Vec<u32> = if s.dry_run {
+                        rep.plan.transfers.clone()
+                    } else {
+                        rep.sent.clone()
+                    };
+                    let verb = if s.dry_run { "would send" } else { "sent" };
+                    let mut out: Box<dyn Write> = if s.json {
+                        Box::new(std::io::stderr())
+                    } else {
+                        Box::new(&mut stdout)
+                    };
+                    for i in paths {
+                        let _ = writeln!(
+                            out,
+                            "{prefix}{verb} {}",
+                            tree.manifest.entries()[i as usize].path
+                        );
+                    }
+                    let verb = if s.dry_run { "would delete" } else { "deleted" };
+                    for p in &rep.plan.deleted {
+                        let _ = writeln!(out, "{prefix}{verb} {p}");
+                    }
+                }
+                for (path, msg) in &rep.outcome.problems {
+                    warn(&format!("{label}: `{path}`: {msg}"));
+                }
+            }
+            Err(e) => {
+                eprintln!("error: sync to `{label}` failed: {:#}", e.error);
+                if !e.stderr.is_empty() && !e.remote {
+                    eprintln!(
+                        "  agent stderr: {}",
+                        e.stderr.replace('\n', "\n  agent stderr: ")
+                    );
+                }
+                if let Some(h) = &e.hint {
+                    eprintln!("hint: {h}");
+                }
+            }
+        }
+    }
+    let failed = results.iter().filter(|r| r.result.is_err()).count();
+    let ok = results.len() - failed;
+    let what = if s.dry_run { "dry run" } else { "synced" };
+    let mut line = format!(
+        "rdist: {what} {ok} of {} target{} in {:.2}s: {} files scanned",
+        results.len(),
+        if results.len() == 1 { "" } else { "s" },
+        elapsed.as_secs_f64(),
+        count(files_scanned),
+    );
+    if up_to_date == ok as u64 && ok > 0 {
+        line.push_str(", all up to date");
+    } else {
+        let (s_verb, d_verb) = if s.dry_run {
+            ("to send", "to delete")
+        } else {
+            ("sent", "deleted")
+        };
+        line.push_str(&format!(
+            ", {} {s_verb} ({} literal, {} by delta), {} {d_verb}",
+            count(sent),
+            human_bytes(literal),
+            human_bytes(delta),
+            count(deleted)
+        ));
+    }
+    eprintln!("{line}");
+    if s.json {
+        let targets: Vec<_> = results
+            .iter()
+            .map(|r| match &r.result {
+                Ok(rep) => json!({
+                    "specs": r.target.specs,
+                    "workers": r.target.workers,
+                    "dest": r.target.dest_label(),
+                    "ok": true,
+                    "up_to_date": rep.up_to_date,
+                    "files_sent": rep.sent.len(),
+                    "files_deleted": if s.dry_run { rep.plan.deleted.len() as u64 } else { rep.outcome.deleted },
+                    "literal_bytes": rep.literal_bytes,
+                    "delta_bytes": rep.delta_bytes,
+                    "delta_files": rep.delta_files,
+                    "local_copies": rep.plan.local_copies,
+                    "wire_bytes": rep.wire_sent + rep.wire_received,
+                    "agent_version": rep.agent_version,
+                    "problems": rep.outcome.problems.iter().map(|(p, m)| json!({"path": p, "message": m})).collect::<Vec<_>>(),
+                }),
+                Err(e) => json!({
+                    "specs": r.target.specs,
+                    "workers": r.target.workers,
+                    "dest": r.target.dest_label(),
+                    "ok": false,
+                    "error": format!("{:#}", e.error),
+                    "hint": e.hint,
+                    "agent_stderr": e.stderr,
+                }),
+            })
+            .collect();
+        let doc = json!({
+            "dry_run": s.dry_run,
+            "files_scanned": files_scanned,
+            "entries": tree.manifest.len(),
+            "hashed_files": tree.hashed_files,
+            "files_sent": sent,
+            "files_deleted": deleted,
+            "literal_bytes": literal,
+            "delta_bytes": delta,
+            "wire_bytes": wire,
+            "seconds": elapsed.as_secs_f64(),
+            "targets": targets,
+            "problems": tree.problems.iter().map(|p| json!({"path": p.path, "message": p.message})).collect::<Vec<_>>(),
+        });
+        let _ = writeln!(stdout, "{doc}");
+    }
+}
