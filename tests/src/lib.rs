@@ -1,1 +1,165 @@
-//! Integration tests live in `tests/`; this crate has no library code.
+//! Test harness shared by the integration tests in `tests/tests/`: where the `rdist` binary is,
+//! throwaway projects, running the binary with an isolated cache, and snapshots of trees for
+//! comparing a source with its mirror.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `rdist` binary of this build (`target/<profile>/rdist`, next to the test executable's
+/// `deps/` directory). `.ci/run` builds it before the tests; so does `cargo test --workspace`.
+pub fn rdist_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("RDIST_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let bin = dir.join("rdist");
+    assert!(
+        bin.is_file(),
+        "`{}` is missing: run `cargo build -p rdist` (or the whole workspace) before the tests",
+        bin.display()
+    );
+    bin
+}
+
+/// A temporary directory holding a project (`proj/`, with a `pyproject.toml`) and room for
+/// worker directories, plus a private hash cache.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("proj")).unwrap();
+        std::fs::write(dir.path().join("proj/pyproject.toml"), "[project]\nname = \"demo\"\n").unwrap();
+        Sandbox { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The project root.
+    pub fn proj(&self) -> PathBuf {
+        self.dir.path().join("proj")
+    }
+
+    /// A path for a worker directory (not created).
+    pub fn worker(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a file under the project, creating parents.
+    pub fn write(&self, rel: &str, data: impl AsRef<[u8]>) {
+        write(&self.proj().join(rel), data);
+    }
+
+    /// `rdist ARGS` run in the project root with this sandbox's cache.
+    pub fn rdist(&self) -> Command {
+        let mut c = Command::new(rdist_bin());
+        c.current_dir(self.proj())
+            .env("RDIST_CACHE_DIR", self.dir.path().join("cache"))
+            .env_remove("RDIST_LOCK_WAIT");
+        c
+    }
+
+    /// Runs `rdist ARGS` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.rdist().args(args).output().expect("run rdist")
+    }
+}
+
+/// Writes a file, creating parents.
+pub fn write(p: &Path, data: impl AsRef<[u8]>) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+/// stdout and stderr of `o`, for assertion messages.
+pub fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// One entry of a [`snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Snap {
+    pub path: String,
+    pub kind: &'static str,
+    pub mode: u32,
+    /// Files only; 0 otherwise.
+    pub mtime_ns: i64,
+    /// File content or link target.
+    pub data: Vec<u8>,
+}
+
+/// Every entry below `dir`, sorted, leaving out paths for which `skip` is true (given the
+/// relative path). rdist's own `.rdist` directory is always left out.
+pub fn snapshot_filtered(dir: &Path, skip: &dyn Fn(&str) -> bool) -> Vec<Snap> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let e = e.unwrap().path();
+            let rel = e.strip_prefix(dir).unwrap().to_str().unwrap().to_owned();
+            if rel == ".rdist" || skip(&rel) {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&e).unwrap();
+            let ft = m.file_type();
+            let snap = if ft.is_symlink() {
+                Snap {
+                    path: rel,
+                    kind: "link",
+                    mode: 0,
+                    mtime_ns: 0,
+                    data: std::fs::read_link(&e).unwrap().into_os_string().into_encoded_bytes(),
+                }
+            } else if ft.is_dir() {
+                stack.push(e.clone());
+                Snap {
+                    path: rel,
+                    kind: "dir",
+                    mode: m.mode() & 0o7777,
+                    mtime_ns: 0,
+                    data: vec![],
+                }
+            } else if ft.is_file() {
+                Snap {
+                    path: rel,
+                    kind: "file",
+                    mode: m.mode() & 0o7777,
+                    mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                    data: std::fs::read(&e).unwrap(),
+                }
+            } else {
+                continue;
+            };
+            out.push(snap);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every entry below `dir` except `.rdist`.
+pub fn snapshot(dir: &Path) -> Vec<Snap> {
+    snapshot_filtered(dir, &|_| false)
+}
+
+/// Whether any component of `rel` is matched by the fixed ignores.
+pub fn fixed_ignored(rel: &str) -> bool {
+    rel.split('/').any(|c| c.starts_with('.') || c.ends_with(".pyc") || c.ends_with(".pyo") || c.ends_with('~'))
+}
