@@ -4,7 +4,10 @@
 use std::process::Command;
 
 fn rdist(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_rdist")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_rdist"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -12,8 +15,20 @@ fn help_documents_the_ignore_rules() {
     let o = rdist(&["sync", "--help"]);
     assert_eq!(o.status.code(), Some(0));
     // Compare with line wrapping folded away.
-    let help = String::from_utf8(o.stdout).unwrap().split_whitespace().collect::<Vec<_>>().join(" ");
-    for needle in ["--rsyncdir", "--rsyncignore", "`.*`, `*.pyc`, `*.pyo` and `*~` are always ignored", "never deleted there", "--tx", "--dry-run", "--json"] {
+    let help = String::from_utf8(o.stdout)
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for needle in [
+        "--rsyncdir",
+        "--rsyncignore",
+        "`.*`, `*.pyc`, `*.pyo` and `*~` are always ignored",
+        "never deleted there",
+        "--tx",
+        "--dry-run",
+        "--json",
+    ] {
         assert!(help.contains(needle), "help lacks {needle}:\n{help}");
     }
 }

@@ -53,9 +53,6 @@ pub struct Begin {
     /// User ignore patterns; the fixed ones are implied. The agent uses them to spare
     /// worker-only entries the rules match.
     pub ignore: Vec<String>,
-    /// The digest of the controller's manifest.
-    pub digest: Hash,
-    pub entries: u64,
     pub dry_run: bool,
     /// fsync each file before its rename (durability across power loss).
     pub fsync: bool,
@@ -143,6 +140,9 @@ pub enum Message {
     DataEnd,
     /// Agent: finished.
     Done(Outcome),
+    /// Controller: the digest and size of its manifest. Sent after `Begin` once the scan is
+    /// done, so the agent examines the destination while the controller scans.
+    Offer { digest: Hash, entries: u64 },
 }
 
 impl Message {
@@ -165,6 +165,7 @@ impl Message {
             Message::Skip { .. } => "Skip",
             Message::DataEnd => "DataEnd",
             Message::Done(_) => "Done",
+            Message::Offer { .. } => "Offer",
         }
     }
 }
@@ -349,6 +350,16 @@ mod tests {
                 &[0, 0, 0, 4, 13, 3, 1, b'r'],
             ),
             (Message::DataEnd, &[0, 0, 0, 1, 14]),
+            (
+                Message::Offer {
+                    digest: [7; 32],
+                    entries: 300,
+                },
+                &[
+                    0, 0, 0, 35, 16, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+                    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 0xac, 0x02,
+                ],
+            ),
             (
                 Message::Plan(Plan {
                     deleted: vec![p],

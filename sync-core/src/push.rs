@@ -96,6 +96,15 @@ fn unexpected(got: &Message, expected: &'static str) -> PushError {
 /// Called with (files, bytes) as data is sent.
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
+/// A connection to an agent with a sync begun: the agent examines its destination while the
+/// controller is still scanning.
+pub struct Session<R: Read, W: Write> {
+    r: BufReader<R>,
+    w: BufWriter<W>,
+    opts: PushOptions,
+    report: PushReport,
+}
+
 /// Syncs `tree` to the agent at the other end of `reader`/`writer`.
 ///
 /// # Errors
@@ -107,38 +116,93 @@ pub fn push<R: Read + Send, W: Write + Send>(
     opts: &PushOptions,
     progress: Progress<'_>,
 ) -> Result<PushReport, PushError> {
-    let mut r = BufReader::with_capacity(256 << 10, reader);
-    let mut w = BufWriter::with_capacity(1 << 20, writer);
-    let mut report = PushReport::default();
-    send_hello(&mut w, &opts.version)?;
-    let (hello, preamble) = recv_hello(&mut r, &opts.version)?;
-    report.agent_version = hello.version;
-    report.preamble = preamble;
-    let m = &tree.manifest;
-    report.wire_sent += write_frame(
-        &mut w,
-        &Message::Begin(Begin {
-            dest: opts.dest.clone(),
-            ignore: opts.ignore.clone(),
-            digest: m.digest(),
-            entries: m.len() as u64,
-            dry_run: opts.dry_run,
-            fsync: opts.fsync,
-            adopt: opts.adopt,
-            lock_wait_ms: opts.lock_wait_ms,
-        }),
-    )? as u64;
-    w.flush().map_err(ProtoError::from)?;
-    let (msg, n) = read_frame(&mut r)?;
-    report.wire_received += n as u64;
-    match msg {
-        Message::UpToDate => {
-            report.up_to_date = true;
+    Session::open(reader, writer, opts.clone())?.sync(tree, progress)
+}
+
+impl<R: Read + Send, W: Write + Send> Session<R, W> {
+    /// Shakes hands and sends `Begin`.
+    ///
+    /// # Errors
+    /// When the handshake fails.
+    pub fn open(reader: R, writer: W, opts: PushOptions) -> Result<Self, PushError> {
+        let mut r = BufReader::with_capacity(256 << 10, reader);
+        let mut w = BufWriter::with_capacity(1 << 20, writer);
+        let mut report = PushReport::default();
+        send_hello(&mut w, &opts.version)?;
+        let (hello, preamble) = recv_hello(&mut r, &opts.version)?;
+        report.agent_version = hello.version;
+        report.preamble = preamble;
+        report.wire_sent += write_frame(
+            &mut w,
+            &Message::Begin(Begin {
+                dest: opts.dest.clone(),
+                ignore: opts.ignore.clone(),
+                dry_run: opts.dry_run,
+                fsync: opts.fsync,
+                adopt: opts.adopt,
+                lock_wait_ms: opts.lock_wait_ms,
+            }),
+        )? as u64;
+        w.flush().map_err(ProtoError::from)?;
+        Ok(Session { r, w, opts, report })
+    }
+
+    /// Offers `tree` and sends whatever the agent asks for.
+    ///
+    /// # Errors
+    /// A protocol failure, an agent-side fatal error, or invalid data from the agent.
+    pub fn sync(self, tree: &SourceTree, progress: Progress<'_>) -> Result<PushReport, PushError> {
+        let Session {
+            mut r,
+            mut w,
+            opts,
+            mut report,
+        } = self;
+        let m = &tree.manifest;
+        report.wire_sent += write_frame(
+            &mut w,
+            &Message::Offer {
+                digest: tree.digest,
+                entries: m.len() as u64,
+            },
+        )? as u64;
+        w.flush().map_err(ProtoError::from)?;
+        let (msg, n) = read_frame(&mut r)?;
+        report.wire_received += n as u64;
+        match msg {
+            Message::UpToDate => {
+                report.up_to_date = true;
+                return Ok(report);
+            }
+            Message::NeedManifest => {}
+            other => return Err(unexpected(&other, "UpToDate or NeedManifest")),
+        }
+        send_manifest(&mut w, m, &mut report)?;
+        let (msg, n) = read_frame(&mut r)?;
+        report.wire_received += n as u64;
+        report.plan = match msg {
+            Message::Plan(p) => p,
+            other => return Err(unexpected(&other, "Plan")),
+        };
+        if opts.dry_run {
+            let (msg, n) = read_frame(&mut r)?;
+            report.wire_received += n as u64;
+            report.outcome = match msg {
+                Message::Done(o) => o,
+                other => return Err(unexpected(&other, "Done")),
+            };
             return Ok(report);
         }
-        Message::NeedManifest => {}
-        other => return Err(unexpected(&other, "UpToDate or NeedManifest")),
+        transfer(tree, r, w, &mut report, progress)?;
+        Ok(report)
     }
+}
+
+fn send_manifest<W: Write>(
+    w: &mut W,
+    m: &crate::manifest::Manifest,
+    report: &mut PushReport,
+) -> Result<(), PushError> {
     let mut part: Vec<Entry> = Vec::new();
     let mut bytes = 0;
     for e in m.entries() {
@@ -146,30 +210,26 @@ pub fn push<R: Read + Send, W: Write + Send>(
         part.push(e.clone());
         if bytes >= MANIFEST_FRAME {
             report.wire_sent +=
-                write_frame(&mut w, &Message::Manifest(std::mem::take(&mut part)))? as u64;
+                write_frame(w, &Message::Manifest(std::mem::take(&mut part)))? as u64;
             bytes = 0;
         }
     }
     if !part.is_empty() {
-        report.wire_sent += write_frame(&mut w, &Message::Manifest(part))? as u64;
+        report.wire_sent += write_frame(w, &Message::Manifest(part))? as u64;
     }
-    report.wire_sent += write_frame(&mut w, &Message::ManifestEnd)? as u64;
+    report.wire_sent += write_frame(w, &Message::ManifestEnd)? as u64;
     w.flush().map_err(ProtoError::from)?;
-    let (msg, n) = read_frame(&mut r)?;
-    report.wire_received += n as u64;
-    report.plan = match msg {
-        Message::Plan(p) => p,
-        other => return Err(unexpected(&other, "Plan")),
-    };
-    if opts.dry_run {
-        let (msg, n) = read_frame(&mut r)?;
-        report.wire_received += n as u64;
-        report.outcome = match msg {
-            Message::Done(o) => o,
-            other => return Err(unexpected(&other, "Done")),
-        };
-        return Ok(report);
-    }
+    Ok(())
+}
+
+/// The data phase: a reader thread drains the agent's messages while this thread answers them.
+fn transfer<R: Read + Send, W: Write + Send>(
+    tree: &SourceTree,
+    mut r: BufReader<R>,
+    w: BufWriter<W>,
+    report: &mut PushReport,
+    progress: Progress<'_>,
+) -> Result<(), PushError> {
     let received = AtomicU64::new(report.wire_received);
     std::thread::scope(|scope| -> Result<(), PushError> {
         // Owned by this closure: an early error drops (closes) the writer before the scope
@@ -193,7 +253,7 @@ pub fn push<R: Read + Send, W: Write + Send>(
         let mut sender = Sender {
             tree,
             w: &mut w,
-            report: &mut report,
+            report: &mut *report,
             progress,
             batch: Vec::new(),
             batch_bytes: 0,
@@ -217,7 +277,7 @@ pub fn push<R: Read + Send, W: Write + Send>(
         }
     })?;
     report.wire_received = received.into_inner();
-    Ok(report)
+    Ok(())
 }
 
 struct Sender<'a, W: Write> {

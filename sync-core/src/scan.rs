@@ -20,6 +20,8 @@ use crate::walk::{Found, Problem, WalkRoot, Walked, classify, walk};
 #[derive(Debug, Default)]
 pub struct SourceTree {
     pub manifest: Manifest,
+    /// `manifest.digest()`, computed once.
+    pub digest: crate::manifest::Hash,
     /// For each manifest entry (same index), where it is on this machine.
     pub sources: Vec<PathBuf>,
     /// Warnings and skipped entries.
@@ -54,7 +56,6 @@ pub fn scan(
     roots: &[WalkRoot],
     filter: &Filter,
     cache: &mut HashCache,
-    threads: usize,
 ) -> Result<SourceTree, ScanError> {
     let started = now_ns();
     let mut walked: Vec<Walked> = Vec::new();
@@ -90,7 +91,7 @@ pub fn scan(
             });
         }
         if matches!(found, Found::Dir { .. }) {
-            let (mut w, mut p) = walk(root, filter, threads);
+            let (mut w, mut p) = walk(root, filter);
             walked.append(&mut w);
             problems.append(&mut p);
         }
@@ -185,8 +186,10 @@ pub fn scan(
         entries.push(Entry { path: w.path, kind });
         sources.push(w.abs);
     }
+    let manifest = Manifest::from_unsorted(entries);
     Ok(SourceTree {
-        manifest: Manifest::from_unsorted(entries),
+        digest: manifest.digest(),
+        manifest,
         sources,
         problems,
         hashed_files,

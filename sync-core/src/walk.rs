@@ -103,124 +103,108 @@ pub fn classify(abs: &Path, meta: &Metadata) -> Result<Found, String> {
 
 /// Walks everything below `root` (not the root itself), in parallel, applying `filter`.
 /// Returns the entries in no particular order.
-pub fn walk(root: &WalkRoot, filter: &Filter, threads: usize) -> (Vec<Walked>, Vec<Problem>) {
-    let shared = Shared {
+///
+/// Each directory is one rayon task. Entries are examined with `DirEntry::metadata`, which
+/// `fstatat`s relative to the open directory instead of resolving the full path again for
+/// every entry; on a 30,000-file tree that halved the walk against the `ignore` crate's walker
+/// (see DESIGN.md).
+pub fn walk(root: &WalkRoot, filter: &Filter) -> (Vec<Walked>, Vec<Problem>) {
+    let ctx = Ctx {
         root,
         filter,
         out: Mutex::new(Vec::new()),
         problems: Mutex::new(Vec::new()),
     };
-    ignore::WalkBuilder::new(&root.abs)
-        .standard_filters(false)
-        .follow_links(false)
-        .threads(threads)
-        .build_parallel()
-        .visit(&mut Builder(&shared));
+    rayon::scope(|s| visit_dir(s, &ctx, root.abs.clone(), None));
     (
-        shared.out.into_inner().unwrap(),
-        shared.problems.into_inner().unwrap(),
+        ctx.out.into_inner().unwrap(),
+        ctx.problems.into_inner().unwrap(),
     )
 }
 
-struct Shared<'a> {
+struct Ctx<'a> {
     root: &'a WalkRoot,
     filter: &'a Filter,
     out: Mutex<Vec<Walked>>,
     problems: Mutex<Vec<Problem>>,
 }
 
-struct Builder<'a, 'b>(&'b Shared<'a>);
-
-impl<'s, 'a: 's, 'b: 's> ignore::ParallelVisitorBuilder<'s> for Builder<'a, 'b> {
-    fn build(&mut self) -> Box<dyn ignore::ParallelVisitor + 's> {
-        Box::new(Visitor {
-            shared: self.0,
-            local: Vec::new(),
-        })
-    }
-}
-
-/// One walker thread's visitor; batches entries locally to keep the lock cold.
-struct Visitor<'a, 'b> {
-    shared: &'b Shared<'a>,
-    local: Vec<Walked>,
-}
-
-impl Drop for Visitor<'_, '_> {
-    fn drop(&mut self) {
-        if let Ok(mut out) = self.shared.out.lock() {
-            out.append(&mut self.local);
-        }
-    }
-}
-
-impl Visitor<'_, '_> {
+impl Ctx<'_> {
     fn problem(&self, path: &Path, msg: String) {
-        self.shared
-            .problems
+        self.problems
             .lock()
             .unwrap()
             .push(Problem::new(path.display().to_string(), msg));
     }
 }
 
-impl ignore::ParallelVisitor for Visitor<'_, '_> {
-    fn visit(&mut self, res: Result<ignore::DirEntry, ignore::Error>) -> ignore::WalkState {
-        use ignore::WalkState::{Continue, Skip};
-        let root = self.shared.root;
-        let entry = match res {
+fn visit_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s Ctx<'s>, dir: PathBuf, sub: Option<RelPath>) {
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                ctx.problem(&dir, format!("cannot read directory: {e}"));
+            }
+            return;
+        }
+    };
+    let mut local = Vec::new();
+    for ent in rd {
+        let ent = match ent {
             Ok(e) => e,
             Err(e) => {
-                let path = match &e {
-                    ignore::Error::WithPath { path, .. } => path.clone(),
-                    _ => root.abs.clone(),
-                };
-                self.problem(&path, format!("cannot read: {e}"));
-                return Continue;
+                ctx.problem(&dir, format!("cannot read directory: {e}"));
+                break;
             }
         };
-        if entry.depth() == 0 {
-            return Continue;
-        }
-        let abs = entry.path();
-        let sub = match abs.strip_prefix(&root.abs).map(RelPath::from_path) {
-            Ok(Ok(p)) => p,
-            _ => {
-                self.problem(abs, "name is not valid UTF-8; skipped".to_owned());
-                return Skip;
+        let abs = ent.path();
+        let name = ent.file_name();
+        let rel = match (name.to_str(), &sub) {
+            (Some(n), Some(parent)) => parent.join(n),
+            (Some(n), None) => RelPath::new(n),
+            (None, _) => {
+                ctx.problem(&abs, "name is not valid UTF-8; skipped".to_owned());
+                continue;
             }
         };
-        let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
-        if self
-            .shared
+        let rel = match rel {
+            Ok(r) => r,
+            Err(e) => {
+                ctx.problem(&abs, format!("{e}; skipped"));
+                continue;
+            }
+        };
+        let is_dir = ent.file_type().is_ok_and(|t| t.is_dir());
+        if ctx
             .filter
-            .is_ignored(&sub.under(root.filter_rel.as_ref()), is_dir)
+            .is_ignored(&rel.under(ctx.root.filter_rel.as_ref()), is_dir)
         {
-            return Skip;
+            continue;
         }
-        let meta = match entry.metadata() {
+        let meta = match ent.metadata() {
             Ok(m) => m,
             Err(e) => {
                 // Vanished between readdir and lstat: as if it was never there.
-                if e.io_error().map(|e| e.kind()) != Some(std::io::ErrorKind::NotFound) {
-                    self.problem(abs, format!("cannot stat: {e}"));
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    ctx.problem(&abs, format!("cannot stat: {e}"));
                 }
-                return Skip;
+                continue;
             }
         };
-        match classify(abs, &meta) {
+        match classify(&abs, &meta) {
             Ok(found) => {
-                self.local.push(Walked {
-                    path: sub.under(root.dest_rel.as_ref()),
-                    abs: abs.to_path_buf(),
+                if matches!(found, Found::Dir { .. }) {
+                    let (abs, rel) = (abs.clone(), rel.clone());
+                    s.spawn(move |s| visit_dir(s, ctx, abs, Some(rel)));
+                }
+                local.push(Walked {
+                    path: rel.under(ctx.root.dest_rel.as_ref()),
+                    abs,
                     found,
                 });
-                if self.local.len() >= 512 {
-                    self.shared.out.lock().unwrap().append(&mut self.local);
-                }
             }
-            Err(msg) => self.problem(abs, msg),
+            Err(msg) => ctx.problem(&abs, msg),
         }
-        Continue
     }
+    ctx.out.lock().unwrap().append(&mut local);
 }

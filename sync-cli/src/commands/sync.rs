@@ -2,11 +2,12 @@
 //! agent process, and report.
 
 use std::path::Path;
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use anyhow::anyhow;
 use sync_core::hash::HashCache;
-use sync_core::push::{PushError, PushOptions, PushReport, push};
+use sync_core::push::{PushError, PushOptions, PushReport, Session};
 use sync_core::scan::{SourceTree, scan};
 
 use crate::cli::SyncArgs;
@@ -43,28 +44,41 @@ pub fn run(args: &SyncArgs) -> Result<Code, Failure> {
         output::note(n);
     }
     let started = Instant::now();
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut cache = match &settings.cache_file {
-        Some(f) => HashCache::load(f.clone()),
-        None => HashCache::in_memory(),
-    };
-    let tree = scan(
-        &settings.project_root,
-        &settings.roots,
-        &settings.filter,
-        &mut cache,
-        threads,
-    )
-    .map_err(Failure::failed)?;
-    if let Err(e) = cache.save() {
-        output::warn(&format!(
-            "cannot save the hash cache (next run rehashes): {e}"
-        ));
-    }
     let progress = Progress::new(settings.targets.len());
-    let results = sync_all(&tree, &settings, &progress);
+    // Agents start and examine their destinations while the tree is scanned here.
+    let (tree, results) = std::thread::scope(|scope| {
+        let mut feeds = Vec::new();
+        let mut handles = Vec::new();
+        for t in &settings.targets {
+            let (tx, rx) = mpsc::channel::<Option<Arc<SourceTree>>>();
+            feeds.push(tx);
+            let (s, progress) = (&settings, &progress);
+            handles.push(scope.spawn(move || sync_one(rx, s, t, progress)));
+        }
+        let tree = scan_tree(&settings).map(Arc::new);
+        for feed in feeds {
+            let _ = feed.send(tree.as_ref().ok().cloned());
+        }
+        let results: Vec<TargetResult> = handles
+            .into_iter()
+            .zip(&settings.targets)
+            .map(|(h, t)| TargetResult {
+                target: t.clone(),
+                result: h.join().unwrap_or_else(|_| {
+                    Err(TargetError::local(anyhow!(
+                        "internal error: the sync thread panicked"
+                    )))
+                }),
+            })
+            .collect();
+        (tree, results)
+    });
     progress.finish();
+    let tree = tree?;
     let elapsed = started.elapsed();
+    if std::env::var_os("RDIST_TIMINGS").is_some() {
+        eprintln!("timings: total {elapsed:.3?}");
+    }
     output::report_sync(&settings, &tree, &results, elapsed);
     let failed = results.iter().any(|r| r.result.is_err());
     let problems = !tree.problems.is_empty()
@@ -80,29 +94,43 @@ pub fn run(args: &SyncArgs) -> Result<Code, Failure> {
     })
 }
 
-fn sync_all(tree: &SourceTree, s: &SyncSettings, progress: &Progress) -> Vec<TargetResult> {
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = s
-            .targets
-            .iter()
-            .map(|t| scope.spawn(move || sync_one(tree, s, t, progress)))
-            .collect();
-        handles
-            .into_iter()
-            .zip(&s.targets)
-            .map(|(h, t)| TargetResult {
-                target: t.clone(),
-                result: h.join().unwrap_or_else(|_| {
-                    Err(TargetError {
-                        error: anyhow!("internal error: the sync thread panicked"),
-                        hint: None,
-                        stderr: String::new(),
-                        remote: false,
-                    })
-                }),
-            })
-            .collect()
-    })
+fn scan_tree(settings: &SyncSettings) -> Result<SourceTree, Failure> {
+    let t0 = Instant::now();
+    let mut cache = match &settings.cache_file {
+        Some(f) => HashCache::load(f.clone()),
+        None => HashCache::in_memory(),
+    };
+    let tree = scan(
+        &settings.project_root,
+        &settings.roots,
+        &settings.filter,
+        &mut cache,
+    )
+    .map_err(Failure::failed)?;
+    if let Err(e) = cache.save() {
+        output::warn(&format!(
+            "cannot save the hash cache (next run rehashes): {e}"
+        ));
+    }
+    if std::env::var_os("RDIST_TIMINGS").is_some() {
+        eprintln!(
+            "timings: scan {:.3?} ({} files hashed)",
+            t0.elapsed(),
+            tree.hashed_files
+        );
+    }
+    Ok(tree)
+}
+
+impl TargetError {
+    fn local(error: anyhow::Error) -> TargetError {
+        TargetError {
+            error,
+            hint: None,
+            stderr: String::new(),
+            remote: false,
+        }
+    }
 }
 
 fn push_options(s: &SyncSettings, dest: &Path) -> PushOptions {
@@ -118,23 +146,29 @@ fn push_options(s: &SyncSettings, dest: &Path) -> PushOptions {
 }
 
 fn sync_one(
-    tree: &SourceTree,
+    tree: mpsc::Receiver<Option<Arc<SourceTree>>>,
     s: &SyncSettings,
     t: &Target,
     progress: &Progress,
 ) -> Result<PushReport, TargetError> {
     let TargetKind::Popen { dest } = &t.kind;
-    let (agent, stdin, stdout) = AgentChild::spawn().map_err(|e| TargetError {
-        error: anyhow!(e).context("cannot start the local agent (`rdist agent --stdio`)"),
-        hint: None,
-        stderr: String::new(),
-        remote: false,
+    let (agent, stdin, stdout) = AgentChild::spawn().map_err(|e| {
+        TargetError::local(
+            anyhow!(e).context("cannot start the local agent (`rdist agent --stdio`)"),
+        )
     })?;
-    // `push` owns and drops both pipes, so the agent sees end-of-stream and exits.
-    let res = push(tree, stdout, stdin, &push_options(s, dest), &|f, b| {
-        progress.add(f, b)
+    // The session owns and finally drops both pipes, so the agent sees end-of-stream and exits.
+    let res = Session::open(stdout, stdin, push_options(s, dest)).and_then(|session| {
+        match tree.recv() {
+            Ok(Some(tree)) => session.sync(&tree, &|f, b| progress.add(f, b)),
+            // The scan failed and is reported by the caller; just hang up.
+            _ => Err(PushError::Proto(sync_core::proto::ProtoError::Closed)),
+        }
     });
     let (_, stderr) = agent.finish();
+    if std::env::var_os("RDIST_TIMINGS").is_some() && !stderr.is_empty() {
+        eprintln!("{stderr}");
+    }
     res.map_err(|e| {
         let hint = match &e {
             PushError::Remote { hint, .. } => hint.clone(),

@@ -204,8 +204,27 @@ fn session<R: BufRead, W: Write>(
     std::fs::create_dir_all(&state_dir).map_err(dest_err("create", &state_dir))?;
     let _lock = DestLock::acquire(&dest, begin.lock_wait_ms)?;
     let filter = Filter::new(&begin.ignore)?;
-    let current = state::current(&dest, &filter, opts.threads);
-    if current.manifest.digest() == begin.digest {
+    let t0 = std::time::Instant::now();
+    let current = state::current(&dest, &filter);
+    if std::env::var_os("RDIST_TIMINGS").is_some() {
+        eprintln!(
+            "agent timings: current state {:.3?} ({} rehashed)",
+            t0.elapsed(),
+            current.rehashed
+        );
+    }
+    let (digest, entries) = match read_frame(r)?.0 {
+        Message::Offer { digest, entries } => (digest, entries),
+        Message::Error(e) => return Err(ProtoError::Remote(e).into()),
+        other => {
+            return Err(ProtoError::Unexpected {
+                got: other.name(),
+                expected: "Offer",
+            }
+            .into());
+        }
+    };
+    if current.manifest.digest() == digest {
         if current.rehashed > 0 && !begin.dry_run {
             let _ = state::save(
                 &dest,
@@ -218,16 +237,17 @@ fn session<R: BufRead, W: Write>(
     }
     write_frame(w, &Message::NeedManifest)?;
     w.flush().map_err(ProtoError::from)?;
-    let want = receive_manifest(r, &begin, &filter)?;
+    let want = receive_manifest(r, digest, entries, &filter)?;
     apply::run(r, w, &dest, &begin, &current, want, opts)
 }
 
 fn receive_manifest(
     r: &mut impl BufRead,
-    begin: &Begin,
+    digest: crate::manifest::Hash,
+    entries_announced: u64,
     filter: &Filter,
 ) -> Result<Manifest, AgentError> {
-    let limit = begin.entries.min(MAX_ENTRIES);
+    let limit = entries_announced.min(MAX_ENTRIES);
     let mut entries = Vec::with_capacity(limit.min(1 << 20) as usize);
     loop {
         match read_frame(r)?.0 {
@@ -251,7 +271,7 @@ fn receive_manifest(
         }
     }
     let want = Manifest::from_sorted_checked(entries)?;
-    if want.digest() != begin.digest {
+    if want.digest() != digest {
         return Err(AgentError::Invalid(
             "manifest does not match its announced digest".to_owned(),
         ));

@@ -54,14 +54,14 @@ fn load_saved(dest: &Path) -> (i64, HashMap<RelPath, (Stamp, Hash)>) {
 }
 
 /// Walks `dest` with `filter` and hashes what the saved state cannot vouch for.
-pub fn current(dest: &Path, filter: &Filter, threads: usize) -> Current {
+pub fn current(dest: &Path, filter: &Filter) -> Current {
     let (saved_ns, saved) = load_saved(dest);
     let root = WalkRoot {
         abs: dest.to_owned(),
         filter_rel: None,
         dest_rel: None,
     };
-    let (mut walked, mut problems) = walk(&root, filter, threads);
+    let (mut walked, mut problems) = walk(&root, filter);
     walked.sort_by(|a, b| a.path.cmp(&b.path));
     let hashes: Vec<Option<Result<Hash, String>>> = walked
         .par_iter()

@@ -17,7 +17,7 @@ pub fn scan_dir(src: &Path, ignore: &[&str]) -> SourceTree {
         filter_rel: None,
         dest_rel: None,
     };
-    scan(src, &[root], &filter, &mut HashCache::in_memory(), 2).unwrap()
+    scan(src, &[root], &filter, &mut HashCache::in_memory()).unwrap()
 }
 
 pub fn opts(dest: &Path) -> PushOptions {
