@@ -112,6 +112,20 @@ impl Progress {
     }
 }
 
+/// Problems shown before the rest are summarised (all with `-v`).
+const MAX_PROBLEMS_SHOWN: usize = 20;
+
+fn print_problems(verbose: bool, problems: impl ExactSizeIterator<Item = String>) {
+    let total = problems.len();
+    let limit = if verbose { usize::MAX } else { MAX_PROBLEMS_SHOWN };
+    for p in problems.take(limit) {
+        warn(&p);
+    }
+    if total > limit {
+        warn(&format!("... and {} more (`-v` shows all, `--json` lists all)", total - limit));
+    }
+}
+
 /// Prints per-target errors and problems, listings, the summary line, and `--json`.
 pub fn report_sync(
     s: &SyncSettings,
@@ -126,9 +140,7 @@ pub fn report_sync(
         .filter(|e| matches!(e.kind, sync_core::manifest::Kind::File { .. }))
         .count() as u64;
     let mut stdout = std::io::stdout().lock();
-    for p in &tree.problems {
-        warn(&p.to_string());
-    }
+    print_problems(s.verbose, tree.problems.iter().map(ToString::to_string));
     let (mut sent, mut deleted, mut literal, mut delta, mut wire, mut up_to_date) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let multi = results.len() > 1;
@@ -180,9 +192,10 @@ pub fn report_sync(
                         let _ = writeln!(out, "{prefix}{verb} {p}");
                     }
                 }
-                for (path, msg) in &rep.outcome.problems {
-                    warn(&format!("{label}: `{path}`: {msg}"));
-                }
+                print_problems(
+                    s.verbose,
+                    rep.outcome.problems.iter().map(|(path, msg)| format!("{label}: `{path}`: {msg}")),
+                );
             }
             Err(e) => {
                 eprintln!("error: sync to `{label}` failed: {:#}", e.error);
