@@ -26,6 +26,29 @@ pub enum Command {
     /// Serve one side of the sync protocol on stdin/stdout (what the controller starts on a
     /// worker host).
     Agent(AgentArgs),
+    /// Accept `socket=HOST:PORT` workers over TCP: the replacement for execnet's socketserver,
+    /// with token authentication and one confined directory per session.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Loopback by default; anything else is reachable by others.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8888")]
+    pub listen: String,
+
+    /// Directory under which every session gets its own directory.
+    #[arg(long, value_name = "DIR", default_value_os_t = crate::commands::serve::default_root())]
+    pub root: PathBuf,
+
+    /// File holding the shared token (created with a new token if missing). Without it,
+    /// `RDIST_TOKEN` is used, else a token is generated and printed once.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Sessions served at once; more are refused.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_sessions: usize,
 }
 
 /// How roots are placed in the worker directory.
@@ -60,8 +83,12 @@ pub struct SyncArgs {
     #[arg(long, value_enum, default_value_t = Layout::Rdist, help_heading = "What to sync")]
     pub layout: Layout,
 
-    /// A worker, as an xdist spec: `popen//chdir=DIR`, `2*popen//chdir=DIR`; repeatable.
-    /// Workers with the same directory are synced once.
+    /// A worker, as an xdist spec; repeatable. `popen//chdir=DIR` (a local directory),
+    /// `ssh=HOST//chdir=DIR` (through the system `ssh`: `~/.ssh/config`, keys, agents and
+    /// ProxyJump apply; `ssh=-p 2222 user@host` takes OpenSSH options), `socket=HOST:PORT` (an
+    /// `rdist serve`), `2*...` for several workers, `via=NAME` for a `--px` proxy. Workers with
+    /// the same host and directory are synced once. Remote workers without `chdir=` use a
+    /// per-project directory in rdist's cache on the host.
     #[arg(
         long = "tx",
         value_name = "SPEC",
@@ -69,6 +96,25 @@ pub struct SyncArgs {
         help_heading = "Where"
     )]
     pub tx: Vec<String>,
+
+    /// A proxy, as an xdist spec with an id: `id=NAME//ssh=HOST` or `id=NAME//socket=HOST:PORT`;
+    /// workers reach it with `via=NAME` and are synced on its host.
+    #[arg(long = "px", value_name = "SPEC", help_heading = "Where")]
+    pub px: Vec<String>,
+
+    /// Seconds to wait for a worker host to answer before reporting it as failed.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 15.0,
+        env = "RDIST_CONNECT_TIMEOUT",
+        help_heading = "Where"
+    )]
+    pub connect_timeout: f64,
+
+    /// File holding the token of `rdist serve` for `socket=` workers (or set `RDIST_TOKEN`).
+    #[arg(long, value_name = "FILE", help_heading = "Where")]
+    pub token_file: Option<PathBuf>,
 
     /// Mirror into a non-empty directory that rdist did not create (its other entries are
     /// deleted).

@@ -117,12 +117,19 @@ const MAX_PROBLEMS_SHOWN: usize = 20;
 
 fn print_problems(verbose: bool, problems: impl ExactSizeIterator<Item = String>) {
     let total = problems.len();
-    let limit = if verbose { usize::MAX } else { MAX_PROBLEMS_SHOWN };
+    let limit = if verbose {
+        usize::MAX
+    } else {
+        MAX_PROBLEMS_SHOWN
+    };
     for p in problems.take(limit) {
         warn(&p);
     }
     if total > limit {
-        warn(&format!("... and {} more (`-v` shows all, `--json` lists all)", total - limit));
+        warn(&format!(
+            "... and {} more (`-v` shows all, `--json` lists all)",
+            total - limit
+        ));
     }
 }
 
@@ -194,7 +201,10 @@ pub fn report_sync(
                 }
                 print_problems(
                     s.verbose,
-                    rep.outcome.problems.iter().map(|(path, msg)| format!("{label}: `{path}`: {msg}")),
+                    rep.outcome
+                        .problems
+                        .iter()
+                        .map(|(path, msg)| format!("{label}: `{path}`: {msg}")),
                 );
             }
             Err(e) => {

@@ -8,6 +8,7 @@ use anyhow::anyhow;
 use compat::xspec::{Gateway, NoteLevel, XSpec};
 use sync_core::filter::Filter;
 use sync_core::path::RelPath;
+use sync_core::proto::DestBase;
 use sync_core::walk::WalkRoot;
 
 use crate::cli::{Layout, SyncArgs};
@@ -29,20 +30,35 @@ pub struct Target {
     /// The worker specs that share this destination, as given.
     pub specs: Vec<String>,
     pub workers: u32,
-    pub kind: TargetKind,
+    pub transport: Transport,
+    /// The destination as the agent resolves it (see `base`).
+    pub dest: String,
+    pub base: DestBase,
 }
 
+/// How the agent for a target is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TargetKind {
-    /// A local agent process syncing into `dest`.
-    Popen { dest: PathBuf },
+pub enum Transport {
+    /// This binary as a local child process.
+    Local,
+    /// `ssh [args] host rdist agent --stdio`.
+    Ssh { args: Vec<String>, host: String },
+    /// A TCP connection to `rdist serve`.
+    Socket { host: String, port: u16 },
 }
 
 impl Target {
-    /// The destination as shown to users.
+    /// The destination as shown to users: `dir`, `host:dir`, `host:port/dir`.
     pub fn dest_label(&self) -> String {
-        match &self.kind {
-            TargetKind::Popen { dest } => dest.display().to_string(),
+        let dest = match self.base {
+            DestBase::Cache => format!("<rdist cache>/{}", self.dest),
+            DestBase::Home if !self.dest.starts_with('/') => format!("~/{}", self.dest),
+            _ => self.dest.clone(),
+        };
+        match &self.transport {
+            Transport::Local => dest,
+            Transport::Ssh { host, .. } => format!("{host}:{dest}"),
+            Transport::Socket { host, port } => format!("{host}:{port}/{dest}"),
         }
     }
 }
@@ -63,8 +79,21 @@ pub struct SyncSettings {
     pub verbose: bool,
     pub json: bool,
     pub cache_file: Option<PathBuf>,
+    /// Seconds to wait for a worker host to answer.
+    pub connect_timeout: std::time::Duration,
+    /// The token for `socket=` workers (`rdist serve`).
+    pub token: Option<String>,
     /// Things worth telling the user once (legacy behaviour that rdist changes).
     pub notes: Vec<String>,
+}
+
+/// rdist's cache directory on this machine: `$RDIST_CACHE_DIR`, else the platform cache
+/// directory (`$XDG_CACHE_HOME` or `~/.cache`) + `rdist`.
+pub fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("RDIST_CACHE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| dirs::cache_dir().map(|d| d.join("rdist")))
 }
 
 /// The directory of the nearest project file upward from `start`, else `start`.
@@ -177,7 +206,25 @@ impl SyncSettings {
                 .collect(),
         };
 
-        let targets = targets(&args.tx, &cwd, &mut notes)?;
+        let token = match (&args.token_file, std::env::var("RDIST_TOKEN")) {
+            (Some(f), _) => Some(std::fs::read_to_string(f).map_err(|e| {
+                Failure::usage(
+                    anyhow!(e).context(format!("cannot read token file `{}`", f.display())),
+                )
+            })?),
+            (None, Ok(t)) if !t.trim().is_empty() => Some(t),
+            _ => None,
+        };
+        let project_key = project_key(&project_root);
+        let targets = targets(&args.tx, &args.px, &cwd, &project_key, &mut notes)?;
+        if token.is_none()
+            && targets
+                .iter()
+                .any(|t| matches!(t.transport, Transport::Socket { .. }))
+        {
+            return Err(Failure::usage(anyhow!("`socket=` workers need the server's token"))
+                .with_hint("set `RDIST_TOKEN` or pass `--token-file FILE` (the token `rdist serve` printed)"));
+        }
         let cache_file = args
             .cache_dir
             .clone()
@@ -199,6 +246,8 @@ impl SyncSettings {
             verbose: args.verbose,
             json: args.json,
             cache_file,
+            connect_timeout: std::time::Duration::from_secs_f64(args.connect_timeout.max(0.1)),
+            token,
             notes,
         })
     }
@@ -279,25 +328,86 @@ fn xdist_layout(
     Ok(roots.into_iter().map(|(r, _)| r).collect())
 }
 
-fn targets(tx: &[String], cwd: &Path, notes: &mut Vec<String>) -> Result<Vec<Target>, Failure> {
-    let mut out: Vec<Target> = Vec::new();
-    for raw in tx {
-        let spec: XSpec = raw.parse().map_err(|e: compat::xspec::ParseError| {
-            let hint = e.hint();
-            // `render` repeats the message and hint around the caret lines; keep only the carets.
-            let rendered = e.render(raw);
-            let carets: Vec<&str> = rendered
-                .lines()
-                .skip(1)
-                .filter(|l| !l.starts_with("hint:"))
-                .collect();
-            let mut f = Failure::usage(anyhow!("invalid worker spec: {e}\n{}", carets.join("\n")));
-            if let Some(h) = hint {
-                f = f.with_hint(h);
+/// `<project dir name>-<8 hex of its path>`: the default directory name for a project on a
+/// remote host, distinct per project and stable across runs.
+pub fn project_key(project_root: &Path) -> String {
+    let name: String = project_root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "project".to_owned())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
             }
-            f
-        })?;
-        for note in spec.notes() {
+        })
+        .collect();
+    let name = name.trim_start_matches('.');
+    let hash = blake3::hash(project_root.as_os_str().as_encoded_bytes()).to_hex();
+    format!(
+        "{}-{}",
+        if name.is_empty() { "project" } else { name },
+        &hash[..8]
+    )
+}
+
+fn parse_spec(raw: &str, px: bool) -> Result<XSpec, Failure> {
+    let parsed = if px {
+        XSpec::parse_px(raw)
+    } else {
+        raw.parse()
+    };
+    parsed.map_err(|e: compat::xspec::ParseError| {
+        let hint = e.hint();
+        // `render` repeats the message and hint around the caret lines; keep only the carets.
+        let rendered = e.render(raw);
+        let carets: Vec<&str> = rendered
+            .lines()
+            .skip(1)
+            .filter(|l| !l.starts_with("hint:"))
+            .collect();
+        let what = if px { "proxy spec" } else { "worker spec" };
+        let mut f = Failure::usage(anyhow!("invalid {what}: {e}\n{}", carets.join("\n")));
+        if let Some(h) = hint {
+            f = f.with_hint(h);
+        }
+        f
+    })
+}
+
+fn targets(
+    tx: &[String],
+    px: &[String],
+    cwd: &Path,
+    project_key: &str,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Target>, Failure> {
+    let tx_specs: Vec<XSpec> = tx
+        .iter()
+        .map(|raw| parse_spec(raw, false))
+        .collect::<Result<_, _>>()?;
+    let px_specs: Vec<XSpec> = px
+        .iter()
+        .map(|raw| parse_spec(raw, true))
+        .collect::<Result<_, _>>()?;
+    let placements = compat::xspec::resolve(&tx_specs, &px_specs).map_err(|e| {
+        let hint = e.hint();
+        let mut f = Failure::usage(anyhow!(e));
+        if let Some(h) = hint {
+            f = f.with_hint(h);
+        }
+        f
+    })?;
+    let mut out: Vec<Target> = Vec::new();
+    for (raw, place) in tx.iter().zip(placements) {
+        let spec = place.spec;
+        for note in spec
+            .notes()
+            .into_iter()
+            .chain(place.proxy.map(XSpec::notes).unwrap_or_default())
+        {
             match note.level {
                 NoteLevel::Warn => notes.push(format!("`{raw}`: {}", note.message)),
                 NoteLevel::Error => {
@@ -308,36 +418,82 @@ fn targets(tx: &[String], cwd: &Path, notes: &mut Vec<String>) -> Result<Vec<Tar
                 }
             }
         }
-        if spec.via.is_some() {
-            return Err(Failure::usage(anyhow!(
-                "worker spec `{raw}` uses `via=`, which `rdist sync` does not support yet"
-            ))
-            .with_hint("sync to the proxy host's directory directly with `popen//chdir=DIR`"));
-        }
-        let kind = match (&spec.gateway, &spec.chdir) {
-            (Gateway::Popen, Some(dir)) => {
-                let dir = expand_home(dir);
-                TargetKind::Popen {
-                    dest: normalize(&cwd.join(dir)),
+        // A worker `via` a proxy runs on the proxy's host: sync there.
+        let gateway = place.proxy.map_or(&spec.gateway, |p| &p.gateway);
+        let chdir = spec.chdir.as_deref();
+        let (transport, dest, base) = match gateway {
+            Gateway::Popen => match chdir {
+                Some(dir) => {
+                    let dir = expand_home(dir);
+                    (
+                        Transport::Local,
+                        normalize(&cwd.join(dir)).display().to_string(),
+                        DestBase::Cwd,
+                    )
+                }
+                None => {
+                    notes.push(format!(
+                        "`{raw}` has no `chdir=`: a local worker without one runs in place, so there \
+                         is nothing to sync for it"
+                    ));
+                    continue;
+                }
+            },
+            Gateway::Ssh { args, host } => {
+                let transport = Transport::Ssh {
+                    args: args.clone(),
+                    host: host.clone(),
+                };
+                match chdir {
+                    Some(dir) => (
+                        transport,
+                        dir.trim_start_matches("~/").to_owned(),
+                        home_or_abs(dir),
+                    ),
+                    None => (transport, format!("work/{project_key}"), DestBase::Cache),
                 }
             }
-            (Gateway::Popen, None) => {
-                notes.push(format!(
-                    "`{raw}` has no `chdir=`: a local worker without one runs in place, so there is \
-                     nothing to sync for it"
-                ));
-                continue;
+            Gateway::Socket { host, port } => {
+                let transport = Transport::Socket {
+                    host: host.clone(),
+                    port: *port,
+                };
+                match chdir {
+                    Some(dir) if RelPath::new(dir.trim_end_matches('/')).is_ok() => (
+                        transport,
+                        dir.trim_end_matches('/').to_owned(),
+                        DestBase::Cwd,
+                    ),
+                    Some(dir) => {
+                        return Err(Failure::usage(anyhow!(
+                            "worker spec `{raw}`: `chdir={dir}` must be a plain relative path for a \
+                             `socket=` worker"
+                        ))
+                        .with_hint("`rdist serve` keeps every session below its `--root`"));
+                    }
+                    None => (transport, project_key.to_owned(), DestBase::Cwd),
+                }
             }
-            (other, _) => {
-                return Err(Failure::usage(anyhow!(
-                    "worker spec `{raw}`: `{}` workers are not supported by this build of `rdist sync` yet",
-                    other.key()
-                ))
-                .with_hint("sync to local directories with `popen//chdir=DIR`"));
+            Gateway::VagrantSsh { host } => {
+                let transport = Transport::Ssh {
+                    args: Vec::new(),
+                    host: host.clone(),
+                };
+                match chdir {
+                    Some(dir) => (
+                        transport,
+                        dir.trim_start_matches("~/").to_owned(),
+                        home_or_abs(dir),
+                    ),
+                    None => (transport, format!("work/{project_key}"), DestBase::Cache),
+                }
             }
         };
         let workers = spec.count.get();
-        match out.iter_mut().find(|t| t.kind == kind) {
+        match out
+            .iter_mut()
+            .find(|t| t.transport == transport && t.dest == dest && t.base == base)
+        {
             Some(t) => {
                 t.specs.push(raw.clone());
                 t.workers += workers;
@@ -345,7 +501,9 @@ fn targets(tx: &[String], cwd: &Path, notes: &mut Vec<String>) -> Result<Vec<Tar
             None => out.push(Target {
                 specs: vec![raw.clone()],
                 workers,
-                kind,
+                transport,
+                dest,
+                base,
             }),
         }
     }
@@ -356,6 +514,15 @@ fn targets(tx: &[String], cwd: &Path, notes: &mut Vec<String>) -> Result<Vec<Tar
         );
     }
     Ok(out)
+}
+
+/// Relative `chdir=` of a remote worker is relative to the login directory, as in xdist.
+fn home_or_abs(dir: &str) -> DestBase {
+    if dir.starts_with('/') {
+        DestBase::Cwd
+    } else {
+        DestBase::Home
+    }
 }
 
 fn expand_home(dir: &str) -> PathBuf {

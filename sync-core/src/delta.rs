@@ -43,8 +43,12 @@ pub fn block_size(len: u64) -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileSignature {
     pub block_size: u32,
-    pub chunks: Vec<Vec<u8>>,
+    pub chunks: Vec<SigChunk>,
 }
+
+/// The librsync signature of one chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigChunk(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 /// A peer-supplied signature that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +79,7 @@ pub fn file_signature(path: &Path, len: u64) -> io::Result<FileSignature> {
         if n == 0 {
             break;
         }
-        chunks.push(sign(&buf[..n], bs));
+        chunks.push(SigChunk(sign(&buf[..n], bs)));
         if n < buf.len() {
             break;
         }
@@ -114,7 +118,7 @@ impl Differ {
         }
         let mut chunks = Vec::with_capacity(sig.chunks.len());
         for (i, c) in sig.chunks.into_iter().enumerate() {
-            let s = Signature::deserialize(c).map_err(|_| DeltaError::Signature(i))?;
+            let s = Signature::deserialize(c.0).map_err(|_| DeltaError::Signature(i))?;
             // The serialized header carries block size then hash size, both big-endian u32.
             let bs = u32::from_be_bytes(s.serialized()[4..8].try_into().expect("header checked"));
             if bs != sig.block_size {
@@ -244,12 +248,12 @@ mod tests {
         assert!(matches!(Differ::new(bad), Err(DeltaError::BlockSize(0))));
         let bad = FileSignature {
             block_size: 1024,
-            chunks: vec![vec![1, 2, 3]],
+            chunks: vec![SigChunk(vec![1, 2, 3])],
         };
         assert!(matches!(Differ::new(bad), Err(DeltaError::Signature(0))));
         let mixed = FileSignature {
             block_size: 1024,
-            chunks: vec![sign(b"abc", 2048)],
+            chunks: vec![SigChunk(sign(b"abc", 2048))],
         };
         assert!(matches!(
             Differ::new(mixed),

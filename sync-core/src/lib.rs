@@ -4,6 +4,7 @@
 //! and problem lists back, and observe progress through callbacks.
 
 pub mod agent;
+pub mod auth;
 pub mod delta;
 pub mod filter;
 pub mod hash;

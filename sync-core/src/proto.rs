@@ -60,6 +60,21 @@ pub struct Begin {
     pub adopt: bool,
     /// How long to wait for another sync to the same destination to finish.
     pub lock_wait_ms: u64,
+    /// What a relative `dest` is relative to.
+    pub base: DestBase,
+}
+
+/// The directory a relative destination is resolved against, on the agent's machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DestBase {
+    /// The agent's working directory.
+    #[default]
+    Cwd,
+    /// The agent user's home directory.
+    Home,
+    /// The agent's cache directory (`$RDIST_CACHE_DIR`, else `$XDG_CACHE_HOME/rdist`, else
+    /// `~/.cache/rdist`).
+    Cache,
 }
 
 /// How the agent wants a file.
@@ -96,6 +111,15 @@ pub struct Outcome {
     pub problems: Vec<(String, String)>,
 }
 
+/// One small file's content. (Byte buffers are encoded with `serde_bytes`: the same bytes on
+/// the wire as a sequence of `u8`, but copied in one go instead of byte by byte.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileData {
+    pub index: u32,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
 /// Every message of the protocol. Variants are append-only: never reorder or remove one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -119,11 +143,12 @@ pub enum Message {
     Want(Vec<Want>),
     /// Agent: no more wants in this round.
     WantEnd,
-    /// Controller: small files, whole, as `(index, content)`.
-    Files(Vec<(u32, Vec<u8>)>),
+    /// Controller: small files, whole.
+    Files(Vec<FileData>),
     /// Controller: a piece of a big file sent whole; pieces come in order.
     Data {
         index: u32,
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
         last: bool,
     },
@@ -131,6 +156,7 @@ pub enum Message {
     Delta {
         index: u32,
         chunk: u32,
+        #[serde(with = "serde_bytes")]
         delta: Vec<u8>,
         last: bool,
     },
@@ -143,6 +169,12 @@ pub enum Message {
     /// Controller: the digest and size of its manifest. Sent after `Begin` once the scan is
     /// done, so the agent examines the destination while the controller scans.
     Offer { digest: Hash, entries: u64 },
+    /// Server: prove you know the token (see `auth`).
+    Challenge { nonce: [u8; 32] },
+    /// Client: its nonce and MAC over both nonces.
+    Proof { nonce: [u8; 32], mac: [u8; 32] },
+    /// Server: its own MAC, proving it knows the token too.
+    Proven { mac: [u8; 32] },
 }
 
 impl Message {
@@ -166,6 +198,9 @@ impl Message {
             Message::DataEnd => "DataEnd",
             Message::Done(_) => "Done",
             Message::Offer { .. } => "Offer",
+            Message::Challenge { .. } => "Challenge",
+            Message::Proof { .. } => "Proof",
+            Message::Proven { .. } => "Proven",
         }
     }
 }
@@ -331,7 +366,10 @@ mod tests {
             (Message::ManifestEnd, &[0, 0, 0, 1, 6]),
             (Message::WantEnd, &[0, 0, 0, 1, 9]),
             (
-                Message::Files(vec![(2, vec![9])]),
+                Message::Files(vec![FileData {
+                    index: 2,
+                    data: vec![9],
+                }]),
                 &[0, 0, 0, 5, 10, 1, 2, 1, 9],
             ),
             (

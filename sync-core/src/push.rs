@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::delta::{DELTA_CHUNK, Differ, read_new_chunk};
 use crate::manifest::{Entry, Kind};
 use crate::proto::{
-    Begin, DATA_CHUNK, Message, Outcome, Plan, ProtoError, Want, read_frame, recv_hello,
+    Begin, DATA_CHUNK, FileData, Message, Outcome, Plan, ProtoError, Want, read_frame, recv_hello,
     send_hello, write_frame,
 };
 use crate::scan::SourceTree;
@@ -32,6 +32,10 @@ pub struct PushOptions {
     pub fsync: bool,
     pub adopt: bool,
     pub lock_wait_ms: u64,
+    /// What a relative `dest` is relative to on the agent's machine.
+    pub base: crate::proto::DestBase,
+    /// The shared token of an `rdist serve` peer.
+    pub token: Option<crate::auth::Key>,
     /// This binary's version, for the handshake.
     pub version: String,
 }
@@ -67,6 +71,8 @@ pub enum PushError {
     },
     #[error("agent sent invalid data: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Auth(String),
 }
 
 fn remote(text: String) -> PushError {
@@ -128,10 +134,19 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
         let mut r = BufReader::with_capacity(256 << 10, reader);
         let mut w = BufWriter::with_capacity(1 << 20, writer);
         let mut report = PushReport::default();
-        send_hello(&mut w, &opts.version)?;
+        // If the peer exited without starting the protocol our hello may hit a closed pipe;
+        // what it printed instead (still in the pipe) is the better error, so read that first.
+        let sent = send_hello(&mut w, &opts.version);
         let (hello, preamble) = recv_hello(&mut r, &opts.version)?;
+        sent?;
         report.agent_version = hello.version;
         report.preamble = preamble;
+        if let Some(key) = &opts.token {
+            crate::auth::client(&mut r, &mut w, key).map_err(|e| match e {
+                crate::auth::AuthError::Proto(p) => PushError::from(p),
+                other => PushError::Auth(other.to_string()),
+            })?;
+        }
         report.wire_sent += write_frame(
             &mut w,
             &Message::Begin(Begin {
@@ -141,6 +156,7 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
                 fsync: opts.fsync,
                 adopt: opts.adopt,
                 lock_wait_ms: opts.lock_wait_ms,
+                base: opts.base,
             }),
         )? as u64;
         w.flush().map_err(ProtoError::from)?;
@@ -285,7 +301,7 @@ struct Sender<'a, W: Write> {
     w: &'a mut W,
     report: &'a mut PushReport,
     progress: Progress<'a>,
-    batch: Vec<(u32, Vec<u8>)>,
+    batch: Vec<FileData>,
     batch_bytes: usize,
 }
 
@@ -328,7 +344,7 @@ impl<W: Write> Sender<'_, W> {
                     self.report.literal_bytes += data.len() as u64;
                     (self.progress)(1, data.len() as u64);
                     self.batch_bytes += data.len();
-                    self.batch.push((index, data));
+                    self.batch.push(FileData { index, data });
                     if self.batch_bytes >= DATA_CHUNK {
                         self.flush_batch()?;
                     }

@@ -15,6 +15,9 @@ pub fn run(_args: &AgentArgs) -> Result<Code, Failure> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         confine: None,
+        home: std::env::var_os("HOME").map(std::path::PathBuf::from),
+        cache_dir: crate::settings::cache_dir(),
+        token: None,
     };
     // Raw descriptors: std's stdout is line-buffered, which would split binary frames at every
     // newline byte.

@@ -1,6 +1,7 @@
 //! One module per subcommand; `run` dispatches.
 
 pub mod agent;
+pub mod serve;
 pub mod sync;
 
 use crate::cli::{Cli, Command};
@@ -14,5 +15,6 @@ pub fn run(cli: Cli) -> Result<Code, Failure> {
     match cli.command {
         Command::Sync(args) => sync::run(&args),
         Command::Agent(args) => agent::run(&args),
+        Command::Serve(args) => serve::run(&args),
     }
 }

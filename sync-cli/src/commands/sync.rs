@@ -1,35 +1,24 @@
 //! `rdist sync`: scan once, then sync every distinct target concurrently, each through its own
 //! agent process, and report.
 
-use std::path::Path;
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use anyhow::anyhow;
 use sync_core::hash::HashCache;
-use sync_core::push::{PushError, PushOptions, PushReport, Session};
+use sync_core::push::{PushError, PushOptions, PushReport};
 use sync_core::scan::{SourceTree, scan};
 
 use crate::cli::SyncArgs;
 use crate::exit::{Code, Failure};
 use crate::output::{self, Progress};
-use crate::settings::{SyncSettings, Target, TargetKind};
-use crate::transport::popen::AgentChild;
+use crate::settings::{SyncSettings, Target, Transport};
+use crate::transport::{self, TargetError};
 
 /// One target's result.
 pub struct TargetResult {
     pub target: Target,
     pub result: Result<PushReport, TargetError>,
-}
-
-/// A target that failed, with what its agent said on stderr.
-#[derive(Debug)]
-pub struct TargetError {
-    pub error: anyhow::Error,
-    pub hint: Option<String>,
-    pub stderr: String,
-    /// The agent reported the error itself (so its stderr only repeats it).
-    pub remote: bool,
 }
 
 /// Runs `rdist sync`.
@@ -122,25 +111,19 @@ fn scan_tree(settings: &SyncSettings) -> Result<SourceTree, Failure> {
     Ok(tree)
 }
 
-impl TargetError {
-    fn local(error: anyhow::Error) -> TargetError {
-        TargetError {
-            error,
-            hint: None,
-            stderr: String::new(),
-            remote: false,
-        }
-    }
-}
-
-fn push_options(s: &SyncSettings, dest: &Path) -> PushOptions {
+fn push_options(s: &SyncSettings, t: &Target) -> PushOptions {
     PushOptions {
-        dest: dest.display().to_string(),
+        dest: t.dest.clone(),
         ignore: s.agent_ignore.clone(),
         dry_run: s.dry_run,
         fsync: s.fsync,
         adopt: s.adopt,
         lock_wait_ms: s.lock_wait_ms,
+        base: t.base,
+        token: match (&t.transport, &s.token) {
+            (Transport::Socket { .. }, Some(tok)) => Some(sync_core::auth::Key::from_token(tok)),
+            _ => None,
+        },
         version: env!("CARGO_PKG_VERSION").to_owned(),
     }
 }
@@ -151,34 +134,16 @@ fn sync_one(
     t: &Target,
     progress: &Progress,
 ) -> Result<PushReport, TargetError> {
-    let TargetKind::Popen { dest } = &t.kind;
-    let (agent, stdin, stdout) = AgentChild::spawn().map_err(|e| {
-        TargetError::local(
-            anyhow!(e).context("cannot start the local agent (`rdist agent --stdio`)"),
-        )
-    })?;
-    // The session owns and finally drops both pipes, so the agent sees end-of-stream and exits.
-    let res = Session::open(stdout, stdin, push_options(s, dest)).and_then(|session| {
-        match tree.recv() {
-            Ok(Some(tree)) => session.sync(&tree, &|f, b| progress.add(f, b)),
-            // The scan failed and is reported by the caller; just hang up.
-            _ => Err(PushError::Proto(sync_core::proto::ProtoError::Closed)),
-        }
-    });
-    let (_, stderr) = agent.finish();
+    let opened = transport::open(t, s, push_options(s, t))?;
+    // The session owns and finally drops its streams, so the agent sees end-of-stream and exits.
+    let res = match tree.recv() {
+        Ok(Some(tree)) => opened.session.sync(&tree, &|f, b| progress.add(f, b)),
+        // The scan failed and is reported by the caller; just hang up.
+        _ => Err(PushError::Proto(sync_core::proto::ProtoError::Closed)),
+    };
+    let stderr = opened.child.map(|c| c.finish().1).unwrap_or_default();
     if std::env::var_os("RDIST_TIMINGS").is_some() && !stderr.is_empty() {
         eprintln!("{stderr}");
     }
-    res.map_err(|e| {
-        let hint = match &e {
-            PushError::Remote { hint, .. } => hint.clone(),
-            _ => None,
-        };
-        TargetError {
-            remote: matches!(e, PushError::Remote { .. }),
-            error: anyhow!(e),
-            hint,
-            stderr,
-        }
-    })
+    res.map_err(|e| TargetError::from_push(e, stderr))
 }

@@ -1,46 +1,114 @@
-//! How the controller reaches an agent: a child process speaking the protocol on its stdin and
-//! stdout (locally today; through `ssh` and TCP as those transports land), with a bounded tail
-//! of its stderr kept to explain a failed start.
+//! How the controller reaches an agent and opens a sync session with it: a local child process
+//! (`popen`), the system OpenSSH client (`ssh`, with the agent bootstrapped on the host when it
+//! is missing), or TCP to `rdist serve` (`socket`). Every transport ends in the same protocol
+//! session; a watchdog bounds the time to a working handshake.
 
-pub mod popen;
+pub mod child;
+pub mod ssh;
+pub mod tcp;
 
-use std::collections::VecDeque;
-use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
+use std::time::Duration;
 
-/// How much of an agent's stderr is kept.
-const TAIL_BYTES: usize = 8 << 10;
+use anyhow::anyhow;
+use sync_core::push::{PushError, PushOptions, Session};
 
-/// The last bytes an agent wrote to stderr.
-#[derive(Clone, Default)]
-pub struct StderrTail(Arc<Mutex<VecDeque<u8>>>);
+use crate::settings::{SyncSettings, Target, Transport};
+pub use child::{AgentChild, StderrTail};
 
-impl StderrTail {
-    /// Starts a thread that keeps the tail of `r`.
-    pub fn follow(mut r: impl Read + Send + 'static) -> (StderrTail, std::thread::JoinHandle<()>) {
-        let tail = StderrTail::default();
-        let t = tail.clone();
-        let h = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = r.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let mut q = t.0.lock().unwrap();
-                q.extend(&buf[..n]);
-                let excess = q.len().saturating_sub(TAIL_BYTES);
-                q.drain(..excess);
+/// The byte streams of a connection.
+pub type Reader = Box<dyn Read + Send>;
+pub type Writer = Box<dyn Write + Send>;
+
+/// A session ready to sync, and the child process behind it, if any.
+pub struct Opened {
+    pub session: Session<Reader, Writer>,
+    pub child: Option<AgentChild>,
+}
+
+/// Why a target could not be reached or synced, with what its agent or ssh said on stderr.
+#[derive(Debug)]
+pub struct TargetError {
+    pub error: anyhow::Error,
+    pub hint: Option<String>,
+    pub stderr: String,
+    /// The agent reported the error itself (so its stderr only repeats it).
+    pub remote: bool,
+}
+
+impl TargetError {
+    pub fn local(error: anyhow::Error) -> TargetError {
+        TargetError {
+            error,
+            hint: None,
+            stderr: String::new(),
+            remote: false,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> TargetError {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// From a failed session, keeping the agent's hint and the stderr tail.
+    pub fn from_push(e: PushError, stderr: String) -> TargetError {
+        let hint = match &e {
+            PushError::Remote { hint, .. } => hint.clone(),
+            PushError::Auth(_) => Some(
+                "give the token `rdist serve` uses, with `RDIST_TOKEN` or `--token-file`"
+                    .to_owned(),
+            ),
+            _ => None,
+        };
+        TargetError {
+            remote: matches!(e, PushError::Remote { .. }),
+            error: anyhow!(e),
+            hint,
+            stderr,
+        }
+    }
+}
+
+/// Connects to `t`'s agent and opens a session with `opts`, within the connect timeout.
+///
+/// # Errors
+/// When the host cannot be reached, refuses us, or has no usable rdist.
+pub fn open(t: &Target, s: &SyncSettings, opts: PushOptions) -> Result<Opened, TargetError> {
+    match &t.transport {
+        Transport::Local => {
+            let child = AgentChild::spawn(child::local_agent_command()).map_err(|e| {
+                TargetError::local(
+                    anyhow!(e).context("cannot start the local agent (`rdist agent --stdio`)"),
+                )
+            })?;
+            child::open_session(child, opts, s.connect_timeout)
+        }
+        Transport::Ssh { args, host } => ssh::open(args, host, opts, s.connect_timeout),
+        Transport::Socket { host, port } => tcp::open(host, *port, opts, s.connect_timeout),
+    }
+}
+
+/// Runs `f` unless it takes longer than `timeout`, in which case `on_timeout` is called (from
+/// another thread) to unblock it.
+pub fn with_deadline<T>(
+    timeout: Duration,
+    on_timeout: impl FnOnce() + Send,
+    f: impl FnOnce() -> T,
+) -> (T, bool) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let watchdog = scope.spawn(move || {
+            if done_rx.recv_timeout(timeout) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                on_timeout();
+                true
+            } else {
+                false
             }
         });
-        (tail, h)
-    }
-
-    /// The tail as text, trimmed; empty when the agent said nothing.
-    pub fn text(&self) -> String {
-        let q = self.0.lock().unwrap();
-        let (a, b) = q.as_slices();
-        let mut v = a.to_vec();
-        v.extend_from_slice(b);
-        String::from_utf8_lossy(&v).trim().to_owned()
-    }
+        let out = f();
+        let _ = done_tx.send(());
+        let fired = watchdog.join().unwrap_or(false);
+        (out, fired)
+    })
 }

@@ -395,7 +395,7 @@ fn send_wants<W: Write>(
         let mut bytes = 0;
         for want in wants {
             let size = match &want {
-                Want::Delta { signature, .. } => signature.chunks.iter().map(Vec::len).sum(),
+                Want::Delta { signature, .. } => signature.chunks.iter().map(|c| c.0.len()).sum(),
                 Want::Whole { .. } => 8,
             };
             if bytes + size > crate::proto::MAX_FRAME / 2 && !frame.is_empty() {
@@ -442,8 +442,8 @@ fn receive_round<R: BufRead>(
         match msg {
             Message::Files(files) => {
                 let mut batch = Vec::with_capacity(files.len());
-                for (index, data) in files {
-                    batch.push((take(pending, index, Expect::Whole)?, data));
+                for f in files {
+                    batch.push((take(pending, f.index, Expect::Whole)?, f.data));
                 }
                 tx.send(batch)
                     .map_err(|_| invalid("writer pool stopped".to_owned()))?;

@@ -19,7 +19,7 @@ use crate::filter::{Filter, PatternError};
 use crate::manifest::{Manifest, ManifestError};
 use crate::path::RelPath;
 use crate::proto::{
-    Begin, Message, Outcome, ProtoError, read_frame, recv_hello, send_hello, write_frame,
+    Begin, DestBase, Message, Outcome, ProtoError, read_frame, recv_hello, send_hello, write_frame,
 };
 use crate::stage::STATE_DIR;
 
@@ -35,8 +35,15 @@ pub struct AgentOptions {
     pub version: String,
     /// Threads for walking and hashing.
     pub threads: usize,
-    /// When set, destinations must lie inside this directory (a server's session root).
+    /// When set, destinations are plain relative paths below this directory (a server's
+    /// session root) and nothing outside it is touched.
     pub confine: Option<PathBuf>,
+    /// The home directory, for `~/` destinations.
+    pub home: Option<PathBuf>,
+    /// The cache directory, for [`DestBase::Cache`] destinations.
+    pub cache_dir: Option<PathBuf>,
+    /// When set, the peer must prove it knows this token before anything else.
+    pub token: Option<crate::auth::Key>,
 }
 
 /// Why a sync failed as a whole.
@@ -54,7 +61,9 @@ pub enum AgentError {
         holder: String,
         waited_ms: u64,
     },
-    #[error("destination `{0}` is outside the directory this agent serves")]
+    #[error(
+        "destination `{0}` is outside the directory this agent serves, or not a plain relative path"
+    )]
     Confined(PathBuf),
     #[error("cannot {op} `{path}`")]
     Dest {
@@ -69,6 +78,8 @@ pub enum AgentError {
     IgnoredEntry(RelPath),
     #[error(transparent)]
     Pattern(#[from] PatternError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error("peer sent invalid data: {0}")]
     Invalid(String),
 }
@@ -113,6 +124,9 @@ pub fn serve(input: impl Read, output: impl Write, opts: &AgentOptions) -> Resul
     let mut w = BufWriter::with_capacity(1 << 20, output);
     send_hello(&mut w, &opts.version)?;
     recv_hello(&mut r, &opts.version)?;
+    if let Some(key) = &opts.token {
+        crate::auth::server(&mut r, &mut w, key)?;
+    }
     loop {
         let begin = match read_frame(&mut r) {
             Ok((Message::Begin(b), _)) => b,
@@ -138,7 +152,10 @@ pub fn serve(input: impl Read, output: impl Write, opts: &AgentOptions) -> Resul
 
 /// Tells the peer about a fatal error, as well as the broken stream allows.
 fn report(w: &mut impl Write, e: AgentError) -> AgentError {
-    if !matches!(e, AgentError::Proto(ProtoError::Closed | ProtoError::Io(_))) {
+    if !matches!(
+        e,
+        AgentError::Proto(ProtoError::Closed | ProtoError::Io(_)) | AgentError::Auth(_)
+    ) {
         let mut text = error_chain(&e);
         if let Some(h) = e.hint() {
             text.push_str("\nhint: ");
@@ -150,29 +167,75 @@ fn report(w: &mut impl Write, e: AgentError) -> AgentError {
     e
 }
 
-fn resolve_dest(raw: &str, confine: Option<&Path>) -> Result<PathBuf, AgentError> {
-    let p = match (raw.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => PathBuf::from(raw),
+/// Where a `Begin` points on this machine.
+///
+/// # Errors
+/// [`AgentError::Confined`] when a confined agent is asked for anything but a plain relative
+/// path below its root, or a path component there is a symlink.
+fn resolve_dest(begin: &Begin, opts: &AgentOptions) -> Result<PathBuf, AgentError> {
+    if let Some(root) = &opts.confine {
+        return confined_dest(root, &begin.dest);
+    }
+    let raw = begin.dest.as_str();
+    let (raw, base) = match raw.strip_prefix("~/") {
+        Some(rest) => (rest, DestBase::Home),
+        None if raw == "~" => ("", DestBase::Home),
+        None => (raw, begin.base),
     };
-    let p = if p.is_absolute() {
-        p
-    } else {
-        std::env::current_dir()
-            .map_err(|source| AgentError::Dest {
-                op: "resolve the current directory for",
-                path: p.clone(),
-                source,
-            })?
-            .join(p)
+    let p = PathBuf::from(raw);
+    if p.is_absolute() {
+        return Ok(p);
+    }
+    let missing = |what: &str| AgentError::Dest {
+        op: "resolve the base directory for",
+        path: p.clone(),
+        source: std::io::Error::other(format!("no {what} known on this machine")),
     };
-    if let Some(root) = confine {
-        let ok = p
-            .components()
-            .all(|c| !matches!(c, std::path::Component::ParentDir))
-            && p.starts_with(root);
-        if !ok {
-            return Err(AgentError::Confined(p));
+    let base_dir = match base {
+        DestBase::Cwd => std::env::current_dir().map_err(|source| AgentError::Dest {
+            op: "resolve the current directory for",
+            path: p.clone(),
+            source,
+        })?,
+        DestBase::Home => opts.home.clone().ok_or_else(|| missing("home directory"))?,
+        DestBase::Cache => opts
+            .cache_dir
+            .clone()
+            .ok_or_else(|| missing("cache directory"))?,
+    };
+    Ok(base_dir.join(p))
+}
+
+/// `root/rel` for a confined agent, creating missing directories, refusing symlinks on the way.
+fn confined_dest(root: &Path, rel: &str) -> Result<PathBuf, AgentError> {
+    let rel = RelPath::new(rel).map_err(|_| AgentError::Confined(PathBuf::from(rel)))?;
+    let mut p = root.to_owned();
+    for c in rel.as_str().split('/') {
+        p.push(c);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(AgentError::Confined(p)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Err(e) = std::fs::create_dir(&p)
+                    && e.kind() != std::io::ErrorKind::AlreadyExists
+                {
+                    return Err(AgentError::Dest {
+                        op: "create",
+                        path: p,
+                        source: e,
+                    });
+                }
+                if !std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                    return Err(AgentError::Confined(p));
+                }
+            }
+            Err(source) => {
+                return Err(AgentError::Dest {
+                    op: "inspect",
+                    path: p,
+                    source,
+                });
+            }
         }
     }
     Ok(p)
@@ -184,7 +247,7 @@ fn session<R: BufRead, W: Write>(
     begin: Begin,
     opts: &AgentOptions,
 ) -> Result<(), AgentError> {
-    let dest = resolve_dest(&begin.dest, opts.confine.as_deref())?;
+    let dest = resolve_dest(&begin, opts)?;
     let dest_err = |op: &'static str, path: &Path| {
         let path = path.to_owned();
         move |source| AgentError::Dest { op, path, source }

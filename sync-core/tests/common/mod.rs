@@ -28,6 +28,8 @@ pub fn opts(dest: &Path) -> PushOptions {
         fsync: false,
         adopt: false,
         lock_wait_ms: 5_000,
+        base: Default::default(),
+        token: None,
         version: "test".into(),
     }
 }
@@ -40,6 +42,9 @@ pub fn sync_with(tree: &SourceTree, o: &PushOptions) -> Result<PushReport, PushE
             version: "test".into(),
             threads: 2,
             confine: None,
+            home: None,
+            cache_dir: None,
+            token: None,
         };
         serve(agent_in, agent_out, &opts)
     });

@@ -1,0 +1,239 @@
+//! Agents over the system OpenSSH client: `ssh [BatchMode, ConnectTimeout] [user args] HOST
+//! <bootstrap>`, so `~/.ssh/config` aliases, keys, agents, ProxyJump and the free-form options of
+//! legacy `ssh=` specs behave as in the user's shell. `RDIST_SSH` names another ssh program.
+//!
+//! The bootstrap is a short POSIX `sh` script: it starts this version of rdist from the host's
+//! rdist cache (`<cache>/bin/<version>/<uname -s>-<uname -m>/rdist`) or from `PATH` if that is the
+//! same version; otherwise it prints a marker with the host's `uname -sm` and exits. When the
+//! host's system and machine match ours, the controller uploads its own binary there
+//! (temp file + rename, so a half-uploaded binary is never started) and tries once more.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use sync_core::proto::ProtoError;
+use sync_core::push::{PushError, PushOptions};
+
+use super::child::{AgentChild, open_session};
+use super::{Opened, TargetError};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const MARKER: &str = "RDIST-BOOTSTRAP-MISSING";
+
+/// The remote cache directory, as a shell expression.
+const REMOTE_CACHE: &str = r#"${RDIST_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rdist}"#;
+
+/// `uname -s` and `uname -m` of this build's target, as a host of the same kind prints them.
+pub fn local_uname() -> String {
+    let os = match std::env::consts::OS {
+        "linux" => "Linux",
+        "macos" => "Darwin",
+        "freebsd" => "FreeBSD",
+        other => other,
+    };
+    let arch = match (std::env::consts::OS, std::env::consts::ARCH) {
+        ("macos", "aarch64") => "arm64",
+        (_, a) => a,
+    };
+    format!("{os} {arch}")
+}
+
+fn bin_dir() -> String {
+    format!(r#"{REMOTE_CACHE}/bin/{VERSION}/$(uname -s)-$(uname -m)"#)
+}
+
+/// The script that starts the agent on the host, or reports that it cannot.
+pub fn bootstrap_script() -> String {
+    format!(
+        r#"b="{dir}/rdist"; if [ -x "$b" ]; then exec "$b" agent --stdio; fi; if command -v rdist >/dev/null 2>&1 && [ "$(rdist --version 2>/dev/null)" = "rdist {VERSION}" ]; then exec rdist agent --stdio; fi; echo "{MARKER} $(uname -s) $(uname -m)"; exit 0"#,
+        dir = bin_dir()
+    )
+}
+
+/// The script that receives a binary on stdin and installs it atomically.
+pub fn upload_script() -> String {
+    format!(
+        r#"set -e; d="{dir}"; mkdir -p "$d"; t="$d/.rdist.upload.$$"; cat > "$t"; chmod 755 "$t"; mv -f "$t" "$d/rdist"; echo RDIST-UPLOADED"#,
+        dir = bin_dir()
+    )
+}
+
+/// Quotes `script` as one word for the remote user's shell, which runs it under `sh -c`.
+fn remote_command(script: &str) -> String {
+    format!("sh -c {}", shell_words::quote(script))
+}
+
+/// The ssh command for `host` with the user's `args`, running `script` there.
+pub fn command(args: &[String], host: &str, timeout: Duration, script: &str) -> Command {
+    let program = std::env::var_os("RDIST_SSH").unwrap_or_else(|| "ssh".into());
+    let mut c = Command::new(program);
+    c.args(["-o", "BatchMode=yes"])
+        .arg("-o")
+        .arg(format!("ConnectTimeout={}", timeout.as_secs().max(1)))
+        .args(args)
+        .arg(host)
+        .arg(remote_command(script));
+    c
+}
+
+fn spawn(cmd: Command, host: &str) -> Result<AgentChild, TargetError> {
+    AgentChild::spawn(cmd).map_err(|e| {
+        TargetError::local(anyhow!(e).context(format!("cannot run `ssh` to reach `{host}`")))
+            .with_hint("install the OpenSSH client, or name another program with `RDIST_SSH`")
+    })
+}
+
+/// Opens a session with rdist on `host`, installing this binary there first if it is missing.
+///
+/// # Errors
+/// When ssh fails (with its stderr), or the host needs a binary this build cannot provide.
+pub fn open(
+    args: &[String],
+    host: &str,
+    opts: PushOptions,
+    timeout: Duration,
+) -> Result<Opened, TargetError> {
+    let first = open_session(
+        spawn(command(args, host, timeout, &bootstrap_script()), host)?,
+        opts.clone(),
+        timeout,
+    );
+    let uname = match &first {
+        Err(TargetError { error, .. }) => match error.downcast_ref::<PushError>() {
+            Some(PushError::Proto(ProtoError::NoMagic(text))) if text.contains(MARKER) => text
+                .split(MARKER)
+                .nth(1)
+                .map(|s| s.split("\\n").next().unwrap_or(s).trim().to_owned())
+                .unwrap_or_default(),
+            _ => return first.map_err(|e| explain(e, host)),
+        },
+        Ok(_) => return first,
+    };
+    let ours = local_uname();
+    if uname != ours {
+        return Err(TargetError::local(anyhow!(
+            "`{host}` has no rdist {VERSION}, and it is a `{uname}` host while this rdist is built for `{ours}`"
+        ))
+        .with_hint(format!(
+            "install rdist {VERSION} on `{host}` (`cargo install rdist --version {VERSION}`) and put it on PATH"
+        )));
+    }
+    upload(args, host, timeout)?;
+    open_session(
+        spawn(command(args, host, timeout, &bootstrap_script()), host)?,
+        opts,
+        timeout,
+    )
+    .map_err(|e| explain(e, host))
+}
+
+/// Copies this executable to the host's rdist cache.
+fn upload(args: &[String], host: &str, timeout: Duration) -> Result<(), TargetError> {
+    let exe = std::env::current_exe()
+        .and_then(std::fs::read)
+        .map_err(|e| {
+            TargetError::local(anyhow!(e).context("cannot read this rdist executable to upload it"))
+        })?;
+    let mut cmd = command(args, host, timeout, &upload_script());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        TargetError::local(anyhow!(e).context(format!("cannot run `ssh` to reach `{host}`")))
+    })?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let writer = std::thread::spawn(move || stdin.write_all(&exe));
+    let out = child.wait_with_output().map_err(|e| {
+        TargetError::local(anyhow!(e).context(format!("uploading rdist to `{host}` failed")))
+    })?;
+    let _ = writer.join();
+    if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("RDIST-UPLOADED") {
+        return Err(TargetError {
+            error: anyhow!(
+                "uploading rdist {VERSION} to `{host}` failed ({})",
+                out.status
+            ),
+            hint: Some(
+                "check free space and write access in the remote user's cache directory".into(),
+            ),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            remote: false,
+        });
+    }
+    Ok(())
+}
+
+/// Turns "connection closed" from a dead ssh into what ssh said.
+fn explain(mut e: TargetError, host: &str) -> TargetError {
+    let closed = matches!(
+        e.error.downcast_ref::<PushError>(),
+        Some(PushError::Proto(ProtoError::Closed | ProtoError::Io(_)))
+    );
+    if closed {
+        let last = e
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        e.error = if last.is_empty() {
+            anyhow!(
+                "cannot reach `{host}` over ssh: the connection closed before the rdist handshake"
+            )
+        } else {
+            anyhow!("cannot reach `{host}` over ssh: {last}")
+        };
+        if e.hint.is_none() {
+            e.hint = Some(format!(
+                "try `ssh {host} true` in a shell; rdist runs ssh with BatchMode=yes, so passwords cannot be typed"
+            ));
+        }
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_are_single_quoted_posix_sh() {
+        let cmd = remote_command(&bootstrap_script());
+        assert!(cmd.starts_with("sh -c '"), "{cmd}");
+        let words = shell_words::split(&cmd).unwrap();
+        assert_eq!(words.len(), 3);
+        assert_eq!(words[2], bootstrap_script());
+        assert!(words[2].contains(&format!("rdist {VERSION}")));
+    }
+
+    #[test]
+    fn command_puts_options_before_the_host() {
+        let c = command(
+            &["-p".into(), "2222".into()],
+            "user@h",
+            Duration::from_secs(7),
+            "true",
+        );
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=7",
+                "-p",
+                "2222",
+                "user@h",
+                "sh -c true"
+            ]
+        );
+    }
+}
