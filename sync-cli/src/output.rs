@@ -195,7 +195,12 @@ pub fn report_sync(
                         );
                     }
                     let verb = if s.dry_run { "would delete" } else { "deleted" };
-                    for p in &rep.plan.deleted {
+                    for p in rep
+                        .plan
+                        .deleted
+                        .iter()
+                        .filter(|p| !rep.outcome.kept.contains(p))
+                    {
                         let _ = writeln!(out, "{prefix}{verb} {p}");
                     }
                 }
@@ -258,7 +263,7 @@ pub fn report_sync(
                     "dest": r.target.dest_label(),
                     "ok": true,
                     "up_to_date": rep.up_to_date,
-                    "files_sent": rep.sent.len(),
+                    "files_sent": if s.dry_run { rep.plan.transfers.len() } else { rep.sent.len() },
                     "files_deleted": if s.dry_run { rep.plan.deleted.len() as u64 } else { rep.outcome.deleted },
                     "literal_bytes": rep.literal_bytes,
                     "delta_bytes": rep.delta_bytes,

@@ -109,6 +109,8 @@ pub struct Outcome {
     pub bytes_written: u64,
     /// Non-fatal problems as `(path, message)`.
     pub problems: Vec<(String, String)>,
+    /// Planned deletions that were kept: directories holding entries the ignore rules protect.
+    pub kept: Vec<RelPath>,
 }
 
 /// One small file's content. (Byte buffers are encoded with `serde_bytes`: the same bytes on
@@ -210,6 +212,8 @@ impl Message {
 pub enum ProtoError {
     #[error("connection closed by peer")]
     Closed,
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
     #[error("i/o error on the connection")]
     Io(#[from] io::Error),
     #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
@@ -252,16 +256,22 @@ pub fn write_frame(w: &mut impl Write, msg: &Message) -> Result<usize, ProtoErro
     Ok(body.len() + 4)
 }
 
-/// Reads one frame. A clean end of stream before the length is [`ProtoError::Closed`].
+/// Reads one frame. A clean end of stream before the length is [`ProtoError::Closed`]; a
+/// stream that ends inside a frame is [`ProtoError::Truncated`].
 ///
 /// # Errors
 /// On a truncated or oversized frame, an undecodable body, or I/O failure.
 pub fn read_frame(r: &mut impl Read) -> Result<(Message, usize), ProtoError> {
     let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ProtoError::Closed),
-        Err(e) => return Err(e.into()),
+    let mut got = 0;
+    while got < len.len() {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Err(ProtoError::Closed),
+            Ok(0) => return Err(ProtoError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
@@ -270,7 +280,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<(Message, usize), ProtoError> {
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
-            ProtoError::Closed
+            ProtoError::Truncated
         } else {
             e.into()
         }

@@ -175,14 +175,15 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
             mut report,
         } = self;
         let m = &tree.manifest;
-        report.wire_sent += write_frame(
+        let offered = write_frame(
             &mut w,
             &Message::Offer {
                 digest: tree.digest,
                 entries: m.len() as u64,
             },
-        )? as u64;
-        w.flush().map_err(ProtoError::from)?;
+        )
+        .and_then(|n| w.flush().map(|()| n).map_err(ProtoError::from));
+        report.wire_sent += offered.map_err(|e| explained(&mut r, e))? as u64;
         let (msg, n) = read_frame(&mut r)?;
         report.wire_received += n as u64;
         match msg {
@@ -193,7 +194,10 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
             Message::NeedManifest => {}
             other => return Err(unexpected(&other, "UpToDate or NeedManifest")),
         }
-        send_manifest(&mut w, m, &mut report)?;
+        send_manifest(&mut w, m, &mut report).map_err(|e| match e {
+            PushError::Proto(p) => explained(&mut r, p),
+            other => other,
+        })?;
         let (msg, n) = read_frame(&mut r)?;
         report.wire_received += n as u64;
         report.plan = match msg {
@@ -212,6 +216,17 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
         transfer(tree, r, w, &mut report, progress)?;
         Ok(report)
     }
+}
+
+/// A write to the agent failed. An agent that refuses a sync sends `Error` and exits, so our
+/// next write can hit a closed pipe: the agent's explanation, still readable, is the real error.
+fn explained(r: &mut impl Read, e: ProtoError) -> PushError {
+    if matches!(e, ProtoError::Io(_))
+        && let Ok((Message::Error(text), _)) = read_frame(r)
+    {
+        return remote(text);
+    }
+    e.into()
 }
 
 fn send_manifest<W: Write>(
@@ -274,13 +289,28 @@ fn transfer<R: Read + Send, W: Write + Send>(
             batch: Vec::new(),
             batch_bytes: 0,
         };
+        // After a failed write, the agent's own `Error` (if it sent one) explains it better.
+        let explain = |e: PushError| -> PushError {
+            if !matches!(e, PushError::Proto(ProtoError::Io(_))) {
+                return e;
+            }
+            while let Ok(msg) = rx.recv_timeout(std::time::Duration::from_secs(2)) {
+                if let Ok(Message::Error(text)) = msg {
+                    return remote(text);
+                }
+            }
+            e
+        };
         loop {
             match rx.recv() {
-                Ok(Ok(Message::Want(wants))) => sender.answer(wants)?,
+                Ok(Ok(Message::Want(wants))) => sender.answer(wants).map_err(explain)?,
                 Ok(Ok(Message::WantEnd)) => {
-                    sender.flush_batch()?;
-                    sender.report.wire_sent += write_frame(sender.w, &Message::DataEnd)? as u64;
-                    sender.w.flush().map_err(ProtoError::from)?;
+                    let ended = sender.flush_batch().and_then(|()| {
+                        sender.report.wire_sent += write_frame(sender.w, &Message::DataEnd)? as u64;
+                        sender.w.flush().map_err(ProtoError::from)?;
+                        Ok(())
+                    });
+                    ended.map_err(explain)?;
                 }
                 Ok(Ok(Message::Done(o))) => {
                     sender.report.outcome = o;

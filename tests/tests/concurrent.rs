@@ -272,7 +272,6 @@ fn sync_waits_for_the_lock_and_finishes_once_it_is_released() {
 }
 
 #[test]
-#[ignore = "bug: racing first syncs to a new destination can refuse it as foreign (it holds only the other's .rdist)"]
 fn concurrent_first_syncs_to_a_new_destination_never_call_it_foreign() {
     // A race: each round is a fresh destination and four syncs; the window is microseconds
     // wide, so this catches it in most runs rather than every one.
@@ -297,7 +296,6 @@ fn concurrent_first_syncs_to_a_new_destination_never_call_it_foreign() {
 }
 
 #[test]
-#[ignore = "bug: when the agent gives up on the lock at once, the controller often reports `Broken pipe` and drops the error and hint"]
 fn locked_destination_error_reaches_the_user_with_its_hint() {
     let sb = project(3);
     let dest = sb.worker("w");

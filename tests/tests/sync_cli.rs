@@ -183,7 +183,6 @@ fn mirror_reproduces_modes_mtimes_empty_dirs_links_and_unicode_names() {
 }
 
 #[test]
-#[ignore = "bug: a read-only directory is left 0o755 on the worker after any non-up-to-date sync"]
 fn read_only_dir_keeps_its_mode_when_a_file_inside_changes() {
     let sb = Sandbox::new();
     let p = sb.proj();
@@ -401,7 +400,6 @@ fn ignore_rules_apply_by_name_by_anchored_path_and_to_dirs_only() {
 }
 
 #[test]
-#[ignore = "bug: a worker-only dir holding only ignored entries is 'deleted' on every sync and never up to date"]
 fn worker_only_pycache_dir_does_not_prevent_up_to_date() {
     let sb = Sandbox::new();
     sb.write("tests/test_a.py", "def test(): pass\n");
@@ -677,7 +675,6 @@ fn dry_run_changes_nothing_and_lists_what_it_would_do() {
 }
 
 #[test]
-#[ignore = "bug: --dry-run creates the destination directory and its .rdist state"]
 fn dry_run_to_a_new_destination_creates_nothing() {
     let sb = Sandbox::new();
     sb.write("pkg/a.py", "a");
@@ -689,7 +686,6 @@ fn dry_run_to_a_new_destination_creates_nothing() {
 }
 
 #[test]
-#[ignore = "bug: --json per-target files_sent is 0 in a dry run while the total counts the files"]
 fn dry_run_json_per_target_counts_agree_with_the_totals() {
     let (sb, dest) = synced_then_changed();
     let o = sync(&sb, &["."], &dest, &["-n", "--json"]);
@@ -954,7 +950,6 @@ fn small_change_in_a_big_file_is_sent_as_a_delta() {
 }
 
 #[test]
-#[ignore = "bug: when the agent refuses at once, the controller often reports `Broken pipe` and drops the agent's error and hint"]
 fn refused_sync_reports_the_agents_error_and_hint_not_a_broken_pipe() {
     let sb = Sandbox::new();
     sb.write("pkg/a.py", "a");

@@ -169,7 +169,9 @@ fn upload(args: &[String], host: &str, timeout: Duration) -> Result<(), TargetEr
 fn explain(mut e: TargetError, host: &str) -> TargetError {
     let closed = matches!(
         e.error.downcast_ref::<PushError>(),
-        Some(PushError::Proto(ProtoError::Closed | ProtoError::Io(_)))
+        Some(PushError::Proto(
+            ProtoError::Closed | ProtoError::Truncated | ProtoError::Io(_)
+        ))
     );
     if closed {
         let last = e

@@ -127,7 +127,7 @@ pub(super) fn run<R: BufRead, W: Write>(
         files_written: AtomicU64::new(0),
         bytes_written: AtomicU64::new(0),
     };
-    let deleted = structural(&ctx, current, &actions);
+    let (deleted, opened, mut kept) = structural(&ctx, current, &actions);
     receive(r, w, &ctx, &actions, opts)?;
     for &j in actions.dir_modes.iter().rev() {
         if let Kind::Dir { mode } = want.entries()[j].kind {
@@ -137,9 +137,36 @@ pub(super) fn run<R: BufRead, W: Write>(
             }
         }
     }
+    // Directories opened up for writing get their (wanted) mode back, changed or not.
+    for (path, _) in opened {
+        if let Some(Entry {
+            kind: Kind::Dir { mode },
+            ..
+        }) = want.get(&path)
+            && let Err(e) = std::fs::set_permissions(
+                path.to_native(dest),
+                std::fs::Permissions::from_mode(*mode),
+            )
+        {
+            ctx.problems.lock().unwrap().push(Problem::new(
+                path.to_string(),
+                format!("cannot restore mode: {e}"),
+            ));
+        }
+    }
+    // Directories kept aside earlier stay kept unless the source now has them.
+    kept.extend(
+        current
+            .kept
+            .iter()
+            .filter(|p| want.get(p).is_none())
+            .cloned(),
+    );
+    kept.sort();
+    kept.dedup();
     let failed = ctx.failed.into_inner().unwrap();
     let mut problems = ctx.problems.into_inner().unwrap();
-    if let Err(e) = state::save(dest, file_list(&want, &failed)) {
+    if let Err(e) = state::save(dest, file_list(&want, &failed), kept.clone()) {
         problems.push(Problem::new(
             dest.join(STATE_DIR).display().to_string(),
             format!("cannot save sync state (the next sync rehashes): {e}"),
@@ -151,25 +178,35 @@ pub(super) fn run<R: BufRead, W: Write>(
         deleted,
         bytes_written: ctx.bytes_written.into_inner(),
         problems: problems.into_iter().map(|p| (p.path, p.message)).collect(),
+        kept,
     };
     write_frame(w, &Message::Done(outcome))?;
     w.flush().map_err(ProtoError::from)?;
     Ok(())
 }
 
-/// Everything that needs no data from the controller. Returns how many extras were deleted.
-fn structural(ctx: &Ctx<'_>, current: &Current, a: &Actions) -> u64 {
+/// Everything that needs no data from the controller. Returns how many extras were deleted, the
+/// directories opened up for writing (with their modes), and the extra directories kept because
+/// they hold protected entries.
+fn structural(
+    ctx: &Ctx<'_>,
+    current: &Current,
+    a: &Actions,
+) -> (u64, Vec<(RelPath, u32)>, Vec<RelPath>) {
     let dest = ctx.dest;
     let want = ctx.want;
-    // Directories we must write into but may not: open them up; their final mode is set at the end.
+    // Directories we must write into but may not: open them up; their mode is restored at the end.
+    let mut opened = Vec::new();
     for e in current.manifest.entries() {
         if let Kind::Dir { mode } = e.kind
             && mode & 0o300 != 0o300
-        {
-            let _ = std::fs::set_permissions(
+            && std::fs::set_permissions(
                 e.path.to_native(dest),
                 std::fs::Permissions::from_mode(mode | 0o700),
-            );
+            )
+            .is_ok()
+        {
+            opened.push((e.path.clone(), mode));
         }
     }
     // Copies first: their sources may be removed or replaced below.
@@ -179,6 +216,7 @@ fn structural(ctx: &Ctx<'_>, current: &Current, a: &Actions) -> u64 {
         .map(|(j, from)| (*j, copy_local(ctx, &from.to_native(dest), *j)))
         .collect();
     let mut deleted = 0;
+    let mut kept = Vec::new();
     let extras: HashSet<&RelPath> = a.deleted.iter().collect();
     for (p, is_dir) in &a.removals {
         let native = p.to_native(dest);
@@ -187,7 +225,10 @@ fn structural(ctx: &Ctx<'_>, current: &Current, a: &Actions) -> u64 {
                 // An extra directory may still hold entries the ignore rules protect; it stays
                 // then, as rsync leaves a directory holding excluded files.
                 match std::fs::remove_dir(&native) {
-                    Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => Ok(false),
+                    Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                        kept.push(p.clone());
+                        Ok(false)
+                    }
                     other => other.map(|()| true),
                 }
             } else {
@@ -255,7 +296,7 @@ fn structural(ctx: &Ctx<'_>, current: &Current, a: &Actions) -> u64 {
             }
         }
     }
-    deleted
+    (deleted, opened, kept)
 }
 
 fn copy_local(ctx: &Ctx<'_>, from: &Path, j: usize) -> Result<PathBuf, String> {
@@ -577,9 +618,17 @@ fn receive_round<R: BufRead>(
                         },
                     ) if k == i => staged.discard(),
                     Some(Stream::Discard { index: k }) if k == i => {}
-                    Some(s) => stream = Some(s),
+                    Some(_) => {
+                        return Err(invalid(format!(
+                            "skip of file #{index} in the middle of another"
+                        )));
+                    }
                     None => {
-                        pending.remove(&i);
+                        if pending.remove(&i).is_none() {
+                            return Err(invalid(format!(
+                                "skip of file #{index} that was not asked for"
+                            )));
+                        }
                     }
                 }
                 ctx.problem(i, format!("not sent: {reason}"));

@@ -154,7 +154,8 @@ pub fn serve(input: impl Read, output: impl Write, opts: &AgentOptions) -> Resul
 fn report(w: &mut impl Write, e: AgentError) -> AgentError {
     if !matches!(
         e,
-        AgentError::Proto(ProtoError::Closed | ProtoError::Io(_)) | AgentError::Auth(_)
+        AgentError::Proto(ProtoError::Closed | ProtoError::Truncated | ProtoError::Io(_))
+            | AgentError::Auth(_)
     ) {
         let mut text = error_chain(&e);
         if let Some(h) = e.hint() {
@@ -253,10 +254,12 @@ fn session<R: BufRead, W: Write>(
         move |source| AgentError::Dest { op, path, source }
     };
     let state_dir = dest.join(STATE_DIR);
-    if !begin.adopt && !state_dir.is_dir() {
+    let ours = state_dir.is_dir();
+    if !begin.adopt && !ours {
         match std::fs::read_dir(&dest) {
-            Ok(mut it) => {
-                if it.next().is_some() {
+            Ok(it) => {
+                // `.rdist` alone means another first sync got here a moment earlier.
+                if it.flatten().any(|e| e.file_name() != STATE_DIR) {
                     return Err(AgentError::Foreign(dest));
                 }
             }
@@ -264,8 +267,13 @@ fn session<R: BufRead, W: Write>(
             Err(e) => return Err(dest_err("read destination", &dest)(e)),
         }
     }
-    std::fs::create_dir_all(&state_dir).map_err(dest_err("create", &state_dir))?;
-    let _lock = DestLock::acquire(&dest, begin.lock_wait_ms)?;
+    // A dry run into a destination rdist never wrote creates nothing, not even `.rdist`.
+    let _lock = if begin.dry_run && !ours {
+        None
+    } else {
+        std::fs::create_dir_all(&state_dir).map_err(dest_err("create", &state_dir))?;
+        Some(DestLock::acquire(&dest, begin.lock_wait_ms)?)
+    };
     let filter = Filter::new(&begin.ignore)?;
     let t0 = std::time::Instant::now();
     let current = state::current(&dest, &filter);
@@ -292,6 +300,7 @@ fn session<R: BufRead, W: Write>(
             let _ = state::save(
                 &dest,
                 apply::file_list(&current.manifest, &Default::default()),
+                current.kept.clone(),
             );
         }
         write_frame(w, &Message::UpToDate)?;

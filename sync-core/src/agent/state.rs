@@ -2,7 +2,7 @@
 //! agent saved after its last sync, so only files whose stamp changed (or is too recent to
 //! trust) are read and hashed again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use rayon::prelude::*;
@@ -15,7 +15,7 @@ use crate::path::RelPath;
 use crate::stage::STATE_DIR;
 use crate::walk::{Found, Problem, WalkRoot, walk};
 
-const STATE_VERSION: u32 = 1;
+const STATE_VERSION: u32 = 2;
 const STATE_FILE: &str = "state";
 
 #[derive(Serialize, Deserialize)]
@@ -23,6 +23,8 @@ struct SavedState {
     version: u32,
     saved_ns: i64,
     files: Vec<(RelPath, Stamp, Hash)>,
+    /// Worker-only directories kept because they hold only protected entries.
+    kept: Vec<RelPath>,
 }
 
 /// The destination as it is, with the stamp of every regular file.
@@ -33,13 +35,19 @@ pub struct Current {
     pub problems: Vec<Problem>,
     /// Files read to hash them.
     pub rehashed: usize,
+    /// Worker-only directories that hold nothing but protected entries (a `__pycache__` that
+    /// pytest made on the worker): left out of `manifest`, so they neither block "up to date"
+    /// nor get reported as deleted on every sync.
+    pub kept: Vec<RelPath>,
 }
 
 fn state_path(dest: &Path) -> std::path::PathBuf {
     dest.join(STATE_DIR).join(STATE_FILE)
 }
 
-fn load_saved(dest: &Path) -> (i64, HashMap<RelPath, (Stamp, Hash)>) {
+type Saved = (i64, HashMap<RelPath, (Stamp, Hash)>, HashSet<RelPath>);
+
+fn load_saved(dest: &Path) -> Saved {
     std::fs::read(state_path(dest))
         .ok()
         .and_then(|b| postcard::from_bytes::<SavedState>(&b).ok())
@@ -48,6 +56,7 @@ fn load_saved(dest: &Path) -> (i64, HashMap<RelPath, (Stamp, Hash)>) {
             (
                 s.saved_ns,
                 s.files.into_iter().map(|(p, st, h)| (p, (st, h))).collect(),
+                s.kept.into_iter().collect(),
             )
         })
         .unwrap_or_default()
@@ -55,7 +64,7 @@ fn load_saved(dest: &Path) -> (i64, HashMap<RelPath, (Stamp, Hash)>) {
 
 /// Walks `dest` with `filter` and hashes what the saved state cannot vouch for.
 pub fn current(dest: &Path, filter: &Filter) -> Current {
-    let (saved_ns, saved) = load_saved(dest);
+    let (saved_ns, saved, kept_before) = load_saved(dest);
     let root = WalkRoot {
         abs: dest.to_owned(),
         filter_rel: None,
@@ -63,6 +72,17 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
     };
     let (mut walked, mut problems) = walk(&root, filter);
     walked.sort_by(|a, b| a.path.cmp(&b.path));
+    let parents: HashSet<RelPath> = walked.iter().filter_map(|w| w.path.parent()).collect();
+    let mut kept = Vec::new();
+    walked.retain(|w| {
+        let keep_aside = matches!(w.found, Found::Dir { .. })
+            && kept_before.contains(&w.path)
+            && !parents.contains(&w.path);
+        if keep_aside {
+            kept.push(w.path.clone());
+        }
+        !keep_aside
+    });
     let hashes: Vec<Option<Result<Hash, String>>> = walked
         .par_iter()
         .map(|w| match &w.found {
@@ -111,6 +131,7 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
         stamps,
         problems,
         rehashed,
+        kept,
     }
 }
 
@@ -120,7 +141,11 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
 ///
 /// # Errors
 /// When the state file cannot be written.
-pub fn save(dest: &Path, files: Vec<(RelPath, u64, Hash)>) -> std::io::Result<()> {
+pub fn save(
+    dest: &Path,
+    files: Vec<(RelPath, u64, Hash)>,
+    kept: Vec<RelPath>,
+) -> std::io::Result<()> {
     let stamped: Vec<(RelPath, Stamp, Hash)> = files
         .into_par_iter()
         .filter_map(|(p, size, h)| {
@@ -133,6 +158,7 @@ pub fn save(dest: &Path, files: Vec<(RelPath, u64, Hash)>) -> std::io::Result<()
         version: STATE_VERSION,
         saved_ns: now_ns(),
         files: stamped,
+        kept,
     })
     .map_err(std::io::Error::other)?;
     let path = state_path(dest);
