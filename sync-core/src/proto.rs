@@ -434,8 +434,13 @@ mod tests {
         // Truncated body.
         assert!(matches!(
             read_frame(&mut &[0, 0, 0, 9, 1][..]),
-            Err(ProtoError::Closed)
+            Err(ProtoError::Truncated)
         ));
+        assert!(matches!(
+            read_frame(&mut &[0, 0][..]),
+            Err(ProtoError::Truncated)
+        ));
+        assert!(matches!(read_frame(&mut &[][..]), Err(ProtoError::Closed)));
         // Unknown variant.
         assert!(matches!(
             read_frame(&mut &[0, 0, 0, 1, 200][..]),

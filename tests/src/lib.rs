@@ -13,7 +13,10 @@ pub fn rdist_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
     let bin = dir.join("rdist");
     assert!(
         bin.is_file(),
@@ -39,7 +42,11 @@ impl Sandbox {
     pub fn new() -> Sandbox {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("proj")).unwrap();
-        std::fs::write(dir.path().join("proj/pyproject.toml"), "[project]\nname = \"demo\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("proj/pyproject.toml"),
+            "[project]\nname = \"demo\"\n",
+        )
+        .unwrap();
         Sandbox { dir }
     }
 
@@ -125,7 +132,10 @@ pub fn snapshot_filtered(dir: &Path, skip: &dyn Fn(&str) -> bool) -> Vec<Snap> {
                     kind: "link",
                     mode: 0,
                     mtime_ns: 0,
-                    data: std::fs::read_link(&e).unwrap().into_os_string().into_encoded_bytes(),
+                    data: std::fs::read_link(&e)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
                 }
             } else if ft.is_dir() {
                 stack.push(e.clone());
@@ -161,5 +171,47 @@ pub fn snapshot(dir: &Path) -> Vec<Snap> {
 
 /// Whether any component of `rel` is matched by the fixed ignores.
 pub fn fixed_ignored(rel: &str) -> bool {
-    rel.split('/').any(|c| c.starts_with('.') || c.ends_with(".pyc") || c.ends_with(".pyo") || c.ends_with('~'))
+    rel.split('/').any(|c| {
+        c.starts_with('.') || c.ends_with(".pyc") || c.ends_with(".pyo") || c.ends_with('~')
+    })
+}
+
+/// A short, readable account of how two [`snapshot`]s differ (empty when they are equal), for
+/// assertion messages: whole snapshots with file contents are too long to read.
+pub fn snap_diff(want: &[Snap], got: &[Snap]) -> String {
+    use std::collections::BTreeMap;
+    let index = |s: &[Snap]| -> BTreeMap<String, Snap> {
+        s.iter().map(|e| (e.path.clone(), e.clone())).collect()
+    };
+    let (w, g) = (index(want), index(got));
+    let mut out = String::new();
+    for (p, a) in &w {
+        match g.get(p) {
+            None => out.push_str(&format!("missing  {p} ({})\n", a.kind)),
+            Some(b) if a != b => {
+                let what = |e: &Snap| {
+                    format!(
+                        "{} mode {:o} mtime {} {} bytes {:?}",
+                        e.kind,
+                        e.mode,
+                        e.mtime_ns,
+                        e.data.len(),
+                        String::from_utf8_lossy(&e.data[..e.data.len().min(40)])
+                    )
+                };
+                out.push_str(&format!(
+                    "differs  {p}\n   want {}\n    got {}\n",
+                    what(a),
+                    what(b)
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for (p, b) in &g {
+        if !w.contains_key(p) {
+            out.push_str(&format!("extra    {p} ({})\n", b.kind));
+        }
+    }
+    out
 }
