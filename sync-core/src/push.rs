@@ -102,11 +102,21 @@ fn unexpected(got: &Message, expected: &'static str) -> PushError {
 /// Called with (files, bytes) as data is sent.
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
-/// A connection to an agent with a sync begun: the agent examines its destination while the
-/// controller is still scanning.
-pub struct Session<R: Read, W: Write> {
+/// A connection to an agent after the handshake (and authentication): ready for a `Begin`, and
+/// again after each completed sync, so one connection can serve every destination on a host.
+pub struct Connection<R: Read, W: Write> {
     r: BufReader<R>,
     w: BufWriter<W>,
+    /// The peer's version from its hello.
+    pub agent_version: String,
+    /// Bytes the peer printed before its handshake (a login banner).
+    pub preamble: Vec<u8>,
+}
+
+/// A connection with a sync begun: the agent examines its destination while the controller is
+/// still scanning.
+pub struct Session<R: Read, W: Write> {
+    conn: Connection<R, W>,
     opts: PushOptions,
     report: PushReport,
 }
@@ -125,30 +135,50 @@ pub fn push<R: Read + Send, W: Write + Send>(
     Session::open(reader, writer, opts.clone())?.sync(tree, progress)
 }
 
-impl<R: Read + Send, W: Write + Send> Session<R, W> {
-    /// Shakes hands and sends `Begin`.
+impl<R: Read + Send, W: Write + Send> Connection<R, W> {
+    /// Shakes hands (and authenticates with `token`, for `rdist serve`).
     ///
     /// # Errors
-    /// When the handshake fails.
-    pub fn open(reader: R, writer: W, opts: PushOptions) -> Result<Self, PushError> {
+    /// When the handshake or authentication fails.
+    pub fn open(
+        reader: R,
+        writer: W,
+        version: &str,
+        token: Option<&crate::auth::Key>,
+    ) -> Result<Self, PushError> {
         let mut r = BufReader::with_capacity(256 << 10, reader);
         let mut w = BufWriter::with_capacity(1 << 20, writer);
-        let mut report = PushReport::default();
         // If the peer exited without starting the protocol our hello may hit a closed pipe;
         // what it printed instead (still in the pipe) is the better error, so read that first.
-        let sent = send_hello(&mut w, &opts.version);
-        let (hello, preamble) = recv_hello(&mut r, &opts.version)?;
+        let sent = send_hello(&mut w, version);
+        let (hello, preamble) = recv_hello(&mut r, version)?;
         sent?;
-        report.agent_version = hello.version;
-        report.preamble = preamble;
-        if let Some(key) = &opts.token {
+        if let Some(key) = token {
             crate::auth::client(&mut r, &mut w, key).map_err(|e| match e {
                 crate::auth::AuthError::Proto(p) => PushError::from(p),
                 other => PushError::Auth(other.to_string()),
             })?;
         }
+        Ok(Connection {
+            r,
+            w,
+            agent_version: hello.version,
+            preamble,
+        })
+    }
+
+    /// Starts a sync to `opts.dest`.
+    ///
+    /// # Errors
+    /// When the connection fails.
+    pub fn begin(mut self, opts: PushOptions) -> Result<Session<R, W>, PushError> {
+        let mut report = PushReport {
+            agent_version: self.agent_version.clone(),
+            preamble: std::mem::take(&mut self.preamble),
+            ..PushReport::default()
+        };
         report.wire_sent += write_frame(
-            &mut w,
+            &mut self.w,
             &Message::Begin(Begin {
                 dest: opts.dest.clone(),
                 ignore: opts.ignore.clone(),
@@ -159,8 +189,22 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
                 base: opts.base,
             }),
         )? as u64;
-        w.flush().map_err(ProtoError::from)?;
-        Ok(Session { r, w, opts, report })
+        self.w.flush().map_err(ProtoError::from)?;
+        Ok(Session {
+            conn: self,
+            opts,
+            report,
+        })
+    }
+}
+
+impl<R: Read + Send, W: Write + Send> Session<R, W> {
+    /// Shakes hands and sends `Begin`.
+    ///
+    /// # Errors
+    /// When the handshake fails.
+    pub fn open(reader: R, writer: W, opts: PushOptions) -> Result<Self, PushError> {
+        Connection::open(reader, writer, &opts.version, opts.token.as_ref())?.begin(opts)
     }
 
     /// Offers `tree` and sends whatever the agent asks for.
@@ -168,12 +212,36 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
     /// # Errors
     /// A protocol failure, an agent-side fatal error, or invalid data from the agent.
     pub fn sync(self, tree: &SourceTree, progress: Progress<'_>) -> Result<PushReport, PushError> {
+        self.sync_reuse(tree, progress).map(|(report, _)| report)
+    }
+
+    /// Like [`Session::sync`], and hands the connection back for the next destination.
+    ///
+    /// # Errors
+    /// A protocol failure, an agent-side fatal error, or invalid data from the agent.
+    pub fn sync_reuse(
+        self,
+        tree: &SourceTree,
+        progress: Progress<'_>,
+    ) -> Result<(PushReport, Connection<R, W>), PushError> {
         let Session {
-            mut r,
-            mut w,
+            conn:
+                Connection {
+                    mut r,
+                    mut w,
+                    agent_version,
+                    preamble,
+                },
             opts,
             mut report,
         } = self;
+        let back = |r, w| Connection {
+            r,
+            w,
+            agent_version: agent_version.clone(),
+            preamble: Vec::new(),
+        };
+        drop(preamble);
         let m = &tree.manifest;
         let offered = write_frame(
             &mut w,
@@ -189,7 +257,7 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
         match msg {
             Message::UpToDate => {
                 report.up_to_date = true;
-                return Ok(report);
+                return Ok((report, back(r, w)));
             }
             Message::NeedManifest => {}
             other => return Err(unexpected(&other, "UpToDate or NeedManifest")),
@@ -211,10 +279,10 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
                 Message::Done(o) => o,
                 other => return Err(unexpected(&other, "Done")),
             };
-            return Ok(report);
+            return Ok((report, back(r, w)));
         }
-        transfer(tree, r, w, &mut report, progress)?;
-        Ok(report)
+        let (r, w) = transfer(tree, r, w, &mut report, progress)?;
+        Ok((report, back(r, w)))
     }
 }
 
@@ -260,15 +328,15 @@ fn transfer<R: Read + Send, W: Write + Send>(
     w: BufWriter<W>,
     report: &mut PushReport,
     progress: Progress<'_>,
-) -> Result<(), PushError> {
+) -> Result<(BufReader<R>, BufWriter<W>), PushError> {
     let received = AtomicU64::new(report.wire_received);
-    std::thread::scope(|scope| -> Result<(), PushError> {
+    let streams = std::thread::scope(|scope| -> Result<(BufReader<R>, BufWriter<W>), PushError> {
         // Owned by this closure: an early error drops (closes) the writer before the scope
         // joins the reader, so the agent sees end-of-stream and the reader is not left waiting.
         let mut w = w;
         let (tx, rx) = mpsc::sync_channel::<Result<Message, ProtoError>>(64);
         let received = &received;
-        scope.spawn(move || {
+        let reader = scope.spawn(move || {
             loop {
                 let res = read_frame(&mut r);
                 let stop = !matches!(res, Ok((Message::Want(_) | Message::WantEnd, _)));
@@ -277,7 +345,7 @@ fn transfer<R: Read + Send, W: Write + Send>(
                     m
                 });
                 if tx.send(res).is_err() || stop {
-                    return;
+                    return r;
                 }
             }
         });
@@ -314,16 +382,20 @@ fn transfer<R: Read + Send, W: Write + Send>(
                 }
                 Ok(Ok(Message::Done(o))) => {
                     sender.report.outcome = o;
-                    return Ok(());
+                    break;
                 }
                 Ok(Ok(other)) => return Err(unexpected(&other, "Want or Done")),
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => return Err(ProtoError::Closed.into()),
             }
         }
+        let r = reader
+            .join()
+            .map_err(|_| PushError::Invalid("the reader thread panicked".to_owned()))?;
+        Ok((r, w))
     })?;
     report.wire_received = received.into_inner();
-    Ok(())
+    Ok(streams)
 }
 
 struct Sender<'a, W: Write> {

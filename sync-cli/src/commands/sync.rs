@@ -34,28 +34,48 @@ pub fn run(args: &SyncArgs) -> Result<Code, Failure> {
     }
     let started = Instant::now();
     let progress = Progress::new(settings.targets.len());
-    // Agents start and examine their destinations while the tree is scanned here.
+    // Agents start and examine their destinations while the tree is scanned here. Remote
+    // targets on one host share one connection; local ones get an agent each.
+    let groups = group_targets(&settings.targets);
     let (tree, results) = std::thread::scope(|scope| {
         let mut feeds = Vec::new();
         let mut handles = Vec::new();
-        for t in &settings.targets {
+        for group in &groups {
             let (tx, rx) = mpsc::channel::<Option<Arc<SourceTree>>>();
             feeds.push(tx);
             let (s, progress) = (&settings, &progress);
-            handles.push(scope.spawn(move || sync_one(rx, s, t, progress)));
+            handles.push(scope.spawn(move || sync_group(rx, s, group, progress)));
         }
         let tree = scan_tree(&settings).map(Arc::new);
         for feed in feeds {
             let _ = feed.send(tree.as_ref().ok().cloned());
         }
-        let results: Vec<TargetResult> = handles
+        let mut results: Vec<Option<Result<PushReport, TargetError>>> =
+            settings.targets.iter().map(|_| None).collect();
+        for (h, group) in handles.into_iter().zip(&groups) {
+            match h.join() {
+                Ok(done) => {
+                    for (i, r) in done {
+                        results[i] = Some(r);
+                    }
+                }
+                Err(_) => {
+                    for &i in group {
+                        results[i] = Some(Err(TargetError::local(anyhow!(
+                            "internal error: the sync thread panicked"
+                        ))));
+                    }
+                }
+            }
+        }
+        let results: Vec<TargetResult> = results
             .into_iter()
             .zip(&settings.targets)
-            .map(|(h, t)| TargetResult {
+            .map(|(r, t)| TargetResult {
                 target: t.clone(),
-                result: h.join().unwrap_or_else(|_| {
+                result: r.unwrap_or_else(|| {
                     Err(TargetError::local(anyhow!(
-                        "internal error: the sync thread panicked"
+                        "internal error: target not synced"
                     )))
                 }),
             })
@@ -128,22 +148,74 @@ fn push_options(s: &SyncSettings, t: &Target) -> PushOptions {
     }
 }
 
-fn sync_one(
+/// Indices of targets that share a connection: one group per remote host, one per local target.
+fn group_targets(targets: &[Target]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let shared = t.transport != Transport::Local;
+        match groups
+            .iter_mut()
+            .find(|g| shared && targets[g[0]].transport == t.transport)
+        {
+            Some(g) => g.push(i),
+            None => groups.push(vec![i]),
+        }
+    }
+    groups
+}
+
+/// Syncs a group of targets over one connection, reconnecting after a failed one.
+fn sync_group(
     tree: mpsc::Receiver<Option<Arc<SourceTree>>>,
     s: &SyncSettings,
-    t: &Target,
+    group: &[usize],
     progress: &Progress,
-) -> Result<PushReport, TargetError> {
-    let opened = transport::open(t, s, push_options(s, t))?;
-    // The session owns and finally drops its streams, so the agent sees end-of-stream and exits.
-    let res = match tree.recv() {
-        Ok(Some(tree)) => opened.session.sync(&tree, &|f, b| progress.add(f, b)),
-        // The scan failed and is reported by the caller; just hang up.
-        _ => Err(PushError::Proto(sync_core::proto::ProtoError::Closed)),
-    };
-    let stderr = opened.child.map(|c| c.finish().1).unwrap_or_default();
-    if std::env::var_os("RDIST_TIMINGS").is_some() && !stderr.is_empty() {
-        eprintln!("{stderr}");
+) -> Vec<(usize, Result<PushReport, TargetError>)> {
+    let mut out = Vec::new();
+    let mut tree_cell: Option<Option<Arc<SourceTree>>> = None;
+    let mut link: Option<transport::Opened> = None;
+    for &i in group {
+        let t = &s.targets[i];
+        let opts = push_options(s, t);
+        let opened = match link.take() {
+            Some(l) => l,
+            None => match transport::open(t, s, opts.clone()) {
+                Ok(l) => l,
+                Err(e) => {
+                    out.push((i, Err(e)));
+                    continue;
+                }
+            },
+        };
+        let transport::Opened { conn, child } = opened;
+        let res = conn.begin(opts).and_then(|session| {
+            let tree = tree_cell.get_or_insert_with(|| tree.recv().ok().flatten());
+            match tree {
+                Some(tree) => session.sync_reuse(tree, &|f, b| progress.add(f, b)),
+                // The scan failed and is reported by the caller; just hang up.
+                None => Err(PushError::Proto(sync_core::proto::ProtoError::Closed)),
+            }
+        });
+        match res {
+            Ok((report, conn)) => {
+                out.push((i, Ok(report)));
+                link = Some(transport::Opened { conn, child });
+            }
+            Err(e) => {
+                let stderr = child.map(|c| c.finish().1).unwrap_or_default();
+                out.push((i, Err(TargetError::from_push(e, stderr))));
+            }
+        }
     }
-    res.map_err(|e| TargetError::from_push(e, stderr))
+    if let Some(transport::Opened { conn, child }) = link {
+        // Closing the connection ends the agent.
+        drop(conn);
+        if let Some(c) = child {
+            let (_, stderr) = c.finish();
+            if std::env::var_os("RDIST_TIMINGS").is_some() && !stderr.is_empty() {
+                eprintln!("{stderr}");
+            }
+        }
+    }
+    out
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::anyhow;
-use sync_core::push::{PushOptions, Session};
+use sync_core::push::{Connection, PushOptions};
 
 use super::{Opened, Reader, TargetError, Writer, with_deadline};
 
@@ -140,10 +140,12 @@ pub fn open_session(
     timeout: Duration,
 ) -> Result<Opened, TargetError> {
     let (r, w) = child.pipes();
-    let (res, timed_out) = with_deadline(timeout, child.killer(), || Session::open(r, w, opts));
+    let (res, timed_out) = with_deadline(timeout, child.killer(), || {
+        Connection::open(r, w, &opts.version, opts.token.as_ref())
+    });
     match res {
-        Ok(session) if !timed_out => Ok(Opened {
-            session,
+        Ok(conn) if !timed_out => Ok(Opened {
+            conn,
             child: Some(child),
         }),
         Ok(_) | Err(_) if timed_out => {

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use anyhow::anyhow;
-use sync_core::push::{PushError, PushOptions, Session};
+use sync_core::push::{Connection, PushError, PushOptions};
 
 use crate::settings::{SyncSettings, Target, Transport};
 pub use child::{AgentChild, StderrTail};
@@ -20,9 +20,9 @@ pub use child::{AgentChild, StderrTail};
 pub type Reader = Box<dyn Read + Send>;
 pub type Writer = Box<dyn Write + Send>;
 
-/// A session ready to sync, and the child process behind it, if any.
+/// A connection ready for syncs, and the child process behind it, if any.
 pub struct Opened {
-    pub session: Session<Reader, Writer>,
+    pub conn: Connection<Reader, Writer>,
     pub child: Option<AgentChild>,
 }
 
@@ -70,7 +70,8 @@ impl TargetError {
     }
 }
 
-/// Connects to `t`'s agent and opens a session with `opts`, within the connect timeout.
+/// Connects to the agent of `t`'s host within the connect timeout (`opts` supplies the version
+/// and token).
 ///
 /// # Errors
 /// When the host cannot be reached, refuses us, or has no usable rdist.

@@ -2,9 +2,9 @@
 //! <bootstrap>`, so `~/.ssh/config` aliases, keys, agents, ProxyJump and the free-form options of
 //! legacy `ssh=` specs behave as in the user's shell. `RDIST_SSH` names another ssh program.
 //!
-//! The bootstrap is a short POSIX `sh` script: it starts this version of rdist from the host's
-//! rdist cache (`<cache>/bin/<version>/<uname -s>-<uname -m>/rdist`) or from `PATH` if that is the
-//! same version; otherwise it prints a marker with the host's `uname -sm` and exits. When the
+//! The bootstrap is a short POSIX `sh` script: it starts this very build of rdist from the
+//! host's rdist cache (`<cache>/bin/<version>-<12 hex of the binary's BLAKE3>/<uname -s>-<uname
+//! -m>/rdist`, so two builds never share a path) or from `PATH` if that is the same version; otherwise it prints a marker with the host's `uname -sm` and exits. When the
 //! host's system and machine match ours, the controller uploads its own binary there
 //! (temp file + rename, so a half-uploaded binary is never started) and tries once more.
 
@@ -40,8 +40,27 @@ pub fn local_uname() -> String {
     format!("{os} {arch}")
 }
 
+/// `<version>-<12 hex of this executable's BLAKE3>`, computed once.
+fn build_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let hash = std::env::current_exe()
+            .and_then(|p| std::fs::File::open(p))
+            .and_then(|mut f| {
+                let mut h = blake3::Hasher::new();
+                std::io::copy(&mut f, &mut h)?;
+                Ok(h.finalize().to_hex()[..12].to_owned())
+            })
+            .unwrap_or_else(|_| "unknown".to_owned());
+        format!("{VERSION}-{hash}")
+    })
+}
+
 fn bin_dir() -> String {
-    format!(r#"{REMOTE_CACHE}/bin/{VERSION}/$(uname -s)-$(uname -m)"#)
+    format!(
+        r#"{REMOTE_CACHE}/bin/{}/$(uname -s)-$(uname -m)"#,
+        build_id()
+    )
 }
 
 /// The script that starts the agent on the host, or reports that it cannot.

@@ -5,7 +5,7 @@ use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::anyhow;
-use sync_core::push::{PushOptions, Session};
+use sync_core::push::{Connection, PushOptions};
 
 use super::{Opened, TargetError, with_deadline};
 
@@ -52,18 +52,16 @@ pub fn open(
             let _ = killer.shutdown(Shutdown::Both);
         },
         || {
-            Session::open(
+            Connection::open(
                 Box::new(reader) as super::Reader,
                 Box::new(ShutdownOnDrop(writer)) as super::Writer,
-                opts,
+                &opts.version,
+                opts.token.as_ref(),
             )
         },
     );
     match res {
-        Ok(session) if !timed_out => Ok(Opened {
-            session,
-            child: None,
-        }),
+        Ok(conn) if !timed_out => Ok(Opened { conn, child: None }),
         _ if timed_out => Err(TargetError::local(anyhow!(
             "`{host}:{port}` did not answer within {:.0} s",
             timeout.as_secs_f64()
