@@ -45,7 +45,7 @@ fn build_id() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ID.get_or_init(|| {
         let hash = std::env::current_exe()
-            .and_then(|p| std::fs::File::open(p))
+            .and_then(std::fs::File::open)
             .and_then(|mut f| {
                 let mut h = blake3::Hasher::new();
                 std::io::copy(&mut f, &mut h)?;
