@@ -5,7 +5,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use sync_core::scan::SourceTree;
 
@@ -62,53 +62,67 @@ pub fn count(n: u64) -> String {
     out
 }
 
-/// The sync progress bar: files and bytes sent, across all targets.
+/// The sync progress display: one line per target (connecting, waiting for the scan, syncing
+/// with files and bytes sent, up to date, done, failed). Drawn only when stderr is a terminal.
 pub struct Progress {
-    bar: ProgressBar,
-    files: std::sync::atomic::AtomicU64,
+    _multi: MultiProgress,
+    lines: Vec<ProgressBar>,
+    files: Vec<std::sync::atomic::AtomicU64>,
 }
 
 impl Progress {
-    pub fn new(targets: usize) -> Progress {
+    pub fn new(labels: &[String]) -> Progress {
         let draw = if std::io::stderr().is_terminal() {
             ProgressDrawTarget::stderr()
         } else {
             ProgressDrawTarget::hidden()
         };
-        let bar = ProgressBar::with_draw_target(None, draw);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} syncing {prefix}: {msg} files, {bytes} ({bytes_per_sec}) {elapsed}",
-            )
-            .expect("valid template"),
-        );
-        bar.set_prefix(if targets == 1 {
-            "1 target".to_owned()
-        } else {
-            format!("{targets} targets")
-        });
-        bar.enable_steady_tick(Duration::from_millis(120));
+        let multi = MultiProgress::with_draw_target(draw);
+        let style = ProgressStyle::with_template("{spinner} {prefix}: {msg} {bytes} {elapsed}")
+            .expect("valid template");
+        let lines = labels
+            .iter()
+            .map(|l| {
+                let bar = multi.add(ProgressBar::no_length());
+                bar.set_style(style.clone());
+                bar.set_prefix(l.clone());
+                bar.set_message("connecting");
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bar
+            })
+            .collect();
         Progress {
-            bar,
-            files: std::sync::atomic::AtomicU64::new(0),
+            _multi: multi,
+            files: labels.iter().map(|_| Default::default()).collect(),
+            lines,
         }
     }
 
-    pub fn add(&self, files: u64, bytes: u64) {
+    /// Sets target `i`'s state text.
+    pub fn state(&self, i: usize, msg: &str) {
+        self.lines[i].set_message(msg.to_owned());
+    }
+
+    /// Counts data sent to target `i`.
+    pub fn add(&self, i: usize, files: u64, bytes: u64) {
+        let n = self.files[i].fetch_add(files, std::sync::atomic::Ordering::Relaxed) + files;
         if files > 0 {
-            let n = self
-                .files
-                .fetch_add(files, std::sync::atomic::Ordering::Relaxed)
-                + files;
-            self.bar.set_message(count(n));
+            self.lines[i].set_message(format!("syncing, {} files sent,", count(n)));
         }
         if bytes > 0 {
-            self.bar.inc(bytes);
+            self.lines[i].inc(bytes);
         }
+    }
+
+    /// Ends target `i`'s line with `msg`.
+    pub fn done(&self, i: usize, msg: &str) {
+        self.lines[i].finish_with_message(msg.to_owned());
     }
 
     pub fn finish(&self) {
-        self.bar.finish_and_clear();
+        for l in &self.lines {
+            l.finish_and_clear();
+        }
     }
 }
 

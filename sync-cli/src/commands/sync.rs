@@ -33,7 +33,8 @@ pub fn run(args: &SyncArgs) -> Result<Code, Failure> {
         output::note(n);
     }
     let started = Instant::now();
-    let progress = Progress::new(settings.targets.len());
+    let labels: Vec<String> = settings.targets.iter().map(Target::dest_label).collect();
+    let progress = Progress::new(&labels);
     // Agents start and examine their destinations while the tree is scanned here. Remote
     // targets on one host share one connection; local ones get an agent each.
     let groups = group_targets(&settings.targets);
@@ -182,6 +183,7 @@ fn sync_group(
             None => match transport::open(t, s, opts.clone()) {
                 Ok(l) => l,
                 Err(e) => {
+                    progress.done(i, "failed");
                     out.push((i, Err(e)));
                     continue;
                 }
@@ -189,19 +191,30 @@ fn sync_group(
         };
         let transport::Opened { conn, child } = opened;
         let res = conn.begin(opts).and_then(|session| {
+            progress.state(i, "waiting for the scan");
             let tree = tree_cell.get_or_insert_with(|| tree.recv().ok().flatten());
+            progress.state(i, "comparing");
             match tree {
-                Some(tree) => session.sync_reuse(tree, &|f, b| progress.add(f, b)),
+                Some(tree) => session.sync_reuse(tree, &|f, b| progress.add(i, f, b)),
                 // The scan failed and is reported by the caller; just hang up.
                 None => Err(PushError::Proto(sync_core::proto::ProtoError::Closed)),
             }
         });
         match res {
             Ok((report, conn)) => {
+                progress.done(
+                    i,
+                    if report.up_to_date {
+                        "up to date"
+                    } else {
+                        "done"
+                    },
+                );
                 out.push((i, Ok(report)));
                 link = Some(transport::Opened { conn, child });
             }
             Err(e) => {
+                progress.done(i, "failed");
                 let stderr = child.map(|c| c.finish().1).unwrap_or_default();
                 out.push((i, Err(TargetError::from_push(e, stderr))));
             }
