@@ -23,9 +23,14 @@ use crate::hash::read_full;
 
 /// Size of the unit a file is diffed in.
 pub const DELTA_CHUNK: usize = 8 << 20;
-/// Files smaller than this are sent whole: below it the round trip for a signature costs more
-/// than the bytes it saves on any link rdist targets.
+/// On a local or otherwise fast link, files smaller than this are sent whole: below it a
+/// signature and a delta cost more time than resending the bytes.
 pub const DELTA_MIN_SIZE: u64 = 64 << 10;
+/// On a network link, files smaller than this are sent whole: a signature and a delta save bytes
+/// from here on.
+pub const DELTA_MIN_SIZE_REMOTE: u64 = 2 << 10;
+/// Below one block a delta can only be literal.
+pub const MIN_BLOCK_SIZE: u64 = MIN_BLOCK as u64;
 /// Strong-hash bytes per block: 8 bytes of MD4 as rsync's default; BLAKE3 guards the result.
 const CRYPTO_HASH_SIZE: u32 = 8;
 const MAX_BLOCK: u32 = 128 << 10;

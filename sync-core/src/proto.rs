@@ -62,6 +62,8 @@ pub struct Begin {
     pub lock_wait_ms: u64,
     /// What a relative `dest` is relative to.
     pub base: DestBase,
+    /// Changed files at least this big are fetched as deltas, smaller ones whole.
+    pub delta_min: u64,
 }
 
 /// The directory a relative destination is resolved against, on the agent's machine.

@@ -36,6 +36,8 @@ pub struct PushOptions {
     pub base: crate::proto::DestBase,
     /// The shared token of an `rdist serve` peer.
     pub token: Option<crate::auth::Key>,
+    /// Changed files at least this big go as deltas (see `delta::DELTA_MIN_SIZE`).
+    pub delta_min: u64,
     /// This binary's version, for the handshake.
     pub version: String,
 }
@@ -187,6 +189,7 @@ impl<R: Read + Send, W: Write + Send> Connection<R, W> {
                 adopt: opts.adopt,
                 lock_wait_ms: opts.lock_wait_ms,
                 base: opts.base,
+                delta_min: opts.delta_min,
             }),
         )? as u64;
         self.w.flush().map_err(ProtoError::from)?;

@@ -141,6 +141,10 @@ fn push_options(s: &SyncSettings, t: &Target) -> PushOptions {
         adopt: s.adopt,
         lock_wait_ms: s.lock_wait_ms,
         base: t.base,
+        delta_min: match t.transport {
+            Transport::Local => sync_core::delta::DELTA_MIN_SIZE,
+            _ => sync_core::delta::DELTA_MIN_SIZE_REMOTE,
+        },
         token: match (&t.transport, &s.token) {
             (Transport::Socket { .. }, Some(tok)) => Some(sync_core::auth::Key::from_token(tok)),
             _ => None,

@@ -96,7 +96,11 @@ pub(super) fn run<R: BufRead, W: Write>(
     want: Manifest,
     opts: &AgentOptions,
 ) -> Result<(), AgentError> {
-    let actions = plan(&current.manifest, &want);
+    let actions = plan(
+        &current.manifest,
+        &want,
+        begin.delta_min.max(crate::delta::MIN_BLOCK_SIZE),
+    );
     let plan_msg = Plan {
         deleted: actions.deleted.clone(),
         dirs_created: actions.mkdirs.len() as u64,

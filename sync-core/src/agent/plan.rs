@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use crate::delta::DELTA_MIN_SIZE;
 use crate::manifest::{Entry, Hash, Kind, Manifest};
 use crate::path::RelPath;
 
@@ -40,8 +39,9 @@ pub struct Actions {
     pub deleted: Vec<RelPath>,
 }
 
-/// Compares `current` with `want`.
-pub fn plan(current: &Manifest, want: &Manifest) -> Actions {
+/// Compares `current` with `want`. Changed files of at least `delta_min` bytes (old and new) are
+/// fetched as deltas, smaller ones whole.
+pub fn plan(current: &Manifest, want: &Manifest, delta_min: u64) -> Actions {
     let mut a = Actions::default();
     let by_hash: HashMap<&Hash, &RelPath> = current
         .entries()
@@ -76,7 +76,7 @@ pub fn plan(current: &Manifest, want: &Manifest) -> Actions {
                     a.removals.push((c.path.clone(), c.kind.is_dir()));
                     create(&mut a, j, w, &by_hash);
                 } else {
-                    update(&mut a, j, c, w, &by_hash);
+                    update(&mut a, j, c, w, &by_hash, delta_min);
                 }
                 i += 1;
                 j += 1;
@@ -103,7 +103,14 @@ fn create(a: &mut Actions, j: usize, w: &Entry, by_hash: &HashMap<&Hash, &RelPat
     }
 }
 
-fn update(a: &mut Actions, j: usize, c: &Entry, w: &Entry, by_hash: &HashMap<&Hash, &RelPath>) {
+fn update(
+    a: &mut Actions,
+    j: usize,
+    c: &Entry,
+    w: &Entry,
+    by_hash: &HashMap<&Hash, &RelPath>,
+    delta_min: u64,
+) {
     match (&c.kind, &w.kind) {
         (Kind::Dir { mode: m1 }, Kind::Dir { mode: m2 }) => {
             if m1 != m2 {
@@ -135,7 +142,7 @@ fn update(a: &mut Actions, j: usize, c: &Entry, w: &Entry, by_hash: &HashMap<&Ha
                 }
             } else if let Some(from) = by_hash.get(h2).filter(|_| *s2 > 0) {
                 a.copies.push((j, (*from).clone()));
-            } else if *s1 >= DELTA_MIN_SIZE && *s2 >= DELTA_MIN_SIZE {
+            } else if *s1 >= delta_min && *s2 >= delta_min {
                 a.transfers.push((j, Source::Delta));
             } else {
                 a.transfers.push((j, Source::Whole));
@@ -191,7 +198,7 @@ mod tests {
             f("renamed_to", 5, 6),
             d("new"),
         ]);
-        let a = plan(&current, &want);
+        let a = plan(&current, &want, crate::delta::DELTA_MIN_SIZE);
         let idx = |p: &str| want.position(&RelPath::new(p).unwrap()).unwrap();
         assert_eq!(
             a.copies,
@@ -215,6 +222,6 @@ mod tests {
     #[test]
     fn identical_trees_plan_nothing() {
         let m = Manifest::from_unsorted(vec![d("a"), f("a/x", 3, 1)]);
-        assert_eq!(plan(&m, &m), Actions::default());
+        assert_eq!(plan(&m, &m, 1), Actions::default());
     }
 }

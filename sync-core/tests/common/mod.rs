@@ -30,6 +30,7 @@ pub fn opts(dest: &Path) -> PushOptions {
         lock_wait_ms: 5_000,
         base: Default::default(),
         token: None,
+        delta_min: sync_core::delta::DELTA_MIN_SIZE,
         version: "test".into(),
     }
 }
