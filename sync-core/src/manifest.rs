@@ -92,6 +92,12 @@ pub fn perm_bits(mode: u32) -> u32 {
     mode & 0o7777
 }
 
+/// The 8-byte key of a directory path in [`Manifest::dir_summary`] (`None`: the top).
+pub fn dir_key(dir: Option<&RelPath>) -> [u8; 8] {
+    let h = blake3::hash(dir.map_or("", |d| d.as_str()).as_bytes());
+    h.as_bytes()[..8].try_into().expect("8 bytes")
+}
+
 /// A tree's entries, sorted by path, paths unique.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Manifest {
@@ -197,6 +203,55 @@ impl Manifest {
         *h.finalize().as_bytes()
     }
 
+    /// One 16-byte key per directory (the top first, then every directory entry in path
+    /// order): 8 bytes identifying the directory's path, 8 summarising its direct children.
+    /// Two sides compare these to exchange only the entries of directories that differ.
+    pub fn dir_summary(&self) -> Vec<[u8; 16]> {
+        self.dirs()
+            .into_iter()
+            .map(|(dir, kids)| {
+                let mut h = blake3::Hasher::new();
+                let mut buf = Vec::with_capacity(256);
+                for &i in &kids {
+                    buf.clear();
+                    let bytes = postcard::to_extend(&self.entries[i], std::mem::take(&mut buf))
+                        .expect("encoding into a Vec cannot fail");
+                    h.update(&(bytes.len() as u32).to_le_bytes());
+                    h.update(&bytes);
+                    buf = bytes;
+                }
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&dir_key(dir));
+                key[8..].copy_from_slice(&h.finalize().as_bytes()[..8]);
+                key
+            })
+            .collect()
+    }
+
+    /// Every directory (`None` for the top, then each directory entry in order) with the indices
+    /// of its direct children, in order.
+    pub fn dirs(&self) -> Vec<(Option<&RelPath>, Vec<usize>)> {
+        let mut out: Vec<(Option<&RelPath>, Vec<usize>)> = vec![(None, Vec::new())];
+        let mut slot: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for e in &self.entries {
+            if e.kind.is_dir() {
+                slot.insert(e.path.as_str(), out.len());
+                out.push((Some(&e.path), Vec::new()));
+            }
+        }
+        for (i, e) in self.entries.iter().enumerate() {
+            let parent = e.path.as_str().rfind('/').map(|k| &e.path.as_str()[..k]);
+            let at = match parent {
+                None => Some(0),
+                Some(p) => slot.get(p).copied(),
+            };
+            if let Some(at) = at {
+                out[at].1.push(i);
+            }
+        }
+        out
+    }
+
     /// Total size of the regular files.
     pub fn file_bytes(&self) -> u64 {
         self.entries
@@ -260,6 +315,32 @@ mod tests {
             Manifest::from_sorted_checked(vec![file("a", 1), file("a", 2)]),
             Err(ManifestError::Duplicate(_))
         ));
+    }
+
+    #[test]
+    fn dir_summary_changes_only_for_the_changed_directory() {
+        let a = Manifest::from_unsorted(vec![
+            dir("d"),
+            file("d/x", 1),
+            dir("e"),
+            file("e/y", 1),
+            file("top", 3),
+        ]);
+        let b = Manifest::from_unsorted(vec![
+            dir("d"),
+            file("d/x", 2),
+            dir("e"),
+            file("e/y", 1),
+            file("top", 3),
+        ]);
+        let (sa, sb) = (a.dir_summary(), b.dir_summary());
+        assert_eq!(sa.len(), 3);
+        assert_eq!(sa[0], sb[0], "top level unchanged");
+        assert_ne!(sa[1], sb[1], "d changed");
+        assert_eq!(sa[1][..8], sb[1][..8], "same path key");
+        assert_eq!(sa[2], sb[2], "e unchanged");
+        let kids: Vec<Vec<usize>> = a.dirs().into_iter().map(|(_, k)| k).collect();
+        assert_eq!(kids, vec![vec![0, 2, 4], vec![1], vec![3]]);
     }
 
     #[test]

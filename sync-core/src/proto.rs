@@ -179,6 +179,15 @@ pub enum Message {
     Proof { nonce: [u8; 32], mac: [u8; 32] },
     /// Server: its own MAC, proving it knows the token too.
     Proven { mac: [u8; 32] },
+    /// Agent: send the per-directory summary (it has an older tree to compare with).
+    NeedSummary,
+    /// Controller: a run of `Manifest::dir_summary` keys, in order.
+    Summary(Vec<[u8; 16]>),
+    /// Controller: the summary is complete.
+    SummaryEnd,
+    /// Agent: send the entries of these directories (indices into the summary), then
+    /// `ManifestEnd`.
+    NeedDirs(Vec<u32>),
 }
 
 impl Message {
@@ -205,6 +214,10 @@ impl Message {
             Message::Challenge { .. } => "Challenge",
             Message::Proof { .. } => "Proof",
             Message::Proven { .. } => "Proven",
+            Message::NeedSummary => "NeedSummary",
+            Message::Summary(_) => "Summary",
+            Message::SummaryEnd => "SummaryEnd",
+            Message::NeedDirs(_) => "NeedDirs",
         }
     }
 }

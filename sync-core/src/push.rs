@@ -255,25 +255,55 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
         )
         .and_then(|n| w.flush().map(|()| n).map_err(ProtoError::from));
         report.wire_sent += offered.map_err(|e| explained(&mut r, e))? as u64;
-        let (msg, n) = read_frame(&mut r)?;
-        report.wire_received += n as u64;
-        match msg {
-            Message::UpToDate => {
-                report.up_to_date = true;
-                return Ok((report, back(r, w)));
+        // The agent answers the offer: up to date, or it asks for the whole manifest, or for a
+        // per-directory summary and then the entries of the directories that differ.
+        let dirs = std::cell::OnceCell::new();
+        report.plan = loop {
+            let (msg, n) = read_frame(&mut r)?;
+            report.wire_received += n as u64;
+            match msg {
+                Message::UpToDate => {
+                    report.up_to_date = true;
+                    return Ok((report, back(r, w)));
+                }
+                Message::NeedManifest => {
+                    send_entries(&mut w, m.entries().iter(), &mut report)
+                        .map_err(|e| explained_push(&mut r, e))?;
+                }
+                Message::NeedSummary => {
+                    let keys = m.dir_summary();
+                    for part in keys.chunks(64 << 10) {
+                        report.wire_sent +=
+                            write_frame(&mut w, &Message::Summary(part.to_vec()))? as u64;
+                    }
+                    report.wire_sent += write_frame(&mut w, &Message::SummaryEnd)? as u64;
+                    w.flush().map_err(ProtoError::from)?;
+                }
+                Message::NeedDirs(wanted) => {
+                    let dirs = dirs.get_or_init(|| m.dirs());
+                    let mut picked = Vec::new();
+                    for i in wanted {
+                        let (_, kids) = dirs.get(i as usize).ok_or_else(|| {
+                            PushError::Invalid(format!(
+                                "asked for directory #{i} of {}",
+                                dirs.len()
+                            ))
+                        })?;
+                        picked.extend(kids.iter().copied());
+                    }
+                    picked.sort_unstable();
+                    picked.dedup();
+                    send_entries(&mut w, picked.iter().map(|&i| &m.entries()[i]), &mut report)
+                        .map_err(|e| explained_push(&mut r, e))?;
+                }
+                Message::Plan(p) => break p,
+                other => {
+                    return Err(unexpected(
+                        &other,
+                        "UpToDate, NeedManifest, NeedSummary, NeedDirs or Plan",
+                    ));
+                }
             }
-            Message::NeedManifest => {}
-            other => return Err(unexpected(&other, "UpToDate or NeedManifest")),
-        }
-        send_manifest(&mut w, m, &mut report).map_err(|e| match e {
-            PushError::Proto(p) => explained(&mut r, p),
-            other => other,
-        })?;
-        let (msg, n) = read_frame(&mut r)?;
-        report.wire_received += n as u64;
-        report.plan = match msg {
-            Message::Plan(p) => p,
-            other => return Err(unexpected(&other, "Plan")),
         };
         if opts.dry_run {
             let (msg, n) = read_frame(&mut r)?;
@@ -300,14 +330,22 @@ fn explained(r: &mut impl Read, e: ProtoError) -> PushError {
     e.into()
 }
 
-fn send_manifest<W: Write>(
+fn explained_push(r: &mut impl Read, e: PushError) -> PushError {
+    match e {
+        PushError::Proto(p) => explained(r, p),
+        other => other,
+    }
+}
+
+/// Sends `entries` in frames of about `MANIFEST_FRAME` bytes, then `ManifestEnd`.
+fn send_entries<'a, W: Write>(
     w: &mut W,
-    m: &crate::manifest::Manifest,
+    entries: impl Iterator<Item = &'a Entry>,
     report: &mut PushReport,
 ) -> Result<(), PushError> {
     let mut part: Vec<Entry> = Vec::new();
     let mut bytes = 0;
-    for e in m.entries() {
+    for e in entries {
         bytes += e.path.as_str().len() + 64;
         part.push(e.clone());
         if bytes >= MANIFEST_FRAME {

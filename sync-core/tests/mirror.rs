@@ -133,3 +133,33 @@ fn foreign_destination_is_refused_unless_adopted() {
     sync_with(&scan_dir(&src, &[]), &o).unwrap();
     assert!(!dst.join("precious").exists());
 }
+
+#[test]
+fn incremental_sync_sends_only_changed_directories_entries() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    for d in 0..200 {
+        for f in 0..10 {
+            write(
+                &src.join(format!("pkg{d}/mod{f}.py")),
+                format!("x = {d}{f}\n").as_bytes(),
+            );
+        }
+    }
+    let first = sync(&src, &dst);
+    write(&src.join("pkg7/mod3.py"), b"x = 'changed'\n");
+    write(&src.join("pkg7/new.py"), b"new\n");
+    std::fs::remove_file(src.join("pkg9/mod0.py")).unwrap();
+    let r = sync(&src, &dst);
+    assert_eq!(r.sent.len(), 2);
+    assert_eq!(r.outcome.deleted, 1);
+    assert_eq!(snapshot(&src), snapshot(&dst));
+    // 2,200 entries: the first sync sent them all; this one sends a 16-byte key per directory
+    // and the entries of the three directories that changed (and the top level).
+    assert!(
+        r.wire_sent * 4 < first.wire_sent - first.literal_bytes,
+        "incremental sent {} bytes, the first sync's manifest was about {}",
+        r.wire_sent,
+        first.wire_sent - first.literal_bytes
+    );
+}

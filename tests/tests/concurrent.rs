@@ -89,6 +89,7 @@ impl Holder {
                 adopt: false,
                 lock_wait_ms: 0,
                 base: DestBase::default(),
+                delta_min: sync_core::delta::DELTA_MIN_SIZE,
             }),
             Message::Offer {
                 digest: [0xab; 32],
@@ -103,9 +104,10 @@ impl Holder {
             child,
             input: Some(input),
         };
-        // The agent asks for the manifest only once it holds the lock.
+        // The agent asks for the manifest (or, with an older tree there, a summary) only once
+        // it holds the lock.
         match rx.recv_timeout(DEADLINE) {
-            Ok(name) if name == "NeedManifest" => {}
+            Ok(name) if name == "NeedManifest" || name == "NeedSummary" => {}
             other => {
                 let _ = holder.child.kill();
                 panic!("holder agent did not take the lock: {other:?}");

@@ -16,12 +16,13 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::filter::{Filter, PatternError};
-use crate::manifest::{Manifest, ManifestError};
+use crate::manifest::{Entry, Hash, Manifest, ManifestError};
 use crate::path::RelPath;
 use crate::proto::{
     Begin, DestBase, Message, Outcome, ProtoError, read_frame, recv_hello, send_hello, write_frame,
 };
 use crate::stage::STATE_DIR;
+use std::collections::HashMap;
 
 pub use lock::DestLock;
 
@@ -307,19 +308,19 @@ fn session<R: BufRead, W: Write>(
         w.flush().map_err(ProtoError::from)?;
         return Ok(());
     }
-    write_frame(w, &Message::NeedManifest)?;
-    w.flush().map_err(ProtoError::from)?;
-    let want = receive_manifest(r, digest, entries, &filter)?;
+    let want = match receive_changed(r, w, &current.manifest, digest, entries, &filter)? {
+        Some(want) => want,
+        None => {
+            write_frame(w, &Message::NeedManifest)?;
+            w.flush().map_err(ProtoError::from)?;
+            receive_manifest(r, digest, entries, &filter)?
+        }
+    };
     apply::run(r, w, &dest, &begin, &current, want, opts)
 }
 
-fn receive_manifest(
-    r: &mut impl BufRead,
-    digest: crate::manifest::Hash,
-    entries_announced: u64,
-    filter: &Filter,
-) -> Result<Manifest, AgentError> {
-    let limit = entries_announced.min(MAX_ENTRIES);
+/// Reads `Manifest` frames until `ManifestEnd`, at most `limit` entries.
+fn read_entries(r: &mut impl BufRead, limit: u64) -> Result<Vec<Entry>, AgentError> {
     let mut entries = Vec::with_capacity(limit.min(1 << 20) as usize);
     loop {
         match read_frame(r)?.0 {
@@ -331,7 +332,7 @@ fn receive_manifest(
                 }
                 entries.append(&mut part);
             }
-            Message::ManifestEnd => break,
+            Message::ManifestEnd => return Ok(entries),
             Message::Error(e) => return Err(ProtoError::Remote(e).into()),
             other => {
                 return Err(ProtoError::Unexpected {
@@ -342,6 +343,11 @@ fn receive_manifest(
             }
         }
     }
+}
+
+/// Checks a complete manifest from the peer: structure, digest, and that it names nothing the
+/// ignore rules protect.
+fn checked(entries: Vec<Entry>, digest: Hash, filter: &Filter) -> Result<Manifest, AgentError> {
     let want = Manifest::from_sorted_checked(entries)?;
     if want.digest() != digest {
         return Err(AgentError::Invalid(
@@ -356,6 +362,94 @@ fn receive_manifest(
         return Err(AgentError::IgnoredEntry(e.path.clone()));
     }
     Ok(want)
+}
+
+fn receive_manifest(
+    r: &mut impl BufRead,
+    digest: Hash,
+    entries_announced: u64,
+    filter: &Filter,
+) -> Result<Manifest, AgentError> {
+    let entries = read_entries(r, entries_announced.min(MAX_ENTRIES))?;
+    checked(entries, digest, filter)
+}
+
+/// Builds the wanted manifest from the entries of the directories that differ, asked for by
+/// comparing per-directory summaries, and this side's own entries for the rest. `None` when
+/// the full manifest is the better deal (nothing here yet, most directories differ) or the
+/// rebuilt manifest does not match the digest.
+fn receive_changed<R: BufRead, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    current: &Manifest,
+    digest: Hash,
+    entries_announced: u64,
+    filter: &Filter,
+) -> Result<Option<Manifest>, AgentError> {
+    if current.is_empty() {
+        return Ok(None);
+    }
+    write_frame(w, &Message::NeedSummary)?;
+    w.flush().map_err(ProtoError::from)?;
+    let limit = entries_announced.min(MAX_ENTRIES) + 1;
+    let mut theirs: Vec<[u8; 16]> = Vec::new();
+    loop {
+        match read_frame(r)?.0 {
+            Message::Summary(mut part) => {
+                if theirs.len() as u64 + part.len() as u64 > limit {
+                    return Err(AgentError::Invalid(
+                        "summary has more directories than entries".to_owned(),
+                    ));
+                }
+                theirs.append(&mut part);
+            }
+            Message::SummaryEnd => break,
+            Message::Error(e) => return Err(ProtoError::Remote(e).into()),
+            other => {
+                return Err(ProtoError::Unexpected {
+                    got: other.name(),
+                    expected: "Summary",
+                }
+                .into());
+            }
+        }
+    }
+    let ours_dirs = current.dirs();
+    let ours: HashMap<[u8; 8], ([u8; 8], usize)> = current
+        .dir_summary()
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let (path, content) = k.split_at(8);
+            (
+                path.try_into().expect("8"),
+                (content.try_into().expect("8"), i),
+            )
+        })
+        .collect();
+    let mut need = Vec::new();
+    let mut same = Vec::new();
+    for (i, k) in theirs.iter().enumerate() {
+        let (path, content) = k.split_at(8);
+        let path: [u8; 8] = path.try_into().expect("8");
+        match ours.get(&path) {
+            Some((c, ours_i)) if c[..] == *content => same.push(*ours_i),
+            _ => need.push(i as u32),
+        }
+    }
+    if need.len() * 2 > theirs.len() {
+        return Ok(None);
+    }
+    write_frame(w, &Message::NeedDirs(need))?;
+    w.flush().map_err(ProtoError::from)?;
+    let mut entries = read_entries(r, entries_announced.min(MAX_ENTRIES))?;
+    for i in same {
+        entries.extend(ours_dirs[i].1.iter().map(|&k| current.entries()[k].clone()));
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    // Anything off (a hash collision, a peer that lies) falls back to the full manifest, which
+    // is then checked strictly.
+    Ok(checked(entries, digest, filter).ok())
 }
 
 /// The outcome of a sync that changed nothing, for dry runs.
