@@ -356,9 +356,17 @@ pub fn recv_hello(r: &mut impl BufRead, our_version: &str) -> Result<(Hello, Vec
 }
 
 /// The first few hundred bytes of `b`, printable, for an error message.
+/// The start and the end of `b` (a long login banner keeps its last line, where a peer's
+/// own message usually is), printable, for an error message.
 pub fn preview(b: &[u8]) -> String {
-    let s = String::from_utf8_lossy(&b[..b.len().min(300)]);
-    s.trim().escape_debug().to_string()
+    const HEAD: usize = 200;
+    const TAIL: usize = 200;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().escape_debug().to_string();
+    if b.len() <= HEAD + TAIL {
+        text(b)
+    } else {
+        format!("{} … {}", text(&b[..HEAD]), text(&b[b.len() - TAIL..]))
+    }
 }
 
 #[cfg(test)]
@@ -479,6 +487,16 @@ mod tests {
             }
             let _ = read_frame(&mut &buf[..]);
         }
+    }
+
+    #[test]
+    fn preview_keeps_the_end_of_a_long_banner() {
+        let mut b = "motd line\n".repeat(100).into_bytes();
+        b.extend_from_slice(b"RDIST-BOOTSTRAP-MISSING Linux x86_64\n");
+        let p = preview(&b);
+        assert!(p.starts_with("motd line"), "{p}");
+        assert!(p.ends_with("RDIST-BOOTSTRAP-MISSING Linux x86_64"), "{p}");
+        assert!(p.len() < 500);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! throwaway projects, running the binary with an isolated cache, and snapshots of trees for
 //! comparing a source with its mirror.
 
+pub mod sshd;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -220,7 +220,10 @@ fn sync_group(
             Err(e) => {
                 progress.done(i, "failed");
                 let stderr = child.map(|c| c.finish().1).unwrap_or_default();
-                out.push((i, Err(TargetError::from_push(e, stderr))));
+                out.push((
+                    i,
+                    Err(transport::lost(t, TargetError::from_push(e, stderr))),
+                ));
             }
         }
     }

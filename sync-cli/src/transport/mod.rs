@@ -70,6 +70,49 @@ impl TargetError {
     }
 }
 
+/// Explains a connection that broke mid-sync: which host, and what to do.
+pub fn lost(t: &Target, mut e: TargetError) -> TargetError {
+    use sync_core::proto::ProtoError;
+    let broken = matches!(
+        e.error.downcast_ref::<PushError>(),
+        Some(PushError::Proto(
+            ProtoError::Closed | ProtoError::Truncated | ProtoError::Io(_)
+        ))
+    );
+    if !broken {
+        return e;
+    }
+    let (what, hint) = match &t.transport {
+        Transport::Local => (
+            "the local agent stopped",
+            "run the sync again; files are old or new, never half-written",
+        ),
+        Transport::Ssh { .. } => (
+            "the ssh connection was lost",
+            "run the sync again once the host is reachable; files are old or new, never half-written",
+        ),
+        Transport::Socket { .. } => (
+            "the connection to `rdist serve` was lost",
+            "run the sync again once the server is back; files are old or new, never half-written",
+        ),
+    };
+    let last = e
+        .stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .map(str::to_owned);
+    e.error = match last {
+        Some(l) if !e.remote => anyhow!("{what} ({}): {l}", e.error),
+        _ => anyhow!("{what} ({})", e.error),
+    };
+    if e.hint.is_none() {
+        e.hint = Some(hint.to_owned());
+    }
+    e
+}
+
 /// Connects to the agent of `t`'s host within the connect timeout (`opts` supplies the version
 /// and token).
 ///

@@ -209,14 +209,16 @@ fn resolve_dest(begin: &Begin, opts: &AgentOptions) -> Result<PathBuf, AgentErro
 }
 
 /// `root/rel` for a confined agent, creating missing directories, refusing symlinks on the way.
-fn confined_dest(root: &Path, rel: &str) -> Result<PathBuf, AgentError> {
-    let rel = RelPath::new(rel).map_err(|_| AgentError::Confined(PathBuf::from(rel)))?;
+fn confined_dest(root: &Path, raw: &str) -> Result<PathBuf, AgentError> {
+    // Errors name the requested path, never the server's own directories.
+    let refused = || AgentError::Confined(PathBuf::from(raw));
+    let rel = RelPath::new(raw).map_err(|_| refused())?;
     let mut p = root.to_owned();
     for c in rel.as_str().split('/') {
         p.push(c);
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(AgentError::Confined(p)),
+            Ok(_) => return Err(refused()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Err(e) = std::fs::create_dir(&p)
                     && e.kind() != std::io::ErrorKind::AlreadyExists
@@ -228,7 +230,7 @@ fn confined_dest(root: &Path, rel: &str) -> Result<PathBuf, AgentError> {
                     });
                 }
                 if !std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-                    return Err(AgentError::Confined(p));
+                    return Err(refused());
                 }
             }
             Err(source) => {
