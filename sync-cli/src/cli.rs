@@ -23,6 +23,9 @@ pub struct Cli {
 pub enum Command {
     /// Mirror the sync roots into every worker's directory.
     Sync(SyncArgs),
+    /// Sync, then run pytest on the workers and report like pytest (unknown arguments go to
+    /// pytest: `rdist run -n 4 -k slow tests/`).
+    Run(RunArgs),
     /// Serve one side of the sync protocol on stdin/stdout (what the controller starts on a
     /// worker host).
     Agent(AgentArgs),
@@ -162,4 +165,85 @@ pub struct AgentArgs {
     /// Speak the protocol on stdin/stdout.
     #[arg(long, required = true)]
     pub stdio: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Local workers run in place (no sync): a number, or `auto` for one per CPU.
+    #[arg(
+        short = 'n',
+        long = "numprocesses",
+        value_name = "N|auto",
+        help_heading = "Workers"
+    )]
+    pub numprocesses: Option<String>,
+
+    /// A worker, as an xdist spec (`popen`, `popen//chdir=DIR`, `2*popen//python=python3.12`);
+    /// repeatable. Workers with `chdir=` get the project synced there first.
+    #[arg(long = "tx", value_name = "SPEC", help_heading = "Workers")]
+    pub tx: Vec<String>,
+
+    /// A proxy for `via=` workers (see `rdist sync --help`).
+    #[arg(long = "px", value_name = "SPEC", help_heading = "Workers")]
+    pub px: Vec<String>,
+
+    /// How tests are distributed.
+    #[arg(
+        long = "dist",
+        value_enum,
+        default_value = "load",
+        help_heading = "Workers"
+    )]
+    pub dist: crate::dispatch::schedule::Mode,
+
+    /// Accepted for pytest-xdist compatibility (`-d` = distribute over `--tx`); no effect.
+    #[arg(short = 'd', help_heading = "Workers")]
+    pub distribute: bool,
+
+    /// Restarts of crashed workers before their tests are given up.
+    #[arg(long, value_name = "N", default_value_t = 4, help_heading = "Workers")]
+    pub max_worker_restart: usize,
+
+    /// Seconds without any sign of life after which a worker is stopped.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 60.0,
+        env = "RDIST_HEARTBEAT_TIMEOUT",
+        help_heading = "Workers"
+    )]
+    pub heartbeat_timeout: f64,
+
+    /// A directory (or file) to sync to `chdir=` workers; default: the project root.
+    #[arg(long = "rsyncdir", value_name = "DIR", help_heading = "Sync")]
+    pub rsyncdir: Vec<PathBuf>,
+
+    /// Leave out entries matching GLOB (see `rdist sync --help`).
+    #[arg(long = "rsyncignore", value_name = "GLOB", help_heading = "Sync")]
+    pub rsyncignore: Vec<String>,
+
+    /// Print a line per test (`[gw0] [ 50%] PASSED tests/test_x.py::test_a`).
+    #[arg(short, long, action = clap::ArgAction::Count, help_heading = "Output")]
+    pub verbose: u8,
+
+    /// Print results as JSON on stdout (the pytest-style report goes to stderr).
+    #[arg(long, help_heading = "Output")]
+    pub json: bool,
+
+    /// Where rdist keeps its caches.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "RDIST_CACHE_DIR",
+        help_heading = "Output"
+    )]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Arguments for pytest (test paths, `-k`, `-m`, `-x`, ...).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PYTEST ARGS"
+    )]
+    pub pytest_args: Vec<String>,
 }

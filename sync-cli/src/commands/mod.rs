@@ -1,6 +1,7 @@
 //! One module per subcommand; `run` dispatches.
 
 pub mod agent;
+pub mod run;
 pub mod serve;
 pub mod sync;
 
@@ -16,5 +17,6 @@ pub fn run(cli: Cli) -> Result<Code, Failure> {
         Command::Sync(args) => sync::run(&args),
         Command::Agent(args) => agent::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Run(args) => run::run(&args),
     }
 }

@@ -29,6 +29,14 @@ pub fn run(args: &SyncArgs) -> Result<Code, Failure> {
     let cwd = std::env::current_dir()
         .map_err(|e| Failure::usage(anyhow!(e).context("no current directory")))?;
     let settings = SyncSettings::from_args(args, &cwd)?;
+    sync_settings(&settings)
+}
+
+/// Syncs per `settings` and reports; exit code 1 when a target or a file failed.
+///
+/// # Errors
+/// A failed scan.
+pub fn sync_settings(settings: &SyncSettings) -> Result<Code, Failure> {
     for n in &settings.notes {
         output::note(n);
     }
@@ -44,10 +52,10 @@ pub fn run(args: &SyncArgs) -> Result<Code, Failure> {
         for group in &groups {
             let (tx, rx) = mpsc::channel::<Option<Arc<SourceTree>>>();
             feeds.push(tx);
-            let (s, progress) = (&settings, &progress);
+            let (s, progress) = (settings, &progress);
             handles.push(scope.spawn(move || sync_group(rx, s, group, progress)));
         }
-        let tree = scan_tree(&settings).map(Arc::new);
+        let tree = scan_tree(settings).map(Arc::new);
         for feed in feeds {
             let _ = feed.send(tree.as_ref().ok().cloned());
         }
@@ -89,7 +97,7 @@ pub fn run(args: &SyncArgs) -> Result<Code, Failure> {
     if std::env::var_os("RDIST_TIMINGS").is_some() {
         eprintln!("timings: total {elapsed:.3?}");
     }
-    output::report_sync(&settings, &tree, &results, elapsed);
+    output::report_sync(settings, &tree, &results, elapsed);
     let failed = results.iter().any(|r| r.result.is_err());
     let problems = !tree.problems.is_empty()
         || results.iter().any(|r| {

@@ -1,0 +1,324 @@
+//! `rdist run`: sync the project to the workers that need it, start a pytest worker per `--tx`
+//! worker (or `-n N` local ones in place), check that their collections agree, hand out tests
+//! by the `--dist` policy, and report like pytest, with pytest's exit codes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::anyhow;
+use compat::xspec::{Gateway, XSpec};
+use serde_json::json;
+
+use crate::cli::{Layout, RunArgs, SyncArgs};
+use crate::dispatch::report::{Reporter, rule};
+use crate::dispatch::worker::{WorkerSpec, install_plugin};
+use crate::dispatch::{Ending, SessionConfig, run_session};
+use crate::exit::{Code, Failure};
+use crate::settings::{self, SyncSettings};
+
+/// Runs `rdist run`.
+///
+/// # Errors
+/// Usage errors, a failed sync, or workers that cannot start.
+pub fn run(args: &RunArgs) -> Result<Code, Failure> {
+    let cwd = std::env::current_dir()
+        .and_then(std::fs::canonicalize)
+        .map_err(|e| Failure::usage(anyhow!(e).context("no current directory")))?;
+    let project_root = settings::find_project_root(&cwd);
+    let (workers, sync_tx) = workers(args, &project_root, &cwd)?;
+    if !sync_tx.is_empty() {
+        let sync_args = SyncArgs {
+            rsyncdir: if args.rsyncdir.is_empty() {
+                vec![project_root.clone()]
+            } else {
+                args.rsyncdir.clone()
+            },
+            rsyncignore: args.rsyncignore.clone(),
+            layout: Layout::Rdist,
+            tx: sync_tx,
+            px: args.px.clone(),
+            connect_timeout: 15.0,
+            token_file: None,
+            adopt: false,
+            dry_run: false,
+            fsync: false,
+            lock_wait: 60.0,
+            verbose: false,
+            json: false,
+            cache_dir: args.cache_dir.clone(),
+        };
+        let s = SyncSettings::from_args(&sync_args, &cwd)?;
+        if crate::commands::sync::sync_settings(&s)? != Code::Ok {
+            return Err(Failure::failed(anyhow!(
+                "the sync failed; no tests were run"
+            )));
+        }
+    }
+    let cache = args
+        .cache_dir
+        .clone()
+        .or_else(settings::cache_dir)
+        .ok_or_else(|| {
+            Failure::usage(anyhow!("no cache directory")).with_hint("set `RDIST_CACHE_DIR`")
+        })?;
+    let plugin_dir = install_plugin(&cache).map_err(|e| {
+        Failure::failed(anyhow!(e).context(format!(
+            "cannot write the pytest plugin into `{}`",
+            cache.display()
+        )))
+    })?;
+    let durations_file = cache
+        .join("durations")
+        .join(format!("{}.json", settings::project_key(&project_root)));
+    let durations: HashMap<String, f64> = std::fs::read(&durations_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let cfg = SessionConfig {
+        mode: args.dist,
+        workers,
+        pytest_args: map_args(&args.pytest_args, &cwd, &project_root),
+        plugin_dir,
+        run_id: sync_core::auth::new_token()
+            .map(|t| t[..12].to_owned())
+            .unwrap_or_else(|_| "rdist".to_owned()),
+        max_restarts: args.max_worker_restart,
+        heartbeat: std::time::Duration::from_secs_f64(args.heartbeat_timeout.max(1.0)),
+        durations: durations.clone(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone());
+    let out: Box<dyn std::io::Write> = if args.json {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    };
+    let mut rep = Reporter::new(args.verbose, 0, out);
+    rep.line(&rule('=', "test session starts", 80));
+    let specs: Vec<String> = cfg
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| format!("gw{i} {}", w.spec))
+        .collect();
+    rep.line(&format!(
+        "rdist {} -- {} workers: {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.workers.len(),
+        specs.join(", ")
+    ));
+    rep.line(&format!("rootdir: {}", project_root.display()));
+    let started = Instant::now();
+    let result = run_session(&cfg, &mut rep, &stop);
+    let elapsed = started.elapsed();
+    let (code, why) = match result.ending {
+        Ending::Ran { failed: false } => (Code::Ok, None),
+        Ending::Ran { failed: true } => (Code::Failed, None),
+        Ending::NoTests => (Code::Empty, None),
+        Ending::CollectionErrors => (
+            Code::Interrupted,
+            Some("Interrupted: errors during collection"),
+        ),
+        Ending::CollectionMismatch => (
+            Code::Failed,
+            Some("collections differ between workers; nothing was run"),
+        ),
+        Ending::WorkersFailed => (Code::Internal, Some("no worker could start pytest")),
+        Ending::Interrupted => (Code::Interrupted, Some("KeyboardInterrupt")),
+    };
+    rep.finish(elapsed, why);
+    let mut merged = durations;
+    merged.extend(result.durations);
+    if let Some(dir) = durations_file.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+        && let Ok(bytes) = serde_json::to_vec(&merged)
+    {
+        let tmp = durations_file.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, &durations_file);
+        }
+    }
+    if args.json {
+        let tests: Vec<_> = rep
+            .outcomes
+            .iter()
+            .map(|o| json!({"nodeid": o.nodeid, "outcome": o.category, "worker": format!("gw{}", o.worker), "duration": o.duration, "message": o.message}))
+            .collect();
+        let workers: Vec<_> = rep
+            .platforms
+            .iter()
+            .map(|(w, p)| json!({"id": format!("gw{w}"), "platform": p.platform, "python": p.python, "implementation": p.implementation, "executable": p.executable}))
+            .collect();
+        let counts: serde_json::Map<String, serde_json::Value> = rep
+            .counts()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), json!(v)))
+            .collect();
+        println!(
+            "{}",
+            json!({"exit_code": code as u8, "collected": result.collected, "seconds": elapsed.as_secs_f64(), "counts": counts, "workers": workers, "tests": tests})
+        );
+    }
+    if code == Code::Internal {
+        return Err(Failure {
+            error: anyhow!("no worker could start pytest"),
+            hint: Some("is pytest installed for the worker's interpreter? (`python=` in the spec chooses it)".to_owned()),
+            code,
+        });
+    }
+    Ok(code)
+}
+
+/// The workers to start, and the `--tx` specs whose directories need a sync first.
+fn workers(
+    args: &RunArgs,
+    project_root: &Path,
+    cwd: &Path,
+) -> Result<(Vec<WorkerSpec>, Vec<String>), Failure> {
+    let local = |spec: String, dir: PathBuf| WorkerSpec {
+        spec,
+        python: "python3".to_owned(),
+        dir,
+        env: Vec::new(),
+        nice: None,
+        dont_write_bytecode: false,
+    };
+    if let Some(n) = &args.numprocesses {
+        let count = match n.as_str() {
+            "auto" | "logical" => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            other => other
+                .parse::<usize>()
+                .ok()
+                .filter(|&c| c > 0)
+                .ok_or_else(|| {
+                    Failure::usage(anyhow!("`-n {other}` is not a number of workers"))
+                        .with_hint("give a positive number or `auto`")
+                })?,
+        };
+        if !args.tx.is_empty() {
+            crate::output::note("`-n` replaces `--tx`, as in pytest-xdist");
+        }
+        return Ok((
+            (0..count)
+                .map(|_| local("popen".to_owned(), project_root.to_owned()))
+                .collect(),
+            Vec::new(),
+        ));
+    }
+    if args.tx.is_empty() {
+        let count = std::thread::available_parallelism().map_or(2, |n| n.get());
+        return Ok((
+            (0..count)
+                .map(|_| local("popen".to_owned(), project_root.to_owned()))
+                .collect(),
+            Vec::new(),
+        ));
+    }
+    let mut out = Vec::new();
+    let mut sync = Vec::new();
+    for raw in &args.tx {
+        let spec: XSpec = raw.parse().map_err(|e: compat::xspec::ParseError| {
+            Failure::usage(anyhow!(
+                "invalid worker spec: {e}\n{}",
+                e.render(raw)
+                    .lines()
+                    .skip(1)
+                    .filter(|l| !l.starts_with("hint:"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ))
+        })?;
+        if !matches!(spec.gateway, Gateway::Popen) || spec.via.is_some() {
+            return Err(Failure::usage(anyhow!(
+                "worker spec `{raw}`: `rdist run` starts local workers only in this build; remote (`ssh=`, `socket=`, `via=`) test workers are the next milestone"
+            ))
+            .with_hint("sync remote hosts with `rdist sync`; run tests on local workers with `popen` or `-n N`"));
+        }
+        let dir = match &spec.chdir {
+            Some(d) => {
+                sync.push(raw.clone());
+                settings::normalize(&cwd.join(d))
+            }
+            None => project_root.to_owned(),
+        };
+        for _ in 0..spec.count.get() {
+            out.push(WorkerSpec {
+                spec: raw.clone(),
+                python: spec.python.clone().unwrap_or_else(|| "python3".to_owned()),
+                dir: dir.clone(),
+                env: spec.env.clone(),
+                nice: spec.nice,
+                dont_write_bytecode: spec.dont_write_bytecode,
+            });
+        }
+    }
+    Ok((out, sync))
+}
+
+/// Test paths are given relative to where rdist runs; workers run at the project root (or its
+/// mirror), so existing paths (before any `::`) are rewritten relative to the project root.
+/// Without any path, a run from a subdirectory runs that subdirectory, as pytest would.
+fn map_args(args: &[String], cwd: &Path, project_root: &Path) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len() + 1);
+    let mut any_path = false;
+    for a in args {
+        if a.starts_with('-') {
+            out.push(a.clone());
+            continue;
+        }
+        let (path, rest) = match a.split_once("::") {
+            Some((p, r)) => (p, Some(r)),
+            None => (a.as_str(), None),
+        };
+        let abs = settings::normalize(&cwd.join(path));
+        match abs.strip_prefix(project_root) {
+            Ok(rel) if abs.exists() => {
+                any_path = true;
+                let rel = if rel.as_os_str().is_empty() {
+                    ".".to_owned()
+                } else {
+                    rel.display().to_string()
+                };
+                out.push(match rest {
+                    Some(r) => format!("{rel}::{r}"),
+                    None => rel,
+                });
+            }
+            _ => out.push(a.clone()),
+        }
+    }
+    if !any_path
+        && cwd != project_root
+        && let Ok(rel) = cwd.strip_prefix(project_root)
+    {
+        out.push(rel.display().to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_test_paths_map_to_the_project_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::create_dir_all(root.join("tests/unit")).unwrap();
+        std::fs::write(root.join("tests/unit/test_x.py"), "").unwrap();
+        let cwd = root.join("tests");
+        let args: Vec<String> = ["unit/test_x.py::test_a", "-k", "slow", "unit"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            map_args(&args, &cwd, root),
+            ["tests/unit/test_x.py::test_a", "-k", "slow", "tests/unit"]
+        );
+        assert_eq!(map_args(&[], &cwd, root), ["tests"]);
+        assert_eq!(map_args(&[], root, root), Vec::<String>::new());
+    }
+}

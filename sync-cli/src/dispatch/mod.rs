@@ -1,0 +1,488 @@
+//! Distributed pytest: workers (`worker`), the scheduling policy (`schedule`, pure), the pytest
+//! style report (`report`), and the dispatcher loop here: one thread owns the run state and turns
+//! events (plugin messages, closed workers, the clock, Ctrl-C) into actions.
+
+pub mod report;
+pub mod schedule;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use report::{Platform, Reporter};
+use schedule::{Action, Mode, Scheduler};
+use worker::{Event, Worker, WorkerMsg, WorkerSpec};
+
+/// Everything a test session needs.
+pub struct SessionConfig {
+    pub mode: Mode,
+    pub workers: Vec<WorkerSpec>,
+    pub pytest_args: Vec<String>,
+    pub plugin_dir: PathBuf,
+    pub run_id: String,
+    pub max_restarts: usize,
+    pub heartbeat: Duration,
+    /// Known test durations from earlier runs, in seconds.
+    pub durations: HashMap<String, f64>,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Every test ran; `failed` tells whether any failed or errored.
+    Ran {
+        failed: bool,
+    },
+    NoTests,
+    CollectionErrors,
+    CollectionMismatch,
+    /// No worker could collect.
+    WorkersFailed,
+    Interrupted,
+}
+
+/// A finished session.
+pub struct SessionResult {
+    pub ending: Ending,
+    pub collected: usize,
+    /// Durations of the tests that ran, for the next run's ordering.
+    pub durations: HashMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Collecting,
+    /// Collected, waiting for the others.
+    Ready,
+    Running,
+    Done,
+    Dead,
+}
+
+struct Slot {
+    worker: Option<Worker>,
+    state: State,
+    restarts: usize,
+    last_seen: Instant,
+    ids: Option<Vec<String>>,
+    groups: Vec<Option<String>>,
+    /// Set while a replacement collects: it joins the running schedule when ready.
+    replacement: bool,
+}
+
+/// Runs a test session on `cfg.workers`, reporting through `rep`. `stop` is raised by Ctrl-C.
+pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -> SessionResult {
+    let n = cfg.workers.len();
+    let (tx, rx) = mpsc::channel::<Event>();
+    let spawn = |w: usize| {
+        Worker::spawn(
+            w,
+            n,
+            &cfg.workers[w],
+            &cfg.run_id,
+            &cfg.plugin_dir,
+            &cfg.pytest_args,
+            tx.clone(),
+        )
+    };
+    let mut slots: Vec<Slot> = (0..n)
+        .map(|w| {
+            let (worker, state) = match spawn(w) {
+                Ok(wk) => (Some(wk), State::Collecting),
+                Err(e) => {
+                    rep.line(&format!(
+                        "[gw{w}] cannot start `{}`: {e}",
+                        cfg.workers[w].python
+                    ));
+                    (None, State::Dead)
+                }
+            };
+            Slot {
+                worker,
+                state,
+                restarts: 0,
+                last_seen: Instant::now(),
+                ids: None,
+                groups: Vec::new(),
+                replacement: false,
+            }
+        })
+        .collect();
+    let mut collect_errors: Vec<(usize, String, String)> = Vec::new();
+    let mut sched: Option<Scheduler> = None;
+    let mut ids: Vec<String> = Vec::new();
+    let mut durations: HashMap<String, f64> = HashMap::new();
+    let mut interrupted = false;
+
+    let apply = |slots: &mut Vec<Slot>, actions: Vec<Action>| {
+        for a in actions {
+            match a {
+                Action::Run(w, v) => {
+                    if let Some(wk) = &mut slots[w].worker {
+                        wk.run(&v);
+                    }
+                }
+                Action::Shutdown(w) => {
+                    if let Some(wk) = &mut slots[w].worker {
+                        wk.shutdown();
+                    }
+                }
+            }
+        }
+    };
+
+    loop {
+        if slots
+            .iter()
+            .all(|s| matches!(s.state, State::Done | State::Dead))
+        {
+            break;
+        }
+        if stop.load(Ordering::Relaxed) {
+            interrupted = true;
+            for s in &mut slots {
+                if let Some(wk) = &mut s.worker {
+                    wk.kill();
+                }
+            }
+            break;
+        }
+        let ev = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(ev) => ev,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                for (w, s) in slots.iter_mut().enumerate() {
+                    if matches!(s.state, State::Running | State::Collecting | State::Ready)
+                        && now.duration_since(s.last_seen) > cfg.heartbeat
+                        && let Some(wk) = &mut s.worker
+                    {
+                        rep.line(&format!(
+                            "[gw{w}] no sign of life for {:.0} s: stopping it",
+                            cfg.heartbeat.as_secs_f64()
+                        ));
+                        wk.kill();
+                        s.last_seen = now;
+                    }
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let w = match &ev {
+            Event::Msg(w, _) | Event::Garbage(w, _) | Event::Closed(w) => *w,
+        };
+        slots[w].last_seen = Instant::now();
+        match ev {
+            Event::Msg(_, WorkerMsg::Beat) => {}
+            Event::Garbage(_, _) => {}
+            Event::Msg(
+                _,
+                WorkerMsg::Collected {
+                    ids: got,
+                    groups,
+                    platform,
+                    python,
+                    implementation,
+                    executable,
+                },
+            ) => {
+                rep.platforms.insert(
+                    w,
+                    Platform {
+                        platform,
+                        python,
+                        implementation,
+                        executable,
+                    },
+                );
+                let slot = &mut slots[w];
+                slot.ids = Some(got);
+                slot.groups = groups;
+                if !slot.replacement {
+                    slot.state = State::Ready;
+                } else {
+                    // A replacement must see the same tests as the worker it replaces.
+                    if slot.ids.as_ref() != Some(&ids) && cfg.mode != Mode::Each {
+                        rep.line(&format!(
+                            "[gw{w}] replacement collected different tests; not using it"
+                        ));
+                        if let Some(wk) = &mut slot.worker {
+                            wk.kill();
+                        }
+                        slot.state = State::Dead;
+                    } else {
+                        slot.replacement = false;
+                        slot.state = State::Running;
+                        if let Some(s) = &mut sched {
+                            let actions = s.restarted(w);
+                            apply(&mut slots, actions);
+                        }
+                    }
+                    continue;
+                }
+            }
+            Event::Msg(_, WorkerMsg::CollectError { nodeid, longrepr }) => {
+                collect_errors.push((w, nodeid, longrepr));
+            }
+            Event::Msg(_, WorkerMsg::Report(r)) => rep.report(w, &r),
+            Event::Msg(_, WorkerMsg::Ran { index, seconds }) => {
+                if let Some(id) = ids.get(index) {
+                    durations.insert(id.clone(), seconds);
+                }
+                if let Some(s) = &mut sched {
+                    let actions = s.ran(w, index);
+                    apply(&mut slots, actions);
+                }
+            }
+            Event::Msg(_, WorkerMsg::Done { .. }) => {
+                slots[w].state = State::Done;
+            }
+            Event::Closed(_) => {
+                let slot = &mut slots[w];
+                let code = slot.worker.as_mut().and_then(Worker::wait);
+                let tail = slot
+                    .worker
+                    .as_ref()
+                    .map(|wk| wk.stderr.text())
+                    .unwrap_or_default();
+                if matches!(slot.state, State::Done | State::Dead) {
+                    continue;
+                }
+                let was = slot.state;
+                slot.state = State::Dead;
+                let why = match code {
+                    Some(c) => format!("exit code {c}"),
+                    None => "killed by a signal".to_owned(),
+                };
+                if matches!(was, State::Collecting | State::Ready) && sched.is_none() {
+                    rep.line(&format!(
+                        "[gw{w}] exited before collecting ({why}): {}",
+                        last_lines(&tail, 5)
+                    ));
+                    continue;
+                }
+                // A crash mid-run: blame the running test, hand the rest on, maybe restart.
+                if let Some(s) = &mut sched
+                    && let Some(i) = s.crashed(w)
+                {
+                    let text = format!(
+                        "worker gw{w} crashed while running this test ({why})\n{}",
+                        last_lines(&tail, 20)
+                    );
+                    rep.crashed(w, &ids[i], &text);
+                }
+                if slots[w].restarts < cfg.max_restarts {
+                    slots[w].restarts += 1;
+                    rep.line(&format!(
+                        "[gw{w}] restarting worker ({} of {})",
+                        slots[w].restarts, cfg.max_restarts
+                    ));
+                    match spawn(w) {
+                        Ok(wk) => {
+                            slots[w].worker = Some(wk);
+                            slots[w].state = State::Collecting;
+                            slots[w].replacement = true;
+                        }
+                        Err(e) => rep.line(&format!("[gw{w}] cannot restart: {e}")),
+                    }
+                } else if let Some(s) = &mut sched {
+                    rep.line(&format!(
+                        "[gw{w}] crashed too often; not restarting (--max-worker-restart {})",
+                        cfg.max_restarts
+                    ));
+                    let (lost, actions) = s.abandon(w);
+                    for i in lost {
+                        rep.crashed(w, &ids[i], "not run: its worker crashed too often");
+                    }
+                    apply(&mut slots, actions);
+                }
+            }
+        }
+        // Start the schedule once every worker that is alive has collected.
+        if sched.is_none() && !slots.iter().any(|s| s.state == State::Collecting) {
+            let ready: Vec<usize> = (0..n)
+                .filter(|&w| slots[w].ids.is_some() && slots[w].state != State::Dead)
+                .collect();
+            if !collect_errors.is_empty() {
+                print_collect_errors(rep, &collect_errors);
+                stop_all(&mut slots);
+                return SessionResult {
+                    ending: Ending::CollectionErrors,
+                    collected: 0,
+                    durations,
+                };
+            }
+            if ready.is_empty() {
+                return SessionResult {
+                    ending: Ending::WorkersFailed,
+                    collected: 0,
+                    durations,
+                };
+            }
+            let first = ready[0];
+            ids = slots[first].ids.clone().unwrap_or_default();
+            if cfg.mode != Mode::Each
+                && let Some(&other) = ready.iter().find(|&&w| slots[w].ids.as_ref() != Some(&ids))
+            {
+                print_mismatch(
+                    rep,
+                    first,
+                    &ids,
+                    other,
+                    slots[other].ids.as_deref().unwrap_or(&[]),
+                );
+                stop_all(&mut slots);
+                return SessionResult {
+                    ending: Ending::CollectionMismatch,
+                    collected: ids.len(),
+                    durations,
+                };
+            }
+            rep.line(&format!("{} workers [{} items]", ready.len(), ids.len()));
+            if ids.is_empty() {
+                stop_all(&mut slots);
+                return SessionResult {
+                    ending: Ending::NoTests,
+                    collected: 0,
+                    durations,
+                };
+            }
+            let known: Vec<f64> = ids
+                .iter()
+                .filter_map(|id| cfg.durations.get(id).copied())
+                .collect();
+            let mean = if known.is_empty() {
+                0.0
+            } else {
+                known.iter().sum::<f64>() / known.len() as f64
+            };
+            let order = |i: usize| cfg.durations.get(&ids[i]).copied().unwrap_or(mean);
+            let groups = slots[first].groups.clone();
+            let mut s = Scheduler::new(cfg.mode, &ids, &groups, n, &order);
+            let live = (0..s.workers())
+                .filter(|&w| slots[w].state != State::Dead)
+                .count();
+            rep.set_total(if cfg.mode == Mode::Each {
+                ids.len() * live
+            } else {
+                ids.len()
+            });
+            for (w, slot) in slots.iter_mut().enumerate() {
+                if slot.state == State::Dead {
+                    // Never collected: its share goes to the others.
+                    if w < s.workers() {
+                        s.crashed(w);
+                        let _ = s.abandon(w);
+                    }
+                } else if w >= s.workers() {
+                    // `--dist no` uses one worker; the others have nothing to do.
+                    if let Some(wk) = &mut slot.worker {
+                        wk.shutdown();
+                    }
+                } else {
+                    slot.state = State::Running;
+                }
+            }
+            let actions = s.start();
+            apply(&mut slots, actions);
+            sched = Some(s);
+        }
+    }
+    if let Some(s) = &sched {
+        for i in s.stranded() {
+            rep.crashed(0, &ids[i], "not run: no worker left to run it");
+        }
+    }
+    for s in &mut slots {
+        if let Some(wk) = &mut s.worker {
+            if interrupted {
+                wk.kill();
+            }
+            wk.wait();
+        }
+    }
+    let ending = if interrupted {
+        Ending::Interrupted
+    } else if sched.is_none() {
+        Ending::WorkersFailed
+    } else {
+        let c = rep.counts();
+        Ending::Ran {
+            failed: c.get("failed").copied().unwrap_or(0) + c.get("error").copied().unwrap_or(0)
+                > 0,
+        }
+    };
+    SessionResult {
+        ending,
+        collected: ids.len(),
+        durations,
+    }
+}
+
+fn stop_all(slots: &mut [Slot]) {
+    for s in slots {
+        if let Some(wk) = &mut s.worker {
+            wk.shutdown();
+            wk.wait();
+        }
+        s.state = State::Done;
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn print_collect_errors(rep: &mut Reporter, errors: &[(usize, String, String)]) {
+    rep.line(&report::rule('=', "ERRORS", 80));
+    let mut seen = std::collections::HashSet::new();
+    for (w, nodeid, text) in errors {
+        if !seen.insert((nodeid.clone(), text.clone())) {
+            continue;
+        }
+        rep.line(&report::rule(
+            '_',
+            &format!("ERROR collecting {nodeid}"),
+            80,
+        ));
+        rep.line(&rep.worker_line(*w));
+        rep.line(text.trim_end());
+    }
+}
+
+/// xdist's diagnostic: which workers differ, and the first ids that differ.
+fn print_mismatch(rep: &mut Reporter, a: usize, ids_a: &[String], b: usize, ids_b: &[String]) {
+    rep.line(&format!(
+        "Different tests were collected between gw{a} and gw{b}. The difference is:"
+    ));
+    let only_a: Vec<&String> = ids_a
+        .iter()
+        .filter(|i| !ids_b.contains(i))
+        .take(10)
+        .collect();
+    let only_b: Vec<&String> = ids_b
+        .iter()
+        .filter(|i| !ids_a.contains(i))
+        .take(10)
+        .collect();
+    for i in &only_a {
+        rep.line(&format!("--- gw{a}: {i}"));
+    }
+    for i in &only_b {
+        rep.line(&format!("+++ gw{b}: {i}"));
+    }
+    if only_a.is_empty() && only_b.is_empty() {
+        let k = ids_a
+            .iter()
+            .zip(ids_b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(0);
+        rep.line(&format!(
+            "same tests in another order; first difference at item {k}"
+        ));
+    }
+}

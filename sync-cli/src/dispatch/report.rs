@@ -1,0 +1,345 @@
+//! Results as pytest prints them: a progress character per test (or a `[gwN] PASSED id` line
+//! with `-v`), failure sections headed with the worker's platform and interpreter, a short
+//! summary naming worker and platform, and pytest's closing line. Everything goes to stdout,
+//! like pytest's own report.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use super::worker::TestReport;
+
+/// What a worker runs on, from its collection message.
+#[derive(Debug, Clone, Default)]
+pub struct Platform {
+    pub platform: String,
+    pub python: String,
+    pub implementation: String,
+    pub executable: String,
+}
+
+/// The outcome categories pytest counts, in its order.
+pub const CATEGORIES: [&str; 6] = ["failed", "passed", "skipped", "xfailed", "xpassed", "error"];
+
+/// One finished test, for summaries and `--json`.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub worker: usize,
+    pub nodeid: String,
+    pub category: &'static str,
+    pub duration: f64,
+    pub message: String,
+}
+
+struct Failure {
+    worker: usize,
+    nodeid: String,
+    when: String,
+    text: String,
+    sections: Vec<(String, String)>,
+}
+
+/// Collects reports and prints them.
+pub struct Reporter {
+    verbose: u8,
+    width: usize,
+    col: usize,
+    total: usize,
+    done: usize,
+    pub platforms: BTreeMap<usize, Platform>,
+    pub outcomes: Vec<Outcome>,
+    failures: Vec<Failure>,
+    out: Box<dyn Write>,
+}
+
+fn plural(n: usize, word: &str) -> String {
+    match (n, word) {
+        (1, w) => format!("1 {w}"),
+        (n, "error") => format!("{n} errors"),
+        (n, w) => format!("{n} {w}"),
+    }
+}
+
+/// A line of `ch` around `title`, as pytest draws section headers.
+pub fn rule(ch: char, title: &str, width: usize) -> String {
+    if title.is_empty() {
+        return ch.to_string().repeat(width);
+    }
+    let inner = format!(" {title} ");
+    let side = width.saturating_sub(inner.chars().count()) / 2;
+    let mut s = ch.to_string().repeat(side.max(1));
+    s.push_str(&inner);
+    while s.chars().count() < width {
+        s.push(ch);
+    }
+    s
+}
+
+impl Reporter {
+    pub fn new(verbose: u8, total: usize, out: Box<dyn Write>) -> Reporter {
+        Reporter {
+            verbose,
+            width: 80,
+            col: 0,
+            total,
+            done: 0,
+            platforms: BTreeMap::new(),
+            outcomes: Vec::new(),
+            failures: Vec::new(),
+            out,
+        }
+    }
+
+    /// How many test outcomes to expect, for the percentages.
+    pub fn set_total(&mut self, total: usize) {
+        self.total = total;
+    }
+
+    /// The header line for worker `w`'s sections: `[gw0] linux -- Python 3.11.7 /usr/bin/python3`.
+    pub fn worker_line(&self, w: usize) -> String {
+        match self.platforms.get(&w) {
+            Some(p) => format!(
+                "[gw{w}] {} -- Python {} {}",
+                p.platform, p.python, p.executable
+            ),
+            None => format!("[gw{w}]"),
+        }
+    }
+
+    fn category(r: &TestReport) -> Option<&'static str> {
+        match (r.when.as_str(), r.outcome.as_str(), r.wasxfail.is_some()) {
+            ("call", "passed", false) => Some("passed"),
+            ("call", "passed", true) => Some("xpassed"),
+            ("call", "failed", _) => Some("failed"),
+            (_, "skipped", true) => Some("xfailed"),
+            (_, "skipped", false) => Some("skipped"),
+            (_, "failed", _) => Some("error"),
+            _ => None,
+        }
+    }
+
+    /// Takes one phase report from worker `w`.
+    pub fn report(&mut self, w: usize, r: &TestReport) {
+        let Some(cat) = Self::category(r) else { return };
+        if matches!(cat, "failed" | "error") {
+            self.failures.push(Failure {
+                worker: w,
+                nodeid: r.nodeid.clone(),
+                when: r.when.clone(),
+                text: r.longrepr.clone(),
+                sections: r.sections.clone(),
+            });
+        }
+        let message = match cat {
+            "skipped" => r.skip_reason.clone().unwrap_or_default(),
+            "xfailed" | "xpassed" => r.wasxfail.clone().unwrap_or_default(),
+            _ => r
+                .longrepr
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("E "))
+                .map(|l| l[1..].trim().to_owned())
+                .unwrap_or_default(),
+        };
+        // An error in teardown after a passed call is a second outcome for the same test, as in pytest.
+        self.outcomes.push(Outcome {
+            worker: w,
+            nodeid: r.nodeid.clone(),
+            category: cat,
+            duration: r.duration,
+            message,
+        });
+        // Teardown errors are a second outcome of a test already counted.
+        if r.when != "teardown" {
+            self.done += 1;
+        }
+        self.progress(w, cat, &r.nodeid);
+    }
+
+    /// Records a test whose worker died while running it.
+    pub fn crashed(&mut self, w: usize, nodeid: &str, why: &str) {
+        self.failures.push(Failure {
+            worker: w,
+            nodeid: nodeid.to_owned(),
+            when: "call".to_owned(),
+            text: why.to_owned(),
+            sections: Vec::new(),
+        });
+        self.outcomes.push(Outcome {
+            worker: w,
+            nodeid: nodeid.to_owned(),
+            category: "failed",
+            duration: 0.0,
+            message: "worker crashed".to_owned(),
+        });
+        self.done += 1;
+        self.progress(w, "failed", nodeid);
+    }
+
+    fn progress(&mut self, w: usize, cat: &str, nodeid: &str) {
+        let pct = (self.done * 100)
+            .checked_div(self.total)
+            .unwrap_or(100)
+            .min(100);
+        if self.verbose > 0 {
+            let word = cat.to_uppercase();
+            let word = if word == "ERROR" {
+                "ERROR".to_owned()
+            } else {
+                word
+            };
+            let _ = writeln!(self.out, "[gw{w}] [{pct:>3}%] {word} {nodeid}");
+            return;
+        }
+        let ch = match cat {
+            "passed" => '.',
+            "failed" => 'F',
+            "error" => 'E',
+            "skipped" => 's',
+            "xfailed" => 'x',
+            _ => 'X',
+        };
+        let _ = write!(self.out, "{ch}");
+        self.col += 1;
+        if self.col >= self.width - 7 || (self.done >= self.total && cat != "error") {
+            let pad = (self.width - 7).saturating_sub(self.col);
+            let _ = writeln!(self.out, "{}[{pct:>3}%]", " ".repeat(pad));
+            self.col = 0;
+        }
+        let _ = self.out.flush();
+    }
+
+    /// Prints text as is (headers, notes).
+    pub fn line(&mut self, text: &str) {
+        if self.col > 0 {
+            let _ = writeln!(self.out);
+            self.col = 0;
+        }
+        let _ = writeln!(self.out, "{text}");
+    }
+
+    /// Counts per category.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut c = BTreeMap::new();
+        for o in &self.outcomes {
+            *c.entry(o.category).or_insert(0) += 1;
+        }
+        c
+    }
+
+    /// Failures, the short summary, and pytest's closing line.
+    pub fn finish(&mut self, elapsed: Duration, interrupted: Option<&str>) {
+        if self.col > 0 {
+            let _ = writeln!(self.out);
+            self.col = 0;
+        }
+        let width = self.width;
+        let mut errors: Vec<&Failure> = self.failures.iter().filter(|f| f.when != "call").collect();
+        let failures: Vec<&Failure> = self.failures.iter().filter(|f| f.when == "call").collect();
+        let mut text = String::new();
+        for (title, list) in [("ERRORS", &mut errors), ("FAILURES", &mut failures.clone())] {
+            if list.is_empty() {
+                continue;
+            }
+            text.push_str(&rule('=', title, width));
+            text.push('\n');
+            for f in list.iter() {
+                let name = f.nodeid.rsplit("::").next().unwrap_or(&f.nodeid);
+                let head = match f.when.as_str() {
+                    "call" => name.to_owned(),
+                    w => format!("ERROR at {w} of {name}"),
+                };
+                text.push_str(&rule('_', &head, width));
+                text.push('\n');
+                text.push_str(&self.worker_line(f.worker));
+                text.push('\n');
+                text.push_str(f.text.trim_end());
+                text.push('\n');
+                for (sec, body) in &f.sections {
+                    text.push_str(&rule('-', sec, width));
+                    text.push('\n');
+                    text.push_str(body.trim_end());
+                    text.push('\n');
+                }
+            }
+        }
+        let summary: Vec<&Outcome> = self
+            .outcomes
+            .iter()
+            .filter(|o| matches!(o.category, "failed" | "error"))
+            .collect();
+        if !summary.is_empty() {
+            text.push_str(&rule('=', "short test summary info", width));
+            text.push('\n');
+            for o in summary {
+                let word = if o.category == "error" {
+                    "ERROR"
+                } else {
+                    "FAILED"
+                };
+                let plat = self
+                    .platforms
+                    .get(&o.worker)
+                    .map(|p| p.platform.as_str())
+                    .unwrap_or("");
+                let msg = if o.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(" - {}", o.message)
+                };
+                text.push_str(&format!(
+                    "[gw{} {plat}] {word} {}{msg}\n",
+                    o.worker, o.nodeid
+                ));
+            }
+        }
+        if let Some(why) = interrupted {
+            text.push_str(&rule('!', why, width));
+            text.push('\n');
+        }
+        let counts = self.counts();
+        let mut parts: Vec<String> = CATEGORIES
+            .iter()
+            .filter_map(|c| counts.get(c).map(|&n| plural(n, c)))
+            .collect();
+        if parts.is_empty() {
+            parts.push("no tests ran".to_owned());
+        }
+        let secs = elapsed.as_secs_f64();
+        let time = if secs >= 60.0 {
+            let t = secs as u64;
+            format!("{secs:.2}s ({}:{:02}:{:02})", t / 3600, t / 60 % 60, t % 60)
+        } else {
+            format!("{secs:.2}s")
+        };
+        text.push_str(&rule(
+            '=',
+            &format!("{} in {time}", parts.join(", ")),
+            width,
+        ));
+        text.push('\n');
+        let _ = self.out.write_all(text.as_bytes());
+        let _ = self.out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_look_like_pytest() {
+        assert_eq!(
+            rule('=', "1 failed, 2 passed in 0.10s", 40),
+            "===== 1 failed, 2 passed in 0.10s ======"
+        );
+        assert_eq!(rule('=', "", 5), "=====");
+    }
+
+    #[test]
+    fn plurals_follow_pytest() {
+        assert_eq!(plural(1, "error"), "1 error");
+        assert_eq!(plural(2, "error"), "2 errors");
+        assert_eq!(plural(3, "passed"), "3 passed");
+    }
+}
