@@ -20,6 +20,8 @@ use crate::scan::SourceTree;
 
 /// Files up to this size are read whole and batched with others.
 const SMALL_FILE: u64 = 256 << 10;
+/// Small files are read ahead (in parallel) about this many bytes at a time.
+const READ_AHEAD: u64 = 4 << 20;
 /// Manifest entries are sent in frames of about this many bytes.
 const MANIFEST_FRAME: usize = 1 << 20;
 
@@ -476,10 +478,36 @@ impl<W: Write> Sender<'_, W> {
             }
         }
         let tree = self.tree;
-        let read: Vec<(u32, std::io::Result<Vec<u8>>)> = small
-            .par_iter()
-            .map(|&i| (i, std::fs::read(&tree.sources[i as usize])))
-            .collect();
+        // Read in parallel, a few MiB at a time, so memory stays bounded whatever the batch.
+        let mut start = 0;
+        while start < small.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < small.len() && (end == start || bytes < READ_AHEAD) {
+                bytes += self.file(small[end])?.0;
+                end += 1;
+            }
+            let read: Vec<(u32, std::io::Result<Vec<u8>>)> = small[start..end]
+                .par_iter()
+                .map(|&i| (i, std::fs::read(&tree.sources[i as usize])))
+                .collect();
+            start = end;
+            self.take_read(read)?;
+        }
+        for want in rest {
+            match want {
+                Want::Whole { index } => self.stream_whole(index)?,
+                Want::Delta { index, signature } => {
+                    let differ =
+                        Differ::new(signature).map_err(|e| PushError::Invalid(e.to_string()))?;
+                    self.stream_delta(index, &differ)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn take_read(&mut self, read: Vec<(u32, std::io::Result<Vec<u8>>)>) -> Result<(), PushError> {
         for (index, res) in read {
             match res {
                 Ok(data) => {
@@ -496,16 +524,6 @@ impl<W: Write> Sender<'_, W> {
                     index,
                     reason: format!("cannot read on the controller: {e}"),
                 })?,
-            }
-        }
-        for want in rest {
-            match want {
-                Want::Whole { index } => self.stream_whole(index)?,
-                Want::Delta { index, signature } => {
-                    let differ =
-                        Differ::new(signature).map_err(|e| PushError::Invalid(e.to_string()))?;
-                    self.stream_delta(index, &differ)?;
-                }
             }
         }
         Ok(())
