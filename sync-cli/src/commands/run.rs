@@ -97,6 +97,7 @@ pub fn run(args: &RunArgs) -> Result<Code, Failure> {
         Box::new(std::io::stdout())
     };
     let mut rep = Reporter::new(args.verbose, 0, out);
+    rep.per_worker = args.dist == crate::dispatch::schedule::Mode::Each;
     rep.line(&rule('=', "test session starts", 80));
     let specs: Vec<String> = cfg
         .workers

@@ -41,6 +41,8 @@ struct Failure {
 
 /// Collects reports and prints them.
 pub struct Reporter {
+    /// Show a per-worker (per-platform) table of outcomes: `--dist each`.
+    pub per_worker: bool,
     verbose: u8,
     width: usize,
     col: usize,
@@ -78,6 +80,7 @@ pub fn rule(ch: char, title: &str, width: usize) -> String {
 impl Reporter {
     pub fn new(verbose: u8, total: usize, out: Box<dyn Write>) -> Reporter {
         Reporter {
+            per_worker: false,
             verbose,
             width: 80,
             col: 0,
@@ -290,6 +293,31 @@ impl Reporter {
                 text.push_str(&format!(
                     "[gw{} {plat}] {word} {}{msg}\n",
                     o.worker, o.nodeid
+                ));
+            }
+        }
+        if self.per_worker && !self.platforms.is_empty() {
+            text.push_str(&rule('=', "outcomes per worker", width));
+            text.push('\n');
+            for (w, p) in &self.platforms {
+                let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+                for o in self.outcomes.iter().filter(|o| o.worker == *w) {
+                    *counts.entry(o.category).or_insert(0) += 1;
+                }
+                let parts: Vec<String> = CATEGORIES
+                    .iter()
+                    .filter_map(|c| counts.get(c).map(|&n| plural(n, c)))
+                    .collect();
+                text.push_str(&format!(
+                    "gw{w}  {:<8} {} {:<8} {}\n",
+                    p.platform,
+                    p.implementation,
+                    p.python,
+                    if parts.is_empty() {
+                        "nothing ran".to_owned()
+                    } else {
+                        parts.join(", ")
+                    }
                 ));
             }
         }
