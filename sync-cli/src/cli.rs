@@ -178,8 +178,9 @@ pub struct RunArgs {
     )]
     pub numprocesses: Option<String>,
 
-    /// A worker, as an xdist spec (`popen`, `popen//chdir=DIR`, `2*popen//python=python3.12`);
-    /// repeatable. Workers with `chdir=` get the project synced there first.
+    /// A worker, as an xdist spec (`popen`, `popen//chdir=DIR`, `ssh=HOST//python=python3.12`,
+    /// `socket=HOST:PORT`, `3*popen//via=PROXY`); repeatable. Workers with `chdir=` and remote
+    /// workers get the project synced first; one connection per host carries its workers.
     #[arg(long = "tx", value_name = "SPEC", help_heading = "Workers")]
     pub tx: Vec<String>,
 
@@ -199,6 +200,20 @@ pub struct RunArgs {
     /// Accepted for pytest-xdist compatibility (`-d` = distribute over `--tx`); no effect.
     #[arg(short = 'd', help_heading = "Workers")]
     pub distribute: bool,
+
+    /// Seconds to wait for a worker host to answer.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 15.0,
+        env = "RDIST_CONNECT_TIMEOUT",
+        help_heading = "Workers"
+    )]
+    pub connect_timeout: f64,
+
+    /// File holding the token of `rdist serve` for `socket=` workers (or set `RDIST_TOKEN`).
+    #[arg(long, value_name = "FILE", help_heading = "Workers")]
+    pub token_file: Option<PathBuf>,
 
     /// Restarts of crashed workers before their tests are given up.
     #[arg(long, value_name = "N", default_value_t = 4, help_heading = "Workers")]

@@ -188,6 +188,35 @@ pub enum Message {
     /// Agent: send the entries of these directories (indices into the summary), then
     /// `ManifestEnd`.
     NeedDirs(Vec<u32>),
+    /// Controller: start a test worker (after the syncs; the connection then carries workers).
+    StartWorker(WorkerStart),
+    /// Controller: a line for a worker's stdin.
+    WorkerInput { id: u32, line: String },
+    /// Controller: stop a worker now.
+    KillWorker { id: u32 },
+    /// Agent: a line a worker wrote on stdout.
+    WorkerOutput { id: u32, line: String },
+    /// Agent: a worker exited (`code` is `None` when a signal ended it), with its last stderr.
+    WorkerExit {
+        id: u32,
+        code: Option<i32>,
+        stderr: String,
+    },
+}
+
+/// How to start a test worker on the agent's machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStart {
+    pub id: u32,
+    /// The (synced) directory to run in, resolved like `Begin::dest`.
+    pub dest: String,
+    pub base: DestBase,
+    /// The Python interpreter.
+    pub python: String,
+    /// Arguments after `python -m pytest -p rdist_worker`.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub nice: Option<i32>,
 }
 
 impl Message {
@@ -218,6 +247,11 @@ impl Message {
             Message::Summary(_) => "Summary",
             Message::SummaryEnd => "SummaryEnd",
             Message::NeedDirs(_) => "NeedDirs",
+            Message::StartWorker(_) => "StartWorker",
+            Message::WorkerInput { .. } => "WorkerInput",
+            Message::KillWorker { .. } => "KillWorker",
+            Message::WorkerOutput { .. } => "WorkerOutput",
+            Message::WorkerExit { .. } => "WorkerExit",
         }
     }
 }

@@ -171,6 +171,11 @@ impl<R: Read + Send, W: Write + Send> Connection<R, W> {
         })
     }
 
+    /// The buffered streams, for traffic after the syncs (test workers).
+    pub fn into_parts(self) -> (BufReader<R>, BufWriter<W>) {
+        (self.r, self.w)
+    }
+
     /// Starts a sync to `opts.dest`.
     ///
     /// # Errors

@@ -18,6 +18,7 @@ pub fn run(_args: &AgentArgs) -> Result<Code, Failure> {
         home: std::env::var_os("HOME").map(std::path::PathBuf::from),
         cache_dir: crate::settings::cache_dir(),
         token: None,
+        worker_plugin: Some(crate::dispatch::worker::PLUGIN),
     };
     // Raw descriptors: std's stdout is line-buffered, which would split binary frames at every
     // newline byte.

@@ -14,10 +14,10 @@ use serde_json::json;
 
 use crate::cli::{Layout, RunArgs, SyncArgs};
 use crate::dispatch::report::{Reporter, rule};
-use crate::dispatch::worker::{WorkerSpec, install_plugin};
+use crate::dispatch::worker::{Place, RemoteHost, WorkerSpec, install_plugin};
 use crate::dispatch::{Ending, SessionConfig, run_session};
 use crate::exit::{Code, Failure};
-use crate::settings::{self, SyncSettings};
+use crate::settings::{self, SyncSettings, Transport};
 
 /// Runs `rdist run`.
 ///
@@ -28,7 +28,9 @@ pub fn run(args: &RunArgs) -> Result<Code, Failure> {
         .and_then(std::fs::canonicalize)
         .map_err(|e| Failure::usage(anyhow!(e).context("no current directory")))?;
     let project_root = settings::find_project_root(&cwd);
-    let (workers, sync_tx) = workers(args, &project_root, &cwd)?;
+    let (planned, sync_tx) = plan_workers(args, &project_root, &cwd)?;
+    let mut hosts: Vec<(Transport, Arc<RemoteHost>)> = Vec::new();
+    let mut targets = Vec::new();
     if !sync_tx.is_empty() {
         let sync_args = SyncArgs {
             rsyncdir: if args.rsyncdir.is_empty() {
@@ -40,8 +42,8 @@ pub fn run(args: &RunArgs) -> Result<Code, Failure> {
             layout: Layout::Rdist,
             tx: sync_tx,
             px: args.px.clone(),
-            connect_timeout: 15.0,
-            token_file: None,
+            connect_timeout: args.connect_timeout,
+            token_file: args.token_file.clone(),
             adopt: false,
             dry_run: false,
             fsync: false,
@@ -51,12 +53,97 @@ pub fn run(args: &RunArgs) -> Result<Code, Failure> {
             cache_dir: args.cache_dir.clone(),
         };
         let s = SyncSettings::from_args(&sync_args, &cwd)?;
-        if crate::commands::sync::sync_settings(&s)? != Code::Ok {
+        let (code, kept) = crate::commands::sync::sync_settings_keep(&s, true)?;
+        hosts = kept
+            .into_iter()
+            .map(|(t, opened)| {
+                let label = match &t {
+                    Transport::Ssh { host, .. } => host.clone(),
+                    Transport::Socket { host, port } => format!("{host}:{port}"),
+                    Transport::Local => "local".to_owned(),
+                };
+                (t, RemoteHost::new(opened, label))
+            })
+            .collect();
+        if code != Code::Ok {
+            close_all(&hosts);
             return Err(Failure::failed(anyhow!(
                 "the sync failed; no tests were run"
             )));
         }
+        targets = s.targets;
     }
+    let workers = place_workers(planned, &targets, &hosts)?;
+    let code = run_workers(args, &cwd, &project_root, workers);
+    close_all(&hosts);
+    code
+}
+
+fn close_all(hosts: &[(Transport, Arc<RemoteHost>)]) {
+    for (_, h) in hosts {
+        h.close();
+    }
+}
+
+/// A worker before the syncs: where it will run.
+struct Planned {
+    raw: String,
+    spec: Option<XSpec>,
+    /// `None`: remote, placed once its host's connection exists.
+    local_dir: Option<PathBuf>,
+}
+
+fn place_workers(
+    planned: Vec<Planned>,
+    targets: &[crate::settings::Target],
+    hosts: &[(Transport, Arc<RemoteHost>)],
+) -> Result<Vec<WorkerSpec>, Failure> {
+    let mut out = Vec::new();
+    for p in planned {
+        let place = match p.local_dir {
+            Some(dir) => Place::Local(dir),
+            None => {
+                let t = targets
+                    .iter()
+                    .find(|t| t.specs.contains(&p.raw))
+                    .ok_or_else(|| {
+                        Failure::failed(anyhow!("internal error: no sync target for `{}`", p.raw))
+                    })?;
+                let host = hosts
+                    .iter()
+                    .find(|(tr, _)| *tr == t.transport)
+                    .map(|(_, h)| h.clone())
+                    .ok_or_else(|| {
+                        Failure::failed(anyhow!("no connection to the host of `{}`", p.raw))
+                    })?;
+                Place::Remote {
+                    host,
+                    dest: t.dest.clone(),
+                    base: t.base,
+                }
+            }
+        };
+        let spec = p.spec.as_ref();
+        out.push(WorkerSpec {
+            spec: p.raw.clone(),
+            python: spec
+                .and_then(|s| s.python.clone())
+                .unwrap_or_else(|| "python3".to_owned()),
+            place,
+            env: spec.map(|s| s.env.clone()).unwrap_or_default(),
+            nice: spec.and_then(|s| s.nice),
+            dont_write_bytecode: spec.is_some_and(|s| s.dont_write_bytecode),
+        });
+    }
+    Ok(out)
+}
+
+fn run_workers(
+    args: &RunArgs,
+    cwd: &Path,
+    project_root: &Path,
+    workers: Vec<WorkerSpec>,
+) -> Result<Code, Failure> {
     let cache = args
         .cache_dir
         .clone()
@@ -72,7 +159,7 @@ pub fn run(args: &RunArgs) -> Result<Code, Failure> {
     })?;
     let durations_file = cache
         .join("durations")
-        .join(format!("{}.json", settings::project_key(&project_root)));
+        .join(format!("{}.json", settings::project_key(project_root)));
     let durations: HashMap<String, f64> = std::fs::read(&durations_file)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -80,7 +167,7 @@ pub fn run(args: &RunArgs) -> Result<Code, Failure> {
     let cfg = SessionConfig {
         mode: args.dist,
         workers,
-        pytest_args: map_args(&args.pytest_args, &cwd, &project_root),
+        pytest_args: map_args(&args.pytest_args, cwd, project_root),
         plugin_dir,
         run_id: sync_core::auth::new_token()
             .map(|t| t[..12].to_owned())
@@ -174,18 +261,19 @@ pub fn run(args: &RunArgs) -> Result<Code, Failure> {
 }
 
 /// The workers to start, and the `--tx` specs whose directories need a sync first.
-fn workers(
+fn plan_workers(
     args: &RunArgs,
     project_root: &Path,
     cwd: &Path,
-) -> Result<(Vec<WorkerSpec>, Vec<String>), Failure> {
-    let local = |spec: String, dir: PathBuf| WorkerSpec {
-        spec,
-        python: "python3".to_owned(),
-        dir,
-        env: Vec::new(),
-        nice: None,
-        dont_write_bytecode: false,
+) -> Result<(Vec<Planned>, Vec<String>), Failure> {
+    let in_place = |n: usize| -> Vec<Planned> {
+        (0..n)
+            .map(|_| Planned {
+                raw: "popen".to_owned(),
+                spec: None,
+                local_dir: Some(project_root.to_owned()),
+            })
+            .collect()
     };
     if let Some(n) = &args.numprocesses {
         let count = match n.as_str() {
@@ -202,19 +290,11 @@ fn workers(
         if !args.tx.is_empty() {
             crate::output::note("`-n` replaces `--tx`, as in pytest-xdist");
         }
-        return Ok((
-            (0..count)
-                .map(|_| local("popen".to_owned(), project_root.to_owned()))
-                .collect(),
-            Vec::new(),
-        ));
+        return Ok((in_place(count), Vec::new()));
     }
     if args.tx.is_empty() {
-        let count = std::thread::available_parallelism().map_or(2, |n| n.get());
         return Ok((
-            (0..count)
-                .map(|_| local("popen".to_owned(), project_root.to_owned()))
-                .collect(),
+            in_place(std::thread::available_parallelism().map_or(2, |n| n.get())),
             Vec::new(),
         ));
     }
@@ -222,37 +302,31 @@ fn workers(
     let mut sync = Vec::new();
     for raw in &args.tx {
         let spec: XSpec = raw.parse().map_err(|e: compat::xspec::ParseError| {
-            Failure::usage(anyhow!(
-                "invalid worker spec: {e}\n{}",
-                e.render(raw)
-                    .lines()
-                    .skip(1)
-                    .filter(|l| !l.starts_with("hint:"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            ))
+            let carets: Vec<String> = e
+                .render(raw)
+                .lines()
+                .skip(1)
+                .filter(|l| !l.starts_with("hint:"))
+                .map(str::to_owned)
+                .collect();
+            Failure::usage(anyhow!("invalid worker spec: {e}\n{}", carets.join("\n")))
         })?;
-        if !matches!(spec.gateway, Gateway::Popen) || spec.via.is_some() {
-            return Err(Failure::usage(anyhow!(
-                "worker spec `{raw}`: `rdist run` starts local workers only in this build; remote (`ssh=`, `socket=`, `via=`) test workers are the next milestone"
-            ))
-            .with_hint("sync remote hosts with `rdist sync`; run tests on local workers with `popen` or `-n N`"));
-        }
-        let dir = match &spec.chdir {
-            Some(d) => {
+        let local_dir = match (&spec.gateway, &spec.via, &spec.chdir) {
+            (Gateway::Popen, None, None) => Some(project_root.to_owned()),
+            (Gateway::Popen, None, Some(d)) => {
                 sync.push(raw.clone());
-                settings::normalize(&cwd.join(d))
+                Some(settings::normalize(&cwd.join(d)))
             }
-            None => project_root.to_owned(),
+            _ => {
+                sync.push(raw.clone());
+                None
+            }
         };
         for _ in 0..spec.count.get() {
-            out.push(WorkerSpec {
-                spec: raw.clone(),
-                python: spec.python.clone().unwrap_or_else(|| "python3".to_owned()),
-                dir: dir.clone(),
-                env: spec.env.clone(),
-                nice: spec.nice,
-                dont_write_bytecode: spec.dont_write_bytecode,
+            out.push(Planned {
+                raw: raw.clone(),
+                spec: Some(spec.clone()),
+                local_dir: local_dir.clone(),
             });
         }
     }

@@ -133,8 +133,10 @@ pub fn run(args: &ServeArgs) -> Result<Code, Failure> {
                     threads,
                     confine: Some(root.clone()),
                     home: None,
-                    cache_dir: None,
+                    // The plugin lives outside the root, where no session can write.
+                    cache_dir: crate::settings::cache_dir(),
                     token: Some(key.clone()),
+                    worker_plugin: Some(crate::dispatch::worker::PLUGIN),
                 };
                 let active = active.clone();
                 std::thread::spawn(move || {

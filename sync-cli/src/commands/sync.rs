@@ -37,6 +37,18 @@ pub fn run(args: &SyncArgs) -> Result<Code, Failure> {
 /// # Errors
 /// A failed scan.
 pub fn sync_settings(settings: &SyncSettings) -> Result<Code, Failure> {
+    sync_settings_keep(settings, false).map(|(code, _)| code)
+}
+
+/// Like [`sync_settings`]; with `keep`, the connections to remote hosts stay open and are
+/// returned (for test workers), one per host.
+///
+/// # Errors
+/// A failed scan.
+pub fn sync_settings_keep(
+    settings: &SyncSettings,
+    keep: bool,
+) -> Result<(Code, Vec<(Transport, transport::Opened)>), Failure> {
     for n in &settings.notes {
         output::note(n);
     }
@@ -46,14 +58,15 @@ pub fn sync_settings(settings: &SyncSettings) -> Result<Code, Failure> {
     // Agents start and examine their destinations while the tree is scanned here. Remote
     // targets on one host share one connection; local ones get an agent each.
     let groups = group_targets(&settings.targets);
-    let (tree, results) = std::thread::scope(|scope| {
+    let (tree, results, kept) = std::thread::scope(|scope| {
         let mut feeds = Vec::new();
         let mut handles = Vec::new();
         for group in &groups {
             let (tx, rx) = mpsc::channel::<Option<Arc<SourceTree>>>();
             feeds.push(tx);
             let (s, progress) = (settings, &progress);
-            handles.push(scope.spawn(move || sync_group(rx, s, group, progress)));
+            let keep = keep && settings.targets[group[0]].transport != Transport::Local;
+            handles.push(scope.spawn(move || sync_group(rx, s, group, progress, keep)));
         }
         let tree = scan_tree(settings).map(Arc::new);
         for feed in feeds {
@@ -61,11 +74,15 @@ pub fn sync_settings(settings: &SyncSettings) -> Result<Code, Failure> {
         }
         let mut results: Vec<Option<Result<PushReport, TargetError>>> =
             settings.targets.iter().map(|_| None).collect();
+        let mut kept = Vec::new();
         for (h, group) in handles.into_iter().zip(&groups) {
             match h.join() {
-                Ok(done) => {
+                Ok((done, link)) => {
                     for (i, r) in done {
                         results[i] = Some(r);
+                    }
+                    if let Some(l) = link {
+                        kept.push((settings.targets[group[0]].transport.clone(), l));
                     }
                 }
                 Err(_) => {
@@ -89,7 +106,7 @@ pub fn sync_settings(settings: &SyncSettings) -> Result<Code, Failure> {
                 }),
             })
             .collect();
-        (tree, results)
+        (tree, results, kept)
     });
     progress.finish();
     let tree = tree?;
@@ -105,11 +122,12 @@ pub fn sync_settings(settings: &SyncSettings) -> Result<Code, Failure> {
                 .as_ref()
                 .is_ok_and(|p| !p.outcome.problems.is_empty())
         });
-    Ok(if failed || problems {
+    let code = if failed || problems {
         Code::Failed
     } else {
         Code::Ok
-    })
+    };
+    Ok((code, kept))
 }
 
 fn scan_tree(settings: &SyncSettings) -> Result<SourceTree, Failure> {
@@ -178,12 +196,18 @@ fn group_targets(targets: &[Target]) -> Vec<Vec<usize>> {
 }
 
 /// Syncs a group of targets over one connection, reconnecting after a failed one.
+type GroupResult = (
+    Vec<(usize, Result<PushReport, TargetError>)>,
+    Option<transport::Opened>,
+);
+
 fn sync_group(
     tree: mpsc::Receiver<Option<Arc<SourceTree>>>,
     s: &SyncSettings,
     group: &[usize],
     progress: &Progress,
-) -> Vec<(usize, Result<PushReport, TargetError>)> {
+    keep: bool,
+) -> GroupResult {
     let mut out = Vec::new();
     let mut tree_cell: Option<Option<Arc<SourceTree>>> = None;
     let mut link: Option<transport::Opened> = None;
@@ -235,6 +259,9 @@ fn sync_group(
             }
         }
     }
+    if keep {
+        return (out, link);
+    }
     if let Some(transport::Opened { conn, child }) = link {
         // Closing the connection ends the agent.
         drop(conn);
@@ -245,5 +272,5 @@ fn sync_group(
             }
         }
     }
-    out
+    (out, None)
 }

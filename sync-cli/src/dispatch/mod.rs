@@ -246,7 +246,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                 let tail = slot
                     .worker
                     .as_ref()
-                    .map(|wk| wk.stderr.text())
+                    .map(Worker::stderr_text)
                     .unwrap_or_default();
                 if matches!(slot.state, State::Done | State::Dead) {
                     continue;

@@ -3,25 +3,42 @@
 //! into the dispatcher's event channel); its stdin takes commands; a tail of its stderr is kept to
 //! explain a crash.
 
-use std::io::{BufRead, BufReader, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use sync_core::proto::{DestBase, Message, WorkerStart, read_frame, write_frame};
 
 use serde::Deserialize;
 
 use crate::transport::StderrTail;
 
 /// How to start one worker.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerSpec {
     /// The spec text it came from, for messages.
     pub spec: String,
     pub python: String,
-    pub dir: PathBuf,
+    pub place: Place,
     pub env: Vec<(String, String)>,
     pub nice: Option<i32>,
     pub dont_write_bytecode: bool,
+}
+
+/// Where a worker runs.
+#[derive(Clone)]
+pub enum Place {
+    /// A local directory (the project itself, or a synced copy).
+    Local(PathBuf),
+    /// A synced directory on a host whose agent connection carries the worker.
+    Remote {
+        host: Arc<RemoteHost>,
+        dest: String,
+        base: DestBase,
+    },
 }
 
 /// One phase's report from the plugin.
@@ -77,18 +94,31 @@ pub enum Event {
     Closed(usize),
 }
 
-/// A running worker.
-pub struct Worker {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    pub stderr: StderrTail,
+/// A running worker, here or on a host.
+pub enum Worker {
+    Local(LocalWorker),
+    Remote { host: Arc<RemoteHost>, id: u32 },
+}
+
+/// xdist's environment variables (and the spec's own) for worker `id` of `count`.
+fn worker_env(id: usize, count: usize, spec: &WorkerSpec, run_id: &str) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PYTEST_XDIST_WORKER".to_owned(), format!("gw{id}")),
+        ("PYTEST_XDIST_WORKER_COUNT".to_owned(), count.to_string()),
+        ("PYTEST_XDIST_TESTRUNUID".to_owned(), run_id.to_owned()),
+    ];
+    if spec.dont_write_bytecode {
+        env.push(("PYTHONDONTWRITEBYTECODE".to_owned(), "1".to_owned()));
+    }
+    env.extend(spec.env.iter().cloned());
+    env
 }
 
 impl Worker {
     /// Starts worker number `id` (`gw{id}`) of `count`.
     ///
     /// # Errors
-    /// When the interpreter cannot be started.
+    /// When the interpreter cannot be started here, or the host's connection is gone.
     pub fn spawn(
         id: usize,
         count: usize,
@@ -98,6 +128,194 @@ impl Worker {
         pytest_args: &[String],
         events: Sender<Event>,
     ) -> std::io::Result<Worker> {
+        let env = worker_env(id, count, spec, run_id);
+        match &spec.place {
+            Place::Local(dir) => {
+                LocalWorker::spawn(id, spec, dir, &env, plugin_dir, pytest_args, events)
+                    .map(Worker::Local)
+            }
+            Place::Remote { host, dest, base } => {
+                host.attach(events);
+                host.send(&Message::StartWorker(WorkerStart {
+                    id: id as u32,
+                    dest: dest.clone(),
+                    base: *base,
+                    python: spec.python.clone(),
+                    args: pytest_args.to_vec(),
+                    env,
+                    nice: spec.nice,
+                }))?;
+                Ok(Worker::Remote {
+                    host: host.clone(),
+                    id: id as u32,
+                })
+            }
+        }
+    }
+
+    /// Asks the worker to run these test indices.
+    pub fn run(&mut self, indices: &[usize]) {
+        self.line(&serde_json::json!({ "run": indices }).to_string());
+    }
+
+    /// Tells the worker that nothing more is coming.
+    pub fn shutdown(&mut self) {
+        self.line(&serde_json::json!({ "shutdown": true }).to_string());
+    }
+
+    fn line(&mut self, line: &str) {
+        match self {
+            Worker::Local(w) => w.send(line),
+            Worker::Remote { host, id } => {
+                // A lost connection is reported through the worker's `Closed` event.
+                let _ = host.send(&Message::WorkerInput {
+                    id: *id,
+                    line: line.to_owned(),
+                });
+            }
+        }
+    }
+
+    /// Kills the worker.
+    pub fn kill(&mut self) {
+        match self {
+            Worker::Local(w) => w.kill(),
+            Worker::Remote { host, id } => {
+                let _ = host.send(&Message::KillWorker { id: *id });
+            }
+        }
+    }
+
+    /// Waits for the worker to exit (after its `Closed` event); returns its exit code (`None`:
+    /// killed by a signal).
+    pub fn wait(&mut self) -> Option<i32> {
+        match self {
+            Worker::Local(w) => w.wait(),
+            Worker::Remote { host, id } => host.exit_of(*id).and_then(|(code, _)| code),
+        }
+    }
+
+    /// The tail of the worker's stderr.
+    pub fn stderr_text(&self) -> String {
+        match self {
+            Worker::Local(w) => w.stderr.text(),
+            Worker::Remote { host, id } => host.exit_of(*id).map(|(_, s)| s).unwrap_or_default(),
+        }
+    }
+}
+
+/// Exit code and stderr tail of each finished remote worker.
+type Exits = HashMap<u32, (Option<i32>, String)>;
+
+/// The agent connection of one host, carrying its workers: commands go out through `send`, and
+/// a reader thread turns the agent's worker messages into dispatcher events.
+pub struct RemoteHost {
+    pub label: String,
+    writer: Mutex<Option<BufWriter<crate::transport::Writer>>>,
+    reader: Mutex<Option<std::io::BufReader<crate::transport::Reader>>>,
+    exits: Arc<Mutex<Exits>>,
+    child: Mutex<Option<crate::transport::AgentChild>>,
+}
+
+impl RemoteHost {
+    /// Takes over a connection (and the ssh process behind it) after the syncs.
+    pub fn new(opened: crate::transport::Opened, label: String) -> Arc<RemoteHost> {
+        let (r, w) = opened.conn.into_parts();
+        Arc::new(RemoteHost {
+            label,
+            writer: Mutex::new(Some(w)),
+            reader: Mutex::new(Some(r)),
+            exits: Arc::new(Mutex::new(HashMap::new())),
+            child: Mutex::new(opened.child),
+        })
+    }
+
+    /// Sends one message to the agent.
+    fn send(&self, m: &Message) -> std::io::Result<()> {
+        let mut guard = self.writer.lock().unwrap();
+        let w = guard.as_mut().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotConnected, "connection closed")
+        })?;
+        write_frame(w, m).map_err(std::io::Error::other)?;
+        w.flush()
+    }
+
+    fn exit_of(&self, id: u32) -> Option<(Option<i32>, String)> {
+        self.exits.lock().unwrap().get(&id).cloned()
+    }
+
+    /// Starts relaying the agent's worker messages to `events` (once).
+    fn attach(&self, events: Sender<Event>) {
+        let Some(mut r) = self.reader.lock().unwrap().take() else {
+            return;
+        };
+        let exits = self.exits.clone();
+        let label = self.label.clone();
+        std::thread::spawn(move || {
+            let mut started: std::collections::BTreeSet<u32> = Default::default();
+            let why = loop {
+                match read_frame(&mut r) {
+                    Ok((Message::WorkerOutput { id, line }, _)) => {
+                        started.insert(id);
+                        let ev = match serde_json::from_str::<WorkerMsg>(&line) {
+                            Ok(m) => Event::Msg(id as usize, m),
+                            Err(_) => Event::Garbage(id as usize, line),
+                        };
+                        if events.send(ev).is_err() {
+                            return;
+                        }
+                    }
+                    Ok((Message::WorkerExit { id, code, stderr }, _)) => {
+                        started.remove(&id);
+                        exits.lock().unwrap().insert(id, (code, stderr));
+                        if events.send(Event::Closed(id as usize)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok((Message::Error(e), _)) => {
+                        break format!("the agent on `{label}` failed: {e}");
+                    }
+                    Ok((other, _)) => {
+                        break format!("unexpected `{}` from the agent on `{label}`", other.name());
+                    }
+                    Err(e) => break format!("connection to `{label}` lost: {e}"),
+                }
+            };
+            // Every worker still running there is gone with the connection.
+            for id in started {
+                exits.lock().unwrap().insert(id, (None, why.clone()));
+                let _ = events.send(Event::Closed(id as usize));
+            }
+        });
+    }
+
+    /// Closes the connection (ending the agent and its workers) and reaps the ssh process.
+    pub fn close(&self) {
+        // Closing our end makes the agent kill its workers and exit.
+        drop(self.writer.lock().unwrap().take());
+        if let Some(c) = self.child.lock().unwrap().take() {
+            let _ = c.finish();
+        }
+    }
+}
+
+/// A worker process on this machine.
+pub struct LocalWorker {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub stderr: StderrTail,
+}
+
+impl LocalWorker {
+    fn spawn(
+        id: usize,
+        spec: &WorkerSpec,
+        dir: &std::path::Path,
+        env: &[(String, String)],
+        plugin_dir: &std::path::Path,
+        pytest_args: &[String],
+        events: Sender<Event>,
+    ) -> std::io::Result<LocalWorker> {
         let mut cmd = match spec.nice {
             Some(n) => {
                 let mut c = Command::new("nice");
@@ -117,19 +335,13 @@ impl Worker {
         };
         cmd.args(["-m", "pytest", "-p", "rdist_worker"])
             .args(pytest_args)
-            .current_dir(&spec.dir)
+            .current_dir(dir)
             .env("RDIST_WORKER", "1")
             .env("PYTHONPATH", pythonpath)
-            .env("PYTEST_XDIST_WORKER", format!("gw{id}"))
-            .env("PYTEST_XDIST_WORKER_COUNT", count.to_string())
-            .env("PYTEST_XDIST_TESTRUNUID", run_id)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if spec.dont_write_bytecode {
-            cmd.env("PYTHONDONTWRITEBYTECODE", "1");
-        }
         let mut child = cmd.spawn()?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped");
@@ -147,27 +359,17 @@ impl Worker {
             }
             let _ = events.send(Event::Closed(id));
         });
-        Ok(Worker {
+        Ok(LocalWorker {
             child,
             stdin,
             stderr,
         })
     }
 
-    /// Asks the worker to run these test indices.
-    pub fn run(&mut self, indices: &[usize]) {
-        self.send(&serde_json::json!({ "run": indices }));
-    }
-
-    /// Tells the worker that nothing more is coming.
-    pub fn shutdown(&mut self) {
-        self.send(&serde_json::json!({ "shutdown": true }));
-    }
-
-    fn send(&mut self, msg: &serde_json::Value) {
+    fn send(&mut self, line: &str) {
         // A worker that died is noticed through its closed stdout; a failed write adds nothing.
         if let Some(stdin) = &mut self.stdin {
-            let _ = writeln!(stdin, "{msg}").and_then(|()| stdin.flush());
+            let _ = writeln!(stdin, "{line}").and_then(|()| stdin.flush());
         }
     }
 
@@ -183,7 +385,7 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
+impl Drop for LocalWorker {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
@@ -192,12 +394,14 @@ impl Drop for Worker {
     }
 }
 
+/// The pytest plugin that drives a worker, shipped inside the binary.
+pub const PLUGIN: &str = include_str!("rdist_worker.py");
+
 /// Writes the plugin into rdist's cache (once per plugin version) and returns its directory.
 ///
 /// # Errors
 /// When the cache directory cannot be written.
 pub fn install_plugin(cache: &std::path::Path) -> std::io::Result<PathBuf> {
-    const PLUGIN: &str = include_str!("rdist_worker.py");
     let hash = blake3::hash(PLUGIN.as_bytes()).to_hex();
     let dir = cache.join("plugin").join(&hash[..16]);
     let file = dir.join("rdist_worker.py");

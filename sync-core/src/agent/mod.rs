@@ -11,6 +11,7 @@ mod apply;
 mod lock;
 pub mod plan;
 pub mod state;
+mod workers;
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ pub struct AgentOptions {
     pub cache_dir: Option<PathBuf>,
     /// When set, the peer must prove it knows this token before anything else.
     pub token: Option<crate::auth::Key>,
+    /// The pytest plugin source, for serving test workers (`None`: this agent only syncs).
+    pub worker_plugin: Option<&'static str>,
 }
 
 /// Why a sync failed as a whole.
@@ -120,7 +123,11 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 ///
 /// # Errors
 /// A handshake failure, a protocol violation, or a failed sync (after telling the peer).
-pub fn serve(input: impl Read, output: impl Write, opts: &AgentOptions) -> Result<(), AgentError> {
+pub fn serve(
+    input: impl Read,
+    output: impl Write + Send,
+    opts: &AgentOptions,
+) -> Result<(), AgentError> {
     let mut r = BufReader::with_capacity(1 << 20, input);
     let mut w = BufWriter::with_capacity(1 << 20, output);
     send_hello(&mut w, &opts.version)?;
@@ -131,6 +138,11 @@ pub fn serve(input: impl Read, output: impl Write, opts: &AgentOptions) -> Resul
     loop {
         let begin = match read_frame(&mut r) {
             Ok((Message::Begin(b), _)) => b,
+            Ok((Message::StartWorker(ws), _)) => {
+                // From here on the connection carries test workers until it closes.
+                return workers::serve_workers(&mut r, &mut w, ws, opts)
+                    .map_err(|e| report(&mut w, e));
+            }
             Ok((Message::Error(e), _)) => return Err(ProtoError::Remote(e).into()),
             Ok((other, _)) => {
                 return Err(report(

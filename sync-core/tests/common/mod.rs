@@ -46,6 +46,7 @@ pub fn sync_with(tree: &SourceTree, o: &PushOptions) -> Result<PushReport, PushE
             home: None,
             cache_dir: None,
             token: None,
+            worker_plugin: None,
         };
         serve(agent_in, agent_out, &opts)
     });

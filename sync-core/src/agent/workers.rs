@@ -1,0 +1,224 @@
+//! The agent's test-worker mode: after the syncs, the controller starts pytest workers over the
+//! same connection. The agent runs each as `python -m pytest -p rdist_worker ...` in a synced
+//! directory, relays its stdout lines and its exit (with the tail of its stderr) to the
+//! controller, and feeds it the controller's lines. Workers are killed when the connection ends.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use super::{AgentError, AgentOptions};
+use crate::proto::{Message, ProtoError, WorkerStart, read_frame, write_frame};
+
+/// How much of a worker's stderr is kept for its exit report.
+const TAIL: usize = 8 << 10;
+
+struct Running {
+    child: Arc<Mutex<Child>>,
+    stdin: Option<ChildStdin>,
+}
+
+/// Writes the embedded plugin into the agent's cache once per plugin version.
+fn install_plugin(cache: &Path, source: &str) -> std::io::Result<PathBuf> {
+    let hash = blake3::hash(source.as_bytes()).to_hex();
+    let dir = cache.join("plugin").join(&hash[..16]);
+    let file = dir.join("rdist_worker.py");
+    if std::fs::read(&file).ok().as_deref() != Some(source.as_bytes()) {
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".rdist_worker.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, source)?;
+        std::fs::rename(&tmp, &file)?;
+    }
+    Ok(dir)
+}
+
+/// Serves workers until the controller closes the connection, starting with `first`.
+///
+/// # Errors
+/// A protocol error, or a request this agent cannot serve.
+pub(super) fn serve_workers<R: BufRead, W: Write + Send>(
+    r: &mut R,
+    w: &mut W,
+    first: WorkerStart,
+    opts: &AgentOptions,
+) -> Result<(), AgentError> {
+    let (Some(source), Some(cache)) = (opts.worker_plugin, opts.cache_dir.as_ref()) else {
+        return Err(AgentError::Invalid(
+            "this agent cannot run test workers".to_owned(),
+        ));
+    };
+    let plugin_dir = install_plugin(cache, source).map_err(|e| AgentError::Dest {
+        op: "install the pytest plugin into",
+        path: cache.clone(),
+        source: e,
+    })?;
+    let out = Mutex::new(w);
+    let mut running: HashMap<u32, Running> = HashMap::new();
+    let result = std::thread::scope(|scope| -> Result<(), AgentError> {
+        let mut next = Some(first);
+        loop {
+            if let Some(ws) = next.take() {
+                let id = ws.id;
+                match start(&ws, &plugin_dir, opts) {
+                    Ok((child, stdin, stdout, stderr)) => {
+                        let child = Arc::new(Mutex::new(child));
+                        let tail = Arc::new(Mutex::new(Vec::<u8>::new()));
+                        let t = tail.clone();
+                        scope.spawn(move || keep_tail(stderr, &t));
+                        let (c, out) = (child.clone(), &out);
+                        scope.spawn(move || relay(id, stdout, &c, &tail, out));
+                        running.insert(
+                            id,
+                            Running {
+                                child,
+                                stdin: Some(stdin),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let msg = Message::WorkerExit {
+                            id,
+                            code: Some(127),
+                            stderr: format!("cannot start `{}`: {e}", ws.python),
+                        };
+                        let mut o = out.lock().unwrap();
+                        write_frame(&mut **o, &msg)?;
+                        o.flush().map_err(ProtoError::from)?;
+                    }
+                }
+            }
+            match read_frame(r) {
+                Ok((Message::StartWorker(ws), _)) => next = Some(ws),
+                Ok((Message::WorkerInput { id, line }, _)) => {
+                    if let Some(Running {
+                        stdin: Some(stdin), ..
+                    }) = running.get_mut(&id)
+                    {
+                        // A worker that died is reported by its relay; a failed write adds nothing.
+                        let _ = writeln!(stdin, "{line}").and_then(|()| stdin.flush());
+                    }
+                }
+                Ok((Message::KillWorker { id }, _)) => {
+                    if let Some(rw) = running.get_mut(&id) {
+                        let _ = rw.child.lock().unwrap().kill();
+                        rw.stdin = None;
+                    }
+                }
+                Ok((Message::Error(e), _)) => return Err(ProtoError::Remote(e).into()),
+                Ok((other, _)) => {
+                    return Err(ProtoError::Unexpected {
+                        got: other.name(),
+                        expected: "worker messages",
+                    }
+                    .into());
+                }
+                Err(ProtoError::Closed) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Unreachable: the loop only ends by returning.
+    });
+    // The connection is gone or broken: no worker outlives it.
+    for rw in running.values_mut() {
+        rw.stdin = None;
+        let _ = rw.child.lock().unwrap().kill();
+    }
+    result
+}
+
+type Started = (
+    Child,
+    ChildStdin,
+    std::process::ChildStdout,
+    std::process::ChildStderr,
+);
+
+fn start(ws: &WorkerStart, plugin_dir: &Path, opts: &AgentOptions) -> Result<Started, AgentError> {
+    let begin = crate::proto::Begin {
+        dest: ws.dest.clone(),
+        ignore: Vec::new(),
+        dry_run: false,
+        fsync: false,
+        adopt: false,
+        lock_wait_ms: 0,
+        base: ws.base,
+        delta_min: 0,
+    };
+    let dir = super::resolve_dest(&begin, opts)?;
+    let mut cmd = match ws.nice {
+        Some(n) => {
+            let mut c = Command::new("nice");
+            c.arg("-n").arg(n.to_string()).arg(&ws.python);
+            c
+        }
+        None => Command::new(&ws.python),
+    };
+    let pythonpath = match std::env::var_os("PYTHONPATH") {
+        Some(old) if !old.is_empty() => {
+            let mut p = plugin_dir.as_os_str().to_owned();
+            p.push(":");
+            p.push(old);
+            p
+        }
+        _ => plugin_dir.as_os_str().to_owned(),
+    };
+    cmd.args(["-m", "pytest", "-p", "rdist_worker"])
+        .args(&ws.args)
+        .current_dir(&dir)
+        .env("RDIST_WORKER", "1")
+        .env("PYTHONPATH", pythonpath)
+        .envs(ws.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| AgentError::Dest {
+        op: "start the worker in",
+        path: dir,
+        source: e,
+    })?;
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    Ok((child, stdin, stdout, stderr))
+}
+
+fn keep_tail(mut r: impl Read, tail: &Mutex<Vec<u8>>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = r.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let mut t = tail.lock().unwrap();
+        t.extend_from_slice(&buf[..n]);
+        let excess = t.len().saturating_sub(TAIL);
+        t.drain(..excess);
+    }
+}
+
+fn relay<W: Write>(
+    id: u32,
+    stdout: impl Read,
+    child: &Mutex<Child>,
+    tail: &Mutex<Vec<u8>>,
+    out: &Mutex<&mut W>,
+) {
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let mut o = out.lock().unwrap();
+        if write_frame(&mut **o, &Message::WorkerOutput { id, line }).is_err() || o.flush().is_err()
+        {
+            return;
+        }
+    }
+    let code = child.lock().unwrap().wait().ok().and_then(|s| s.code());
+    // Give the stderr reader a moment to take the last words.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let stderr = String::from_utf8_lossy(&tail.lock().unwrap())
+        .trim()
+        .to_owned();
+    let mut o = out.lock().unwrap();
+    let _ = write_frame(&mut **o, &Message::WorkerExit { id, code, stderr });
+    let _ = o.flush();
+}
