@@ -245,6 +245,10 @@ pub struct RunArgs {
     #[arg(long, help_heading = "Output")]
     pub json: bool,
 
+    /// Write JUnit XML results to PATH, one testsuite per worker.
+    #[arg(long, value_name = "PATH", help_heading = "Output")]
+    pub junitxml: Option<PathBuf>,
+
     /// Where rdist keeps its caches.
     #[arg(
         long,

@@ -229,6 +229,12 @@ fn run_workers(
             let _ = std::fs::rename(&tmp, &durations_file);
         }
     }
+    if let Some(path) = &args.junitxml {
+        let xml = crate::dispatch::junit::render(&rep.outcomes, &rep.platforms);
+        if let Err(e) = std::fs::write(path, xml) {
+            crate::output::warn(&format!("cannot write `{}`: {e}", path.display()));
+        }
+    }
     if args.json {
         let tests: Vec<_> = rep
             .outcomes

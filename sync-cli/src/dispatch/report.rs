@@ -29,6 +29,8 @@ pub struct Outcome {
     pub category: &'static str,
     pub duration: f64,
     pub message: String,
+    /// The full failure text (longrepr), for failures and errors.
+    pub text: String,
 }
 
 struct Failure {
@@ -151,6 +153,11 @@ impl Reporter {
             category: cat,
             duration: r.duration,
             message,
+            text: if matches!(cat, "failed" | "error") {
+                r.longrepr.clone()
+            } else {
+                String::new()
+            },
         });
         // Teardown errors are a second outcome of a test already counted.
         if r.when != "teardown" {
@@ -174,6 +181,7 @@ impl Reporter {
             category: "failed",
             duration: 0.0,
             message: "worker crashed".to_owned(),
+            text: why.to_owned(),
         });
         self.done += 1;
         self.progress(w, "failed", nodeid);
