@@ -175,6 +175,7 @@ fn run_workers(
         max_restarts: args.max_worker_restart,
         heartbeat: std::time::Duration::from_secs_f64(args.heartbeat_timeout.max(1.0)),
         durations: durations.clone(),
+        maxfail: maxfail(&args.pytest_args),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone());
@@ -202,7 +203,8 @@ fn run_workers(
     let started = Instant::now();
     let result = run_session(&cfg, &mut rep, &stop);
     let elapsed = started.elapsed();
-    let (code, why) = match result.ending {
+    let stopping;
+    let (code, why) = match &result.ending {
         Ending::Ran { failed: false } => (Code::Ok, None),
         Ending::Ran { failed: true } => (Code::Failed, None),
         Ending::NoTests => (Code::Empty, None),
@@ -215,7 +217,15 @@ fn run_workers(
             Some("collections differ between workers; nothing was run"),
         ),
         Ending::WorkersFailed => (Code::Internal, Some("no worker could start pytest")),
+        Ending::Usage(msg) => {
+            rep.line(msg);
+            (Code::Usage, Some("pytest refused the arguments"))
+        }
         Ending::Interrupted => (Code::Interrupted, Some("KeyboardInterrupt")),
+        Ending::StoppedAfter(n) => {
+            stopping = format!("stopping after {n} failures");
+            (Code::Failed, Some(stopping.as_str()))
+        }
     };
     rep.finish(elapsed, why);
     let mut merged = durations;
@@ -345,30 +355,29 @@ fn plan_workers(
 fn map_args(args: &[String], cwd: &Path, project_root: &Path) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len() + 1);
     let mut any_path = false;
-    for a in args {
+    let mut iter = args.iter().peekable();
+    while let Some(a) = iter.next() {
         if a.starts_with('-') {
             out.push(a.clone());
+            match option_value(a) {
+                // The next token is this option's value: a path for `--ignore`, `--deselect`...
+                Some(true) => {
+                    if let Some(v) = iter.next() {
+                        out.push(map_path(v, cwd, project_root).unwrap_or_else(|| v.clone()));
+                    }
+                }
+                // ... or an expression for `-k`, `-m`, `-p`...: never a test path.
+                Some(false) => out.extend(iter.next().cloned()),
+                None => {}
+            }
             continue;
         }
-        let (path, rest) = match a.split_once("::") {
-            Some((p, r)) => (p, Some(r)),
-            None => (a.as_str(), None),
-        };
-        let abs = settings::normalize(&cwd.join(path));
-        match abs.strip_prefix(project_root) {
-            Ok(rel) if abs.exists() => {
+        match map_path(a, cwd, project_root) {
+            Some(p) => {
                 any_path = true;
-                let rel = if rel.as_os_str().is_empty() {
-                    ".".to_owned()
-                } else {
-                    rel.display().to_string()
-                };
-                out.push(match rest {
-                    Some(r) => format!("{rel}::{r}"),
-                    None => rel,
-                });
+                out.push(p);
             }
-            _ => out.push(a.clone()),
+            None => out.push(a.clone()),
         }
     }
     if !any_path
@@ -380,9 +389,103 @@ fn map_args(args: &[String], cwd: &Path, project_root: &Path) -> Vec<String> {
     out
 }
 
+/// Whether pytest option `opt` takes the next token as its value (`Some(true)`: a path).
+fn option_value(opt: &str) -> Option<bool> {
+    const PATHS: [&str; 7] = [
+        "--ignore",
+        "--ignore-glob",
+        "--deselect",
+        "--rootdir",
+        "--confcutdir",
+        "--basetemp",
+        "-c",
+    ];
+    const VALUES: [&str; 20] = [
+        "-k",
+        "-m",
+        "-p",
+        "-o",
+        "-W",
+        "-r",
+        "--maxfail",
+        "--tb",
+        "--durations",
+        "--log-level",
+        "--log-file",
+        "--junitxml",
+        "--junit-xml",
+        "--override-ini",
+        "--capture",
+        "--import-mode",
+        "--cov",
+        "--timeout",
+        "--pyargs-root",
+        "--color",
+    ];
+    if opt.contains('=') {
+        return None;
+    }
+    if PATHS.contains(&opt) {
+        Some(true)
+    } else if VALUES.contains(&opt) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// `arg` (a path, maybe with `::` parts) relative to the project root, if it exists.
+fn map_path(arg: &str, cwd: &Path, project_root: &Path) -> Option<String> {
+    let (path, rest) = match arg.split_once("::") {
+        Some((p, r)) => (p, Some(r)),
+        None => (arg, None),
+    };
+    let abs = settings::normalize(&cwd.join(path));
+    let rel = abs
+        .strip_prefix(project_root)
+        .ok()
+        .filter(|_| abs.exists())?;
+    let rel = if rel.as_os_str().is_empty() {
+        ".".to_owned()
+    } else {
+        rel.display().to_string()
+    };
+    Some(match rest {
+        Some(r) => format!("{rel}::{r}"),
+        None => rel,
+    })
+}
+
+/// `-x`, `--exitfirst`, `--maxfail=N`, `--maxfail N` among pytest's arguments.
+fn maxfail(args: &[String]) -> usize {
+    let mut n = 0;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-x" | "--exitfirst" => n = 1,
+            "--maxfail" => n = it.next().and_then(|v| v.parse().ok()).unwrap_or(n),
+            other => {
+                if let Some(v) = other.strip_prefix("--maxfail=") {
+                    n = v.parse().unwrap_or(n);
+                }
+            }
+        }
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maxfail_follows_pytest_options() {
+        let v = |a: &[&str]| maxfail(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(v(&["-x"]), 1);
+        assert_eq!(v(&["--maxfail=3"]), 3);
+        assert_eq!(v(&["--maxfail", "2", "-k", "x"]), 2);
+        assert_eq!(v(&["-k", "x"]), 0);
+    }
 
     #[test]
     fn relative_test_paths_map_to_the_project_root() {
@@ -400,6 +503,15 @@ mod tests {
             ["tests/unit/test_x.py::test_a", "-k", "slow", "tests/unit"]
         );
         assert_eq!(map_args(&[], &cwd, root), ["tests"]);
+        // Option values are not test paths, except where they are paths.
+        let args: Vec<String> = ["-k", "unit", "--ignore", "unit"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            map_args(&args, &cwd, root),
+            ["-k", "unit", "--ignore", "tests/unit", "tests"]
+        );
         assert_eq!(map_args(&[], root, root), Vec::<String>::new());
     }
 }

@@ -28,10 +28,12 @@ pub struct SessionConfig {
     pub heartbeat: Duration,
     /// Known test durations from earlier runs, in seconds.
     pub durations: HashMap<String, f64>,
+    /// Stop handing out tests after this many failures and errors (`-x`, `--maxfail`); 0: never.
+    pub maxfail: usize,
 }
 
 /// How a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
     /// Every test ran; `failed` tells whether any failed or errored.
     Ran {
@@ -42,7 +44,11 @@ pub enum Ending {
     CollectionMismatch,
     /// No worker could collect.
     WorkersFailed,
+    /// pytest refused its arguments (its own message).
+    Usage(String),
     Interrupted,
+    /// `-x` / `--maxfail` reached.
+    StoppedAfter(usize),
 }
 
 /// A finished session.
@@ -72,6 +78,8 @@ struct Slot {
     groups: Vec<Option<String>>,
     /// Set while a replacement collects: it joins the running schedule when ready.
     replacement: bool,
+    /// How the worker process ended, once it did.
+    exit: Option<(Option<i32>, String)>,
 }
 
 /// Runs a test session on `cfg.workers`, reporting through `rep`. `stop` is raised by Ctrl-C.
@@ -109,6 +117,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                 ids: None,
                 groups: Vec::new(),
                 replacement: false,
+                exit: None,
             }
         })
         .collect();
@@ -117,6 +126,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
     let mut ids: Vec<String> = Vec::new();
     let mut durations: HashMap<String, f64> = HashMap::new();
     let mut interrupted = false;
+    let mut stopped_after: Option<usize> = None;
 
     let apply = |slots: &mut Vec<Slot>, actions: Vec<Action>| {
         for a in actions {
@@ -135,12 +145,42 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
         }
     };
 
+    let mut leftover_spawns = 0;
     loop {
         if slots
             .iter()
             .all(|s| matches!(s.state, State::Done | State::Dead))
         {
-            break;
+            // Work a crash returned after the others had finished: a fresh worker takes it, in
+            // a slot whose old process is fully gone (its last event seen).
+            let leftovers = sched.as_ref().is_some_and(|s| !s.stranded().is_empty())
+                && !interrupted
+                && stopped_after.is_none()
+                && leftover_spawns < n * 2;
+            if !leftovers {
+                break;
+            }
+            match slots
+                .iter()
+                .position(|s| s.state == State::Done && s.exit.is_some())
+            {
+                Some(w) => match spawn(w) {
+                    Ok(wk) => {
+                        leftover_spawns += 1;
+                        let slot = &mut slots[w];
+                        slot.worker = Some(wk);
+                        slot.state = State::Collecting;
+                        slot.replacement = true;
+                        slot.exit = None;
+                        slot.last_seen = Instant::now();
+                        continue;
+                    }
+                    Err(_) => break,
+                },
+                // Wait for a finished worker's process to be reaped.
+                None if slots.iter().any(|s| s.state == State::Done) => {}
+                None => break,
+            }
         }
         if stop.load(Ordering::Relaxed) {
             interrupted = true;
@@ -228,7 +268,21 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
             Event::Msg(_, WorkerMsg::CollectError { nodeid, longrepr }) => {
                 collect_errors.push((w, nodeid, longrepr));
             }
-            Event::Msg(_, WorkerMsg::Report(r)) => rep.report(w, &r),
+            Event::Msg(_, WorkerMsg::Report(r)) => {
+                rep.report(w, &r);
+                if cfg.maxfail > 0 && stopped_after.is_none() {
+                    let c = rep.counts();
+                    let bad = c.get("failed").copied().unwrap_or(0)
+                        + c.get("error").copied().unwrap_or(0);
+                    if bad >= cfg.maxfail {
+                        stopped_after = Some(bad);
+                        if let Some(s) = &mut sched {
+                            let actions = s.stop();
+                            apply(&mut slots, actions);
+                        }
+                    }
+                }
+            }
             Event::Msg(_, WorkerMsg::Ran { index, seconds }) => {
                 if let Some(id) = ids.get(index) {
                     durations.insert(id.clone(), seconds);
@@ -249,6 +303,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     .as_ref()
                     .map(Worker::stderr_text)
                     .unwrap_or_default();
+                slot.exit = Some((code, tail.clone()));
                 if matches!(slot.state, State::Done | State::Dead) {
                     continue;
                 }
@@ -308,6 +363,9 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                 .filter(|&w| slots[w].ids.is_some() && slots[w].state != State::Dead)
                 .collect();
             if !collect_errors.is_empty() {
+                for (w, nodeid, text) in &collect_errors {
+                    rep.collect_error(*w, nodeid, text);
+                }
                 print_collect_errors(rep, &collect_errors);
                 stop_all(&mut slots);
                 return SessionResult {
@@ -317,8 +375,12 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                 };
             }
             if ready.is_empty() {
+                let ending = match usage_error(&slots) {
+                    Some(msg) => Ending::Usage(msg),
+                    None => Ending::WorkersFailed,
+                };
                 return SessionResult {
-                    ending: Ending::WorkersFailed,
+                    ending,
                     collected: 0,
                     durations,
                 };
@@ -345,8 +407,14 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
             rep.line(&format!("{} workers [{} items]", ready.len(), ids.len()));
             if ids.is_empty() {
                 stop_all(&mut slots);
+                // pytest reports bad arguments (a test path that does not exist) after an empty
+                // collection, and exits 4.
+                let ending = match usage_error(&slots) {
+                    Some(msg) => Ending::Usage(msg),
+                    None => Ending::NoTests,
+                };
                 return SessionResult {
-                    ending: Ending::NoTests,
+                    ending,
                     collected: 0,
                     durations,
                 };
@@ -407,8 +475,13 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
     }
     let ending = if interrupted {
         Ending::Interrupted
+    } else if let Some(n) = stopped_after {
+        Ending::StoppedAfter(n)
     } else if sched.is_none() {
-        Ending::WorkersFailed
+        match usage_error(&slots) {
+            Some(msg) => Ending::Usage(msg),
+            None => Ending::WorkersFailed,
+        }
     } else {
         let c = rep.counts();
         Ending::Ran {
@@ -425,12 +498,34 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
 
 fn stop_all(slots: &mut [Slot]) {
     for s in slots {
-        if let Some(wk) = &mut s.worker {
+        if let Some(wk) = &mut s.worker
+            && s.exit.is_none()
+        {
             wk.shutdown();
-            wk.wait();
+            let code = wk.wait();
+            s.exit = Some((code, wk.stderr_text()));
         }
         s.state = State::Done;
     }
+}
+
+/// pytest's own usage error (exit code 4 and its `ERROR:` lines), if every worker that ended
+/// ended with one.
+fn usage_error(slots: &[Slot]) -> Option<String> {
+    let exits: Vec<&(Option<i32>, String)> = slots.iter().filter_map(|s| s.exit.as_ref()).collect();
+    if exits.is_empty() || !exits.iter().all(|(code, _)| *code == Some(4)) {
+        return None;
+    }
+    let lines: Vec<&str> = exits[0]
+        .1
+        .lines()
+        .filter(|l| l.starts_with("ERROR:") || l.contains("error:"))
+        .collect();
+    Some(if lines.is_empty() {
+        last_lines(&exits[0].1, 3)
+    } else {
+        lines.join("\n")
+    })
 }
 
 fn last_lines(text: &str, n: usize) -> String {

@@ -51,6 +51,11 @@ def _heartbeat():
             return
 
 
+if _OUT is not None:
+    # From import on, so a slow conftest or a slow collection is not taken for a frozen worker.
+    threading.Thread(target=_heartbeat, name="rdist-heartbeat", daemon=True).start()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     if _OUT is None:
@@ -59,7 +64,6 @@ def pytest_configure(config):
     for name, value in (("dist", "no"), ("usepdb", False), ("looponfail", False), ("numprocesses", None)):
         if hasattr(config.option, name):
             setattr(config.option, name, value)
-    threading.Thread(target=_heartbeat, name="rdist-heartbeat", daemon=True).start()
 
 
 def pytest_collectreport(report):
@@ -108,8 +112,11 @@ def _report(report):
         tw.hasmarkup = False
         report.toterminal(tw)
         longrepr_text = buf.getvalue().rstrip()
+    crash = getattr(longrepr, "reprcrash", None)
+    crash_message = crash.message.splitlines()[0] if crash is not None and crash.message else None
     return dict(
         type="report",
+        crash_message=crash_message,
         nodeid=report.nodeid,
         when=report.when,
         outcome=report.outcome,

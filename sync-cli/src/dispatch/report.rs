@@ -64,6 +64,15 @@ fn plural(n: usize, word: &str) -> String {
     }
 }
 
+/// The last `E   ...` line of a failure text, without the `E`.
+fn last_e_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with("E "))
+        .map(|l| l[1..].trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// A line of `ch` around `title`, as pytest draws section headers.
 pub fn rule(ch: char, title: &str, width: usize) -> String {
     if title.is_empty() {
@@ -139,12 +148,9 @@ impl Reporter {
             "skipped" => r.skip_reason.clone().unwrap_or_default(),
             "xfailed" | "xpassed" => r.wasxfail.clone().unwrap_or_default(),
             _ => r
-                .longrepr
-                .lines()
-                .rev()
-                .find(|l| l.starts_with("E "))
-                .map(|l| l[1..].trim().to_owned())
-                .unwrap_or_default(),
+                .crash_message
+                .clone()
+                .unwrap_or_else(|| last_e_line(&r.longrepr)),
         };
         // An error in teardown after a passed call is a second outcome for the same test, as in pytest.
         self.outcomes.push(Outcome {
@@ -164,6 +170,25 @@ impl Reporter {
             self.done += 1;
         }
         self.progress(w, cat, &r.nodeid);
+    }
+
+    /// Records a collection error (once per node id, however many workers report it).
+    pub fn collect_error(&mut self, w: usize, nodeid: &str, text: &str) {
+        if self
+            .outcomes
+            .iter()
+            .any(|o| o.category == "error" && o.nodeid == nodeid)
+        {
+            return;
+        }
+        self.outcomes.push(Outcome {
+            worker: w,
+            nodeid: nodeid.to_owned(),
+            category: "error",
+            duration: 0.0,
+            message: last_e_line(text),
+            text: text.to_owned(),
+        });
     }
 
     /// Records a test whose worker died while running it.

@@ -173,12 +173,34 @@ impl Scheduler {
         self.top_up(w)
     }
 
-    /// Tests not yet handed out (shared work), when no live worker is left to run them.
+    /// Tests not yet handed out (shared work) when no worker can take more: every worker is
+    /// dead or already told to shut down (a crash returned work after the others finished).
     pub fn stranded(&self) -> Vec<usize> {
-        if self.alive.iter().any(|&a| a) {
+        if self
+            .alive
+            .iter()
+            .zip(&self.shutdown)
+            .any(|(&a, &s)| a && !s)
+        {
             return Vec::new();
         }
         self.shared.iter().flatten().copied().collect()
+    }
+
+    /// Hands out nothing more (`-x`/`--maxfail` reached); returns the shutdowns to send.
+    pub fn stop(&mut self) -> Vec<Action> {
+        self.shared.clear();
+        for q in &mut self.own {
+            q.clear();
+        }
+        let mut actions = Vec::new();
+        for w in 0..self.workers() {
+            if self.alive[w] && !self.shutdown[w] {
+                self.shutdown[w] = true;
+                actions.push(Action::Shutdown(w));
+            }
+        }
+        actions
     }
 
     fn top_up(&mut self, w: usize) -> Vec<Action> {
@@ -346,6 +368,29 @@ mod tests {
         );
         let (lost, _) = s.abandon(1);
         assert!(lost.is_empty());
+    }
+
+    #[test]
+    fn work_returned_after_the_others_shut_down_is_stranded_not_lost() {
+        let t = ids(&["a", "b", "c", "d"]);
+        let mut s = Scheduler::new(Mode::Load, &t, &[], 2, &|_| 0.0);
+        s.start();
+        // Worker 1 finishes everything it had and is told to shut down.
+        s.ran(1, 2);
+        s.ran(1, 3);
+        assert!(s.shutdown[1]);
+        // Worker 0 crashes while running `a`, with `b` queued: `b` has nowhere to go.
+        assert_eq!(s.crashed(0), Some(0));
+        assert_eq!(s.stranded(), vec![1]);
+    }
+
+    #[test]
+    fn stop_shuts_every_live_worker_down_and_hands_out_nothing() {
+        let t = ids(&["a", "b", "c", "d", "e", "f"]);
+        let mut s = Scheduler::new(Mode::Load, &t, &[], 2, &|_| 0.0);
+        s.start();
+        assert_eq!(s.stop(), vec![Action::Shutdown(0), Action::Shutdown(1)]);
+        assert!(s.ran(0, 0).is_empty());
     }
 
     #[test]

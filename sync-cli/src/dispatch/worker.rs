@@ -54,6 +54,9 @@ pub struct TestReport {
     pub sections: Vec<(String, String)>,
     pub skip_reason: Option<String>,
     pub wasxfail: Option<String>,
+    /// The first line of the exception, for the short summary.
+    #[serde(default)]
+    pub crash_message: Option<String>,
 }
 
 /// What a worker's plugin says.

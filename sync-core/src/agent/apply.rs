@@ -131,8 +131,13 @@ pub(super) fn run<R: BufRead, W: Write>(
         files_written: AtomicU64::new(0),
         bytes_written: AtomicU64::new(0),
     };
-    let (deleted, opened, mut kept) = structural(&ctx, current, &actions);
-    receive(r, w, &ctx, &actions, opts)?;
+    let Structural {
+        deleted,
+        opened,
+        mut kept,
+        blocked,
+    } = structural(&ctx, current, &actions);
+    receive(r, w, &ctx, &actions, &blocked, opts)?;
     for &j in actions.dir_modes.iter().rev() {
         if let Kind::Dir { mode } = want.entries()[j].kind {
             let p = ctx.path_of(j);
@@ -192,11 +197,7 @@ pub(super) fn run<R: BufRead, W: Write>(
 /// Everything that needs no data from the controller. Returns how many extras were deleted, the
 /// directories opened up for writing (with their modes), and the extra directories kept because
 /// they hold protected entries.
-fn structural(
-    ctx: &Ctx<'_>,
-    current: &Current,
-    a: &Actions,
-) -> (u64, Vec<(RelPath, u32)>, Vec<RelPath>) {
+fn structural(ctx: &Ctx<'_>, current: &Current, a: &Actions) -> Structural {
     let dest = ctx.dest;
     let want = ctx.want;
     // Directories we must write into but may not: open them up; their mode is restored at the end.
@@ -221,6 +222,7 @@ fn structural(
         .collect();
     let mut deleted = 0;
     let mut kept = Vec::new();
+    let mut blocked: HashSet<usize> = HashSet::new();
     let extras: HashSet<&RelPath> = a.deleted.iter().collect();
     for (p, is_dir) in &a.removals {
         let native = p.to_native(dest);
@@ -236,7 +238,26 @@ fn structural(
                     other => other.map(|()| true),
                 }
             } else {
-                std::fs::remove_dir_all(&native).map(|()| false)
+                // A directory the project turned into a file or a link: its unprotected entries
+                // went first (they are extras); what is left is protected, and stays, as rsync
+                // refuses to delete a directory holding excluded files.
+                match std::fs::remove_dir(&native) {
+                    Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                        if let Some(j) = want.position(p) {
+                            ctx.problem(
+                                j,
+                                format!(
+                                    "cannot replace directory `{p}` with a {}: it holds entries the ignore \
+                                     rules protect on the worker; remove them there to allow it",
+                                    want.entries()[j].kind.label()
+                                ),
+                            );
+                            blocked.insert(j);
+                        }
+                        Ok(false)
+                    }
+                    other => other.map(|()| false),
+                }
             }
         } else {
             std::fs::remove_file(&native).map(|()| extras.contains(p))
@@ -267,6 +288,12 @@ fn structural(
         }
     }
     for (j, res) in staged {
+        if blocked.contains(&j) {
+            if let Ok(tmp) = res {
+                let _ = std::fs::remove_file(tmp);
+            }
+            continue;
+        }
         match res.and_then(|tmp| {
             std::fs::rename(&tmp, ctx.path_of(j)).map_err(|e| {
                 let _ = std::fs::remove_file(&tmp);
@@ -278,6 +305,9 @@ fn structural(
         }
     }
     for &j in &a.links {
+        if blocked.contains(&j) {
+            continue;
+        }
         if let Kind::Symlink { target } = &want.entries()[j].kind {
             let tmp = ctx.stager.temp_path();
             let res = std::os::unix::fs::symlink(target, &tmp)
@@ -300,7 +330,24 @@ fn structural(
             }
         }
     }
-    (deleted, opened, kept)
+    Structural {
+        deleted,
+        opened,
+        kept,
+        blocked,
+    }
+}
+
+/// What the structural phase did.
+struct Structural {
+    /// Extras deleted.
+    deleted: u64,
+    /// Directories opened up for writing, with their modes.
+    opened: Vec<(RelPath, u32)>,
+    /// Extra directories kept because they hold protected entries.
+    kept: Vec<RelPath>,
+    /// Manifest indices that cannot be installed (a protected directory is in the way).
+    blocked: HashSet<usize>,
 }
 
 fn copy_local(ctx: &Ctx<'_>, from: &Path, j: usize) -> Result<PathBuf, String> {
@@ -356,9 +403,15 @@ fn receive<R: BufRead, W: Write>(
     w: &mut W,
     ctx: &Ctx<'_>,
     a: &Actions,
+    blocked: &HashSet<usize>,
     opts: &AgentOptions,
 ) -> Result<(), AgentError> {
-    let mut round: Vec<(usize, Source)> = a.transfers.clone();
+    let mut round: Vec<(usize, Source)> = a
+        .transfers
+        .iter()
+        .filter(|(j, _)| !blocked.contains(j))
+        .cloned()
+        .collect();
     let mut retried: HashSet<usize> = HashSet::new();
     let writers = opts.threads.clamp(1, 4);
     let (tx, rx) = sync_channel::<Batch>(8);
@@ -497,6 +550,13 @@ fn receive_round<R: BufRead>(
                 let i = index as usize;
                 let mut st = match stream.take() {
                     Some(Stream::Whole { index: k, staged }) if k == i => staged,
+                    // A file whose write already failed: its remaining pieces are dropped.
+                    Some(Stream::Discard { index: k }) if k == i => {
+                        if !last {
+                            stream = Some(Stream::Discard { index: k });
+                        }
+                        continue;
+                    }
                     Some(_) => {
                         return Err(invalid(format!("file #{index} interleaved with another")));
                     }
@@ -506,6 +566,9 @@ fn receive_round<R: BufRead>(
                             Ok(s) => s,
                             Err(e) => {
                                 ctx.problem(i, crate::agent::error_chain(&e));
+                                if !last {
+                                    stream = Some(Stream::Discard { index: i });
+                                }
                                 continue;
                             }
                         }
@@ -521,6 +584,9 @@ fn receive_round<R: BufRead>(
                 if let Err(e) = st.write(&bytes) {
                     st.discard();
                     ctx.problem(i, crate::agent::error_chain(&e));
+                    if !last {
+                        stream = Some(Stream::Discard { index: i });
+                    }
                     continue;
                 }
                 if last {

@@ -72,17 +72,34 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
     };
     let (mut walked, mut problems) = walk(&root, filter);
     walked.sort_by(|a, b| a.path.cmp(&b.path));
-    let parents: HashSet<RelPath> = walked.iter().filter_map(|w| w.path.parent()).collect();
-    let mut kept = Vec::new();
-    walked.retain(|w| {
-        let keep_aside = matches!(w.found, Found::Dir { .. })
-            && kept_before.contains(&w.path)
-            && !parents.contains(&w.path);
-        if keep_aside {
-            kept.push(w.path.clone());
+    // A kept-aside directory is one kept before whose walked children are all kept-aside
+    // directories themselves (deepest first, so nested ones count as empty).
+    let mut live: HashMap<RelPath, usize> = HashMap::new();
+    for w in &walked {
+        if let Some(p) = w.path.parent() {
+            *live.entry(p).or_insert(0) += 1;
         }
-        !keep_aside
-    });
+    }
+    let mut candidates: Vec<&RelPath> = walked
+        .iter()
+        .filter(|w| matches!(w.found, Found::Dir { .. }) && kept_before.contains(&w.path))
+        .map(|w| &w.path)
+        .collect();
+    candidates.sort_by_key(|p| std::cmp::Reverse(p.depth()));
+    let mut aside: HashSet<RelPath> = HashSet::new();
+    for d in candidates {
+        if live.get(d).copied().unwrap_or(0) == 0 {
+            aside.insert(d.clone());
+            if let Some(p) = d.parent()
+                && let Some(n) = live.get_mut(&p)
+            {
+                *n -= 1;
+            }
+        }
+    }
+    walked.retain(|w| !aside.contains(&w.path));
+    let mut kept: Vec<RelPath> = aside.into_iter().collect();
+    kept.sort();
     let hashes: Vec<Option<Result<Hash, String>>> = walked
         .par_iter()
         .map(|w| match &w.found {
