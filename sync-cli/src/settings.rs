@@ -2,7 +2,7 @@
 //! lands, the ignore rules, and the distinct sync targets. Every user error is found here, before
 //! any work starts, with a message naming the offending value and a hint.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
 use compat::xspec::{Gateway, NoteLevel, XSpec};
@@ -107,19 +107,7 @@ pub fn find_project_root(start: &Path) -> PathBuf {
 }
 
 /// Lexically normalises `p` (no file-system access): drops `.`, resolves `..`.
-pub fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
-}
+pub use sync_core::scan::normalize;
 
 fn rel_of(root: &Path, p: &Path) -> Option<Option<RelPath>> {
     let sub = p.strip_prefix(root).ok()?;
@@ -439,20 +427,7 @@ fn targets(
                     continue;
                 }
             },
-            Gateway::Ssh { args, host } => {
-                let transport = Transport::Ssh {
-                    args: args.clone(),
-                    host: host.clone(),
-                };
-                match chdir {
-                    Some(dir) => (
-                        transport,
-                        dir.trim_start_matches("~/").to_owned(),
-                        home_or_abs(dir),
-                    ),
-                    None => (transport, format!("work/{project_key}"), DestBase::Cache),
-                }
-            }
+            Gateway::Ssh { args, host } => ssh_place(args.clone(), host, chdir, project_key),
             Gateway::Socket { host, port } => {
                 let transport = Transport::Socket {
                     host: host.clone(),
@@ -474,20 +449,8 @@ fn targets(
                     None => (transport, project_key.to_owned(), DestBase::Cwd),
                 }
             }
-            Gateway::VagrantSsh { host } => {
-                let transport = Transport::Ssh {
-                    args: Vec::new(),
-                    host: host.clone(),
-                };
-                match chdir {
-                    Some(dir) => (
-                        transport,
-                        dir.trim_start_matches("~/").to_owned(),
-                        home_or_abs(dir),
-                    ),
-                    None => (transport, format!("work/{project_key}"), DestBase::Cache),
-                }
-            }
+            // `vagrant ssh-config` hosts are reached as ssh aliases (see the spec's note).
+            Gateway::VagrantSsh { host } => ssh_place(Vec::new(), host, chdir, project_key),
         };
         let workers = spec.count.get();
         match out
@@ -514,6 +477,28 @@ fn targets(
         );
     }
     Ok(out)
+}
+
+/// Transport and destination of an ssh worker: `chdir=` relative to the login directory (as in
+/// xdist) or absolute, else a per-project directory in rdist's cache on the host.
+fn ssh_place(
+    args: Vec<String>,
+    host: &str,
+    chdir: Option<&str>,
+    project_key: &str,
+) -> (Transport, String, DestBase) {
+    let transport = Transport::Ssh {
+        args,
+        host: host.to_owned(),
+    };
+    match chdir {
+        Some(dir) => (
+            transport,
+            dir.trim_start_matches("~/").to_owned(),
+            home_or_abs(dir),
+        ),
+        None => (transport, format!("work/{project_key}"), DestBase::Cache),
+    }
 }
 
 /// Relative `chdir=` of a remote worker is relative to the login directory, as in xdist.

@@ -197,8 +197,8 @@ pub fn scan(
     })
 }
 
-/// Removes `.` and resolves `..` lexically.
-fn normalize(p: &Path) -> PathBuf {
+/// Removes `.` and resolves `..` lexically (no file-system access).
+pub fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {

@@ -80,7 +80,12 @@ struct Slot {
     replacement: bool,
     /// How the worker process ended, once it did.
     exit: Option<(Option<i32>, String)>,
+    /// The current process has sent something.
+    heard: bool,
 }
+
+/// The least time a worker gets to send its first message.
+const STARTUP: Duration = Duration::from_secs(60);
 
 /// Runs a test session on `cfg.workers`, reporting through `rep`. `stop` is raised by Ctrl-C.
 pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -> SessionResult {
@@ -118,6 +123,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                 groups: Vec::new(),
                 replacement: false,
                 exit: None,
+                heard: false,
             }
         })
         .collect();
@@ -172,6 +178,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                         slot.state = State::Collecting;
                         slot.replacement = true;
                         slot.exit = None;
+                        slot.heard = false;
                         slot.last_seen = Instant::now();
                         continue;
                     }
@@ -196,8 +203,15 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let now = Instant::now();
                 for (w, s) in slots.iter_mut().enumerate() {
+                    // Until a worker's first message (interpreter and pytest starting on a busy
+                    // machine), it gets at least a minute.
+                    let limit = if s.heard {
+                        cfg.heartbeat
+                    } else {
+                        cfg.heartbeat.max(STARTUP)
+                    };
                     if matches!(s.state, State::Running | State::Collecting | State::Ready)
-                        && now.duration_since(s.last_seen) > cfg.heartbeat
+                        && now.duration_since(s.last_seen) > limit
                         && let Some(wk) = &mut s.worker
                     {
                         rep.line(&format!(
@@ -216,6 +230,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
             Event::Msg(w, _) | Event::Garbage(w, _) | Event::Closed(w) => *w,
         };
         slots[w].last_seen = Instant::now();
+        slots[w].heard = true;
         match ev {
             Event::Msg(_, WorkerMsg::Beat) => {}
             Event::Garbage(_, _) => {}
@@ -341,6 +356,9 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                             slots[w].worker = Some(wk);
                             slots[w].state = State::Collecting;
                             slots[w].replacement = true;
+                            slots[w].heard = false;
+                            slots[w].exit = None;
+                            slots[w].last_seen = Instant::now();
                         }
                         Err(e) => rep.line(&format!("[gw{w}] cannot restart: {e}")),
                     }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
@@ -319,32 +319,14 @@ impl LocalWorker {
         pytest_args: &[String],
         events: Sender<Event>,
     ) -> std::io::Result<LocalWorker> {
-        let mut cmd = match spec.nice {
-            Some(n) => {
-                let mut c = Command::new("nice");
-                c.arg("-n").arg(n.to_string()).arg(&spec.python);
-                c
-            }
-            None => Command::new(&spec.python),
-        };
-        let pythonpath = match std::env::var_os("PYTHONPATH") {
-            Some(old) if !old.is_empty() => {
-                let mut p = plugin_dir.as_os_str().to_owned();
-                p.push(":");
-                p.push(old);
-                p
-            }
-            _ => plugin_dir.as_os_str().to_owned(),
-        };
-        cmd.args(["-m", "pytest", "-p", "rdist_worker"])
-            .args(pytest_args)
-            .current_dir(dir)
-            .env("RDIST_WORKER", "1")
-            .env("PYTHONPATH", pythonpath)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut cmd = sync_core::agent::workers::worker_command(
+            &spec.python,
+            spec.nice,
+            dir,
+            env,
+            plugin_dir,
+            pytest_args,
+        );
         let mut child = cmd.spawn()?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped");
@@ -405,14 +387,5 @@ pub const PLUGIN: &str = include_str!("rdist_worker.py");
 /// # Errors
 /// When the cache directory cannot be written.
 pub fn install_plugin(cache: &std::path::Path) -> std::io::Result<PathBuf> {
-    let hash = blake3::hash(PLUGIN.as_bytes()).to_hex();
-    let dir = cache.join("plugin").join(&hash[..16]);
-    let file = dir.join("rdist_worker.py");
-    if std::fs::read(&file).ok().as_deref() != Some(PLUGIN.as_bytes()) {
-        std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!(".rdist_worker.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, PLUGIN)?;
-        std::fs::rename(&tmp, &file)?;
-    }
-    Ok(dir)
+    sync_core::agent::workers::install_plugin(cache, PLUGIN)
 }

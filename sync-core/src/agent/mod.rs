@@ -11,7 +11,7 @@ mod apply;
 mod lock;
 pub mod plan;
 pub mod state;
-mod workers;
+pub mod workers;
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};

@@ -20,8 +20,11 @@ struct Running {
     stdin: Option<ChildStdin>,
 }
 
-/// Writes the embedded plugin into the agent's cache once per plugin version.
-fn install_plugin(cache: &Path, source: &str) -> std::io::Result<PathBuf> {
+/// Writes the plugin `source` into `cache` once per plugin version; returns its directory.
+///
+/// # Errors
+/// When the cache cannot be written.
+pub fn install_plugin(cache: &Path, source: &str) -> std::io::Result<PathBuf> {
     let hash = blake3::hash(source.as_bytes()).to_hex();
     let dir = cache.join("plugin").join(&hash[..16]);
     let file = dir.join("rdist_worker.py");
@@ -128,6 +131,45 @@ pub(super) fn serve_workers<R: BufRead, W: Write + Send>(
     result
 }
 
+/// `[nice -n N] PYTHON -m pytest -p rdist_worker ARGS` in `dir`, with the plugin on `PYTHONPATH`,
+/// `RDIST_WORKER=1`, `env`, and piped stdio.
+pub fn worker_command(
+    python: &str,
+    nice: Option<i32>,
+    dir: &Path,
+    env: &[(String, String)],
+    plugin_dir: &Path,
+    args: &[String],
+) -> Command {
+    let mut cmd = match nice {
+        Some(n) => {
+            let mut c = Command::new("nice");
+            c.arg("-n").arg(n.to_string()).arg(python);
+            c
+        }
+        None => Command::new(python),
+    };
+    let pythonpath = match std::env::var_os("PYTHONPATH") {
+        Some(old) if !old.is_empty() => {
+            let mut p = plugin_dir.as_os_str().to_owned();
+            p.push(":");
+            p.push(old);
+            p
+        }
+        _ => plugin_dir.as_os_str().to_owned(),
+    };
+    cmd.args(["-m", "pytest", "-p", "rdist_worker"])
+        .args(args)
+        .current_dir(dir)
+        .env("RDIST_WORKER", "1")
+        .env("PYTHONPATH", pythonpath)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 type Started = (
     Child,
     ChildStdin,
@@ -147,32 +189,7 @@ fn start(ws: &WorkerStart, plugin_dir: &Path, opts: &AgentOptions) -> Result<Sta
         delta_min: 0,
     };
     let dir = super::resolve_dest(&begin, opts)?;
-    let mut cmd = match ws.nice {
-        Some(n) => {
-            let mut c = Command::new("nice");
-            c.arg("-n").arg(n.to_string()).arg(&ws.python);
-            c
-        }
-        None => Command::new(&ws.python),
-    };
-    let pythonpath = match std::env::var_os("PYTHONPATH") {
-        Some(old) if !old.is_empty() => {
-            let mut p = plugin_dir.as_os_str().to_owned();
-            p.push(":");
-            p.push(old);
-            p
-        }
-        _ => plugin_dir.as_os_str().to_owned(),
-    };
-    cmd.args(["-m", "pytest", "-p", "rdist_worker"])
-        .args(&ws.args)
-        .current_dir(&dir)
-        .env("RDIST_WORKER", "1")
-        .env("PYTHONPATH", pythonpath)
-        .envs(ws.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = worker_command(&ws.python, ws.nice, &dir, &ws.env, plugin_dir, &ws.args);
     let mut child = cmd.spawn().map_err(|e| AgentError::Dest {
         op: "start the worker in",
         path: dir,
