@@ -23,6 +23,9 @@ pub struct Cli {
 pub enum Command {
     /// Mirror the sync roots into every worker's directory.
     Sync(SyncArgs),
+    /// Pre-flight checks on every worker host: reachability, Python, pytest and plugins,
+    /// package drift, disk, clock, and the project's test layout (same options as `run`).
+    Check(CheckArgs),
     /// Sync, then run pytest on the workers and report like pytest (unknown arguments go to
     /// pytest: `rdist run -n 4 -k slow tests/`).
     Run(RunArgs),
@@ -265,4 +268,14 @@ pub struct RunArgs {
         value_name = "PYTEST ARGS"
     )]
     pub pytest_args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Create the missing `__init__.py` files in test directories (after listing them).
+    #[arg(long, help_heading = "Check")]
+    pub fix: bool,
+
+    #[command(flatten)]
+    pub run: RunArgs,
 }

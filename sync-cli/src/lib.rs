@@ -2,6 +2,7 @@
 //! engine lives in `sync-core`; legacy xdist grammar in `compat`. This crate is the glue and the
 //! only place that prints or exits.
 
+pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod dispatch;

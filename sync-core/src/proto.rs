@@ -202,6 +202,43 @@ pub enum Message {
         code: Option<i32>,
         stderr: String,
     },
+    /// Controller: report facts about this host, its destination and its Python (`rdist check`).
+    Probe(ProbeRequest),
+    /// Agent: the facts.
+    Probed(ProbeReport),
+}
+
+/// What `rdist check` asks a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeRequest {
+    /// The destination to examine (resolved like `Begin::dest`); `None`: none.
+    pub dest: Option<String>,
+    pub base: DestBase,
+    /// The interpreter to run `script` with.
+    pub python: String,
+    /// A Python script printing one JSON document on stdout.
+    pub script: String,
+}
+
+/// A host's answer to a [`ProbeRequest`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub os: String,
+    pub arch: String,
+    pub hostname: String,
+    /// The host's clock, nanoseconds since the epoch, when it answered.
+    pub time_ns: i64,
+    /// The destination as resolved there.
+    pub dest: Option<String>,
+    pub disk_free: Option<u64>,
+    pub disk_total: Option<u64>,
+    /// Why the destination cannot be written, if it cannot.
+    pub not_writable: Option<String>,
+    pub case_sensitive: Option<bool>,
+    /// The script's JSON output.
+    pub python: Option<String>,
+    /// Why the script could not run, if it could not.
+    pub python_error: Option<String>,
 }
 
 /// How to start a test worker on the agent's machine.
@@ -252,6 +289,8 @@ impl Message {
             Message::KillWorker { .. } => "KillWorker",
             Message::WorkerOutput { .. } => "WorkerOutput",
             Message::WorkerExit { .. } => "WorkerExit",
+            Message::Probe(_) => "Probe",
+            Message::Probed(_) => "Probed",
         }
     }
 }

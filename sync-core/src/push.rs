@@ -171,6 +171,22 @@ impl<R: Read + Send, W: Write + Send> Connection<R, W> {
         })
     }
 
+    /// Asks the agent about its host, a destination and a Python (`rdist check`).
+    ///
+    /// # Errors
+    /// When the connection fails or the agent refuses.
+    pub fn probe(
+        &mut self,
+        req: crate::proto::ProbeRequest,
+    ) -> Result<crate::proto::ProbeReport, PushError> {
+        write_frame(&mut self.w, &Message::Probe(req))?;
+        self.w.flush().map_err(ProtoError::from)?;
+        match read_frame(&mut self.r)?.0 {
+            Message::Probed(rep) => Ok(rep),
+            other => Err(unexpected(&other, "Probed")),
+        }
+    }
+
     /// The buffered streams, for traffic after the syncs (test workers).
     pub fn into_parts(self) -> (BufReader<R>, BufWriter<W>) {
         (self.r, self.w)

@@ -1,6 +1,7 @@
 //! One module per subcommand; `run` dispatches.
 
 pub mod agent;
+pub mod check;
 pub mod run;
 pub mod serve;
 pub mod sync;
@@ -18,5 +19,6 @@ pub fn run(cli: Cli) -> Result<Code, Failure> {
         Command::Agent(args) => agent::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Check(args) => check::run(&args),
     }
 }

@@ -32,26 +32,7 @@ pub fn run(args: &RunArgs) -> Result<Code, Failure> {
     let mut hosts: Vec<(Transport, Arc<RemoteHost>)> = Vec::new();
     let mut targets = Vec::new();
     if !sync_tx.is_empty() {
-        let sync_args = SyncArgs {
-            rsyncdir: if args.rsyncdir.is_empty() {
-                vec![project_root.clone()]
-            } else {
-                args.rsyncdir.clone()
-            },
-            rsyncignore: args.rsyncignore.clone(),
-            layout: Layout::Rdist,
-            tx: sync_tx,
-            px: args.px.clone(),
-            connect_timeout: args.connect_timeout,
-            token_file: args.token_file.clone(),
-            adopt: false,
-            dry_run: false,
-            fsync: false,
-            lock_wait: 60.0,
-            verbose: false,
-            json: false,
-            cache_dir: args.cache_dir.clone(),
-        };
+        let sync_args = sync_args_for(args, &project_root, sync_tx);
         let s = SyncSettings::from_args(&sync_args, &cwd)?;
         let (code, kept) = crate::commands::sync::sync_settings_keep(&s, true)?;
         hosts = kept
@@ -79,6 +60,30 @@ pub fn run(args: &RunArgs) -> Result<Code, Failure> {
     code
 }
 
+/// The `rdist sync` arguments that prepare `sync_tx` for a run (or a check).
+pub(crate) fn sync_args_for(args: &RunArgs, project_root: &Path, sync_tx: Vec<String>) -> SyncArgs {
+    SyncArgs {
+        rsyncdir: if args.rsyncdir.is_empty() {
+            vec![project_root.to_owned()]
+        } else {
+            args.rsyncdir.clone()
+        },
+        rsyncignore: args.rsyncignore.clone(),
+        layout: Layout::Rdist,
+        tx: sync_tx,
+        px: args.px.clone(),
+        connect_timeout: args.connect_timeout,
+        token_file: args.token_file.clone(),
+        adopt: false,
+        dry_run: false,
+        fsync: false,
+        lock_wait: 60.0,
+        verbose: false,
+        json: false,
+        cache_dir: args.cache_dir.clone(),
+    }
+}
+
 fn close_all(hosts: &[(Transport, Arc<RemoteHost>)]) {
     for (_, h) in hosts {
         h.close();
@@ -86,11 +91,11 @@ fn close_all(hosts: &[(Transport, Arc<RemoteHost>)]) {
 }
 
 /// A worker before the syncs: where it will run.
-struct Planned {
-    raw: String,
-    spec: Option<XSpec>,
+pub(crate) struct Planned {
+    pub(crate) raw: String,
+    pub(crate) spec: Option<XSpec>,
     /// `None`: remote, placed once its host's connection exists.
-    local_dir: Option<PathBuf>,
+    pub(crate) local_dir: Option<PathBuf>,
 }
 
 fn place_workers(
@@ -277,7 +282,7 @@ fn run_workers(
 }
 
 /// The workers to start, and the `--tx` specs whose directories need a sync first.
-fn plan_workers(
+pub(crate) fn plan_workers(
     args: &RunArgs,
     project_root: &Path,
     cwd: &Path,

@@ -10,6 +10,7 @@
 mod apply;
 mod lock;
 pub mod plan;
+pub mod probe;
 pub mod state;
 pub mod workers;
 
@@ -138,6 +139,11 @@ pub fn serve(
     loop {
         let begin = match read_frame(&mut r) {
             Ok((Message::Begin(b), _)) => b,
+            Ok((Message::Probe(req), _)) => {
+                write_frame(&mut w, &Message::Probed(probe::probe(&req, opts)))?;
+                w.flush().map_err(ProtoError::from)?;
+                continue;
+            }
             Ok((Message::StartWorker(ws), _)) => {
                 // From here on the connection carries test workers until it closes.
                 return workers::serve_workers(&mut r, &mut w, ws, opts)
