@@ -35,6 +35,29 @@ pub enum Command {
     /// Accept `socket=HOST:PORT` workers over TCP: the replacement for execnet's socketserver,
     /// with token authentication and one confined directory per session.
     Serve(ServeArgs),
+    /// Translate pytest-xdist's rsync settings (`rsyncdirs`, `rsyncignore`, `--tx`, ... in the
+    /// pytest config, `PYTEST_ADDOPTS` or a command line) to rdist: a preview by default.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// A pytest command line to translate as well, as shell text (from a CI script):
+    /// `--command 'pytest -d --tx ssh=host --rsyncdir src tests'`.
+    #[arg(long, value_name = "COMMAND")]
+    pub command: Option<String>,
+
+    /// Write `rdist.toml` next to the pytest config file (refused if a different one exists).
+    #[arg(long, conflicts_with = "check")]
+    pub write: bool,
+
+    /// List the legacy rsync settings that remain and exit 1 if there are any (for CI).
+    #[arg(long)]
+    pub check: bool,
+
+    /// Print the migration as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

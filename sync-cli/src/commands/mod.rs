@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod check;
+pub mod migrate;
 pub mod run;
 pub mod serve;
 pub mod sync;
@@ -19,6 +20,7 @@ pub fn run(cli: Cli) -> Result<Code, Failure> {
         Command::Agent(args) => agent::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Migrate(args) => migrate::run(&args),
         Command::Check(args) => check::run(&args),
     }
 }
