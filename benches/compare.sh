@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # benches/compare.sh - benchmark `rdist sync` against `rsync -a --delete` on
-# generated Python-project trees. See benches/README.md.
+# generated Python-project trees, locally or over ssh on loopback, and (with
+# --pytest) `rdist run` against pytest-xdist on generated test suites. See
+# benches/README.md.
 #
-# Prints a Markdown table to stdout; progress goes to stderr. Installs nothing
-# and uses no network; only touches $BENCH_DIR (generated trees, results) and
-# one temporary run directory under $DEST_BASE (destinations, rdist cache,
-# logs), removed on exit.
+# Prints Markdown tables to stdout; progress goes to stderr. Installs nothing.
+# The only network traffic is ssh to its own sshd on 127.0.0.1 (--transport
+# ssh). Only touches $BENCH_DIR (generated trees, results) and one temporary
+# run directory under $DEST_BASE (destinations, rdist caches, sshd keys and
+# config, logs), removed on exit.
 set -Eeuo pipefail
 
 usage() {
@@ -13,8 +16,19 @@ usage() {
 usage: benches/compare.sh [options]
 
   --trees LIST     comma-separated trees: small,medium,large (default: all)
-  --runs N         timed repetitions per scenario, medians reported (default 5)
-  --quick          small,medium with 3 runs (explicit --trees/--runs win)
+  --runs N         timed repetitions per scenario, medians reported
+                   (default 5; 3 with --pytest)
+  --quick          small,medium with 3 runs (explicit --trees/--runs win);
+                   with --pytest: 2 runs
+  --transport T    local (default), ssh or both: `--tx popen//chdir=DEST` vs
+                   plain rsync, and/or `--tx ssh=benchhost//chdir=DEST` vs
+                   `rsync -e SSH` through a private sshd on 127.0.0.1 that the
+                   script starts (plus rdist to 4 workers on that host)
+  --ssh            same as --transport ssh
+  --pytest         instead of syncs: time `rdist run` against `pytest -n 2`,
+                   xdist's `-d --tx 2*popen//chdir=DIR --rsyncdir`, and serial
+                   pytest on generated suites (see benches/gensuite.py)
+  --suites LIST    with --pytest: quick,sleepy,straggler (default: all)
   --rdist PATH     rdist binary (default: <repo>/target/release/rdist)
   --disk           put destinations on the working disk (<repo>/target/bench-dest)
                    instead of tmpfs /dev/shm (DEST_BASE=DIR overrides both)
@@ -35,6 +49,15 @@ warm-up sync per tool and tree. rdist gets a fresh RDIST_CACHE_DIR per tree,
 kept across that tree's rounds. After every rdist sync the destination is
 compared with rsync's (diff -r, file types and permission bits); any
 difference aborts the run.
+
+--transport ssh needs OpenSSH (sshd, ssh, ssh-keygen). The sshd runs as the
+current user on a free port of 127.0.0.1 with keys made in the run directory
+and is killed on exit. rdist uploads its binary into the run directory's
+remote cache during the first (untimed) warm-up.
+
+--pytest needs pytest and pytest-xdist for $PYTHON. Every parallel variant
+runs each suite once untimed first (rdist's durations cache then exists, as on
+a developer's machine); all runs must report the same pass counts.
 EOF
 }
 
@@ -46,7 +69,7 @@ HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd -- "$HERE/.." && pwd)
 PY=${PYTHON:-python3}
 
-TREES="" RUNS="" QUICK=0 DISK=0 RSYNC_ONLY=0 KEEP=0
+TREES="" RUNS="" QUICK=0 DISK=0 RSYNC_ONLY=0 KEEP=0 TRANSPORT="" PYTEST=0 SUITES=""
 RDIST=$REPO/target/release/rdist
 while (($#)); do
     case $1 in
@@ -56,6 +79,12 @@ while (($#)); do
         --runs=*) RUNS=${1#*=}; shift ;;
         --rdist) [[ $# -ge 2 ]] || die "--rdist needs a value"; RDIST=$2; shift 2 ;;
         --rdist=*) RDIST=${1#*=}; shift ;;
+        --transport) [[ $# -ge 2 ]] || die "--transport needs a value"; TRANSPORT=$2; shift 2 ;;
+        --transport=*) TRANSPORT=${1#*=}; shift ;;
+        --ssh) TRANSPORT=ssh; shift ;;
+        --pytest) PYTEST=1; shift ;;
+        --suites) [[ $# -ge 2 ]] || die "--suites needs a value"; SUITES=$2; shift 2 ;;
+        --suites=*) SUITES=${1#*=}; shift ;;
         --quick) QUICK=1; shift ;;
         --disk) DISK=1; shift ;;
         --rsync-only) RSYNC_ONLY=1; shift ;;
@@ -64,17 +93,34 @@ while (($#)); do
         *) usage >&2; die "unknown argument: $1" ;;
     esac
 done
+if ((PYTEST)); then
+    [[ -z $TREES && -z $TRANSPORT ]] || die "--pytest takes no --trees/--transport/--ssh (it runs test suites, see --suites)"
+    ((!RSYNC_ONLY)) || die "--pytest and --rsync-only do not go together"
+    ((!DISK)) || die "--pytest does not take --disk (set DEST_BASE to move the run directory)"
+    ((QUICK)) && : "${RUNS:=2}"
+    : "${RUNS:=3}" "${SUITES:=quick,sleepy,straggler}"
+else
+    [[ -z $SUITES ]] || die "--suites needs --pytest"
+fi
 if ((QUICK)); then
     : "${TREES:=small,medium}" "${RUNS:=3}"
 fi
-: "${TREES:=small,medium,large}" "${RUNS:=5}"
+: "${TREES:=small,medium,large}" "${RUNS:=5}" "${TRANSPORT:=local}"
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer, got '$RUNS'"
+case $TRANSPORT in
+    local) TRANSPORTS=(local) ;;
+    ssh) TRANSPORTS=(ssh) ;;
+    both) TRANSPORTS=(local ssh) ;;
+    *) die "--transport must be local, ssh or both, got '$TRANSPORT'" ;;
+esac
+((PYTEST)) && TRANSPORTS=()
+[[ " ${TRANSPORTS[*]} " == *" ssh "* ]] && WANT_SSH=1 || WANT_SSH=0
 
 # ---------------------------------------------------------------- tool checks
 missing=()
 need() { command -v "$1" >/dev/null 2>&1 || missing+=("$1  (Debian: apt-get install $2)"); }
 need "$PY" python3
-need rsync rsync
+((PYTEST)) || need rsync rsync
 need diff diffutils
 need find findutils
 need sha256sum coreutils
@@ -86,22 +132,45 @@ fi
 if ((!RSYNC_ONLY)) && [[ ! -x $RDIST ]]; then
     missing+=("rdist binary at $RDIST  (build: cargo build --release -p rdist; or pass --rdist PATH; or --rsync-only)")
 fi
+SSHD_BIN="" SSH_BIN="" KEYGEN_BIN=""
+if ((WANT_SSH)); then
+    for d in /usr/sbin /usr/local/sbin /sbin; do [[ -x $d/sshd ]] && { SSHD_BIN=$d/sshd; break; }; done
+    SSH_BIN=$(command -v ssh 2>/dev/null || true)
+    KEYGEN_BIN=$(command -v ssh-keygen 2>/dev/null || true)
+    [[ -n $SSHD_BIN ]] || missing+=("sshd in /usr/sbin  (Debian: apt-get install openssh-server)")
+    [[ -n $SSH_BIN ]] || missing+=("ssh  (Debian: apt-get install openssh-client)")
+    [[ -n $KEYGEN_BIN ]] || missing+=("ssh-keygen  (Debian: apt-get install openssh-client)")
+fi
+if ((PYTEST)) && command -v "$PY" >/dev/null 2>&1; then
+    if ! pyerr=$("$PY" -c 'import pytest, xdist' 2>&1); then
+        missing+=("pytest and pytest-xdist for $PY ($(tail -n 1 <<<"$pyerr"); install: $PY -m pip install pytest pytest-xdist)")
+    fi
+fi
 if ((${#missing[@]})); then
     printf 'compare.sh: missing prerequisites:\n' >&2
     printf '  - %s\n' "${missing[@]}" >&2
     exit 2
 fi
-if ! /usr/bin/time --version 2>&1 | grep -q GNU; then
+if ((!PYTEST)) && ! /usr/bin/time --version 2>&1 | grep -q GNU; then
     log "warning: GNU /usr/bin/time not found (apt-get install time): peak RSS columns will be '-'"
 fi
 ((RSYNC_ONLY)) || RDIST=$(cd -- "$(dirname -- "$RDIST")" && pwd)/$(basename -- "$RDIST")
 
-mapfile -t KNOWN_TREES < <("$PY" "$HERE/gentree.py" --list)
-IFS=, read -r -a TREE_LIST <<<"$TREES"
-((${#TREE_LIST[@]})) || die "--trees is empty"
-for t in "${TREE_LIST[@]}"; do
-    [[ " ${KNOWN_TREES[*]} " == *" $t "* ]] || die "unknown tree '$t' (known: ${KNOWN_TREES[*]})"
-done
+if ((PYTEST)); then
+    mapfile -t KNOWN_SUITES < <("$PY" "$HERE/gensuite.py" --list)
+    IFS=, read -r -a SUITE_LIST <<<"$SUITES"
+    ((${#SUITE_LIST[@]})) || die "--suites is empty"
+    for t in "${SUITE_LIST[@]}"; do
+        [[ " ${KNOWN_SUITES[*]} " == *" $t "* ]] || die "unknown suite '$t' (known: ${KNOWN_SUITES[*]})"
+    done
+else
+    mapfile -t KNOWN_TREES < <("$PY" "$HERE/gentree.py" --list)
+    IFS=, read -r -a TREE_LIST <<<"$TREES"
+    ((${#TREE_LIST[@]})) || die "--trees is empty"
+    for t in "${TREE_LIST[@]}"; do
+        [[ " ${KNOWN_TREES[*]} " == *" $t "* ]] || die "unknown tree '$t' (known: ${KNOWN_TREES[*]})"
+    done
+fi
 
 # ---------------------------------------------------------------- work dirs
 BENCH_DIR=${BENCH_DIR:-/dev/shm/rdist-bench}
@@ -131,8 +200,25 @@ RUN=$(mktemp -d -- "$DEST_BASE/rdist-bench-run.XXXXXX")
 RESULTS=$RUN/results.tsv
 mkdir -p -- "$RUN/log"
 : >"$RESULTS"
+# Time a copy of the binary: a rebuild of target/release/rdist in the middle of
+# a run must not mix two builds (over ssh it would also upload the new build
+# during a timed sync).
+RDIST_DESC=""
+if ((!RSYNC_ONLY)); then
+    RDIST_DESC="$("$RDIST" --version 2>/dev/null | sed -n 1p || echo '?') (a copy of $RDIST taken at the start; built $(date -r "$RDIST" '+%Y-%m-%d %H:%M:%S'), sha256 $(sha256sum "$RDIST" | cut -c1-12))"
+    cp -- "$RDIST" "$RUN/rdist"
+    RDIST=$RUN/rdist
+fi
 
 MUTATED=""      # tree currently mutated (restored by the exit trap)
+SSHD_PID=""     # our sshd (killed by the exit trap)
+BENCH_PID=""    # the --pytest driver (stopped by the exit trap)
+stop_sshd() {
+    [[ -n $SSHD_PID ]] || return 0
+    kill -TERM "$SSHD_PID" 2>/dev/null || true
+    wait "$SSHD_PID" 2>/dev/null || true
+    SSHD_PID=""
+}
 MUTATE_STATE=$RUN/mutate-state.json
 cleanup() {
     local rc=$?
@@ -144,6 +230,11 @@ cleanup() {
         else
             log "could not restore tree $MUTATED; it will be regenerated next time"
         fi
+    fi
+    stop_sshd
+    if [[ -n $BENCH_PID ]]; then # --pytest driver still running: it stops its commands on TERM
+        kill -TERM "$BENCH_PID" 2>/dev/null || true
+        wait "$BENCH_PID" 2>/dev/null || true
     fi
     if ((KEEP)); then
         log "kept run directory $RUN"
@@ -190,26 +281,132 @@ mutate_restore() {
     MUTATED=""
 }
 
+# ---------------------------------------------------------------- sshd (--transport ssh)
+# A private sshd on 127.0.0.1:<free port>, as tests/src/sshd.rs starts it: keys
+# made here, only our user key accepted, RDIST_* accepted from the client. Both
+# tools reach it through the same wrapper ($SSH_WRAPPER = `ssh -F $RUN/sshd/ssh_config`),
+# whose config defines the alias $SSH_HOST and sets RDIST_CACHE_DIR on the host
+# to $RUN/remote-cache, so the binary rdist uploads lands in the run directory.
+SSH_HOST=benchhost
+SSH_WRAPPER="" SSH_PORT=""
+start_sshd() {
+    local d=$RUN/sshd key user attempt i cfg
+    [[ $RUN != *[[:space:]]* ]] || die "--transport ssh: the run directory '$RUN' contains whitespace (sshd_config cannot take it); set DEST_BASE"
+    mkdir -p -- "$d" "$RUN/remote-cache"
+    for key in host_key user_key; do
+        "$KEYGEN_BIN" -q -t ed25519 -N '' -C "rdist-bench-$key" -f "$d/$key" </dev/null
+    done
+    cp -- "$d/user_key.pub" "$d/authorized_keys"
+    # sshd refuses to start without its privilege separation directory
+    [[ -d /run/sshd ]] || mkdir -p /run/sshd 2>/dev/null || log "warning: cannot create /run/sshd; sshd may refuse to start"
+    user=$(id -un)
+    cfg=$d/sshd_config
+    for attempt in 1 2 3; do
+        SSH_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        cat >"$cfg" <<EOF
+ListenAddress 127.0.0.1
+Port $SSH_PORT
+HostKey $d/host_key
+AuthorizedKeysFile $d/authorized_keys
+PidFile $d/sshd.pid
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+AcceptEnv RDIST_*
+EOF
+        : >"$d/sshd.log"
+        "$SSHD_BIN" -D -e -f "$cfg" </dev/null >/dev/null 2>>"$d/sshd.log" &
+        SSHD_PID=$!
+        for ((i = 0; i < 300; i++)); do # up to 15 s
+            grep -q "Server listening on 127.0.0.1 port $SSH_PORT" "$d/sshd.log" && break
+            kill -0 "$SSHD_PID" 2>/dev/null || break
+            sleep 0.05
+        done
+        grep -q "Server listening on 127.0.0.1 port $SSH_PORT" "$d/sshd.log" && break
+        log "sshd attempt $attempt on port $SSH_PORT failed: $(tail -n 3 "$d/sshd.log" | tr '\n' ' ')"
+        stop_sshd
+    done
+    if [[ -z $SSHD_PID ]]; then
+        KEEP=1
+        die "sshd did not start; its log: $d/sshd.log (run directory kept)"
+    fi
+    cat >"$d/ssh_config" <<EOF
+Host $SSH_HOST
+  HostName 127.0.0.1
+  Port $SSH_PORT
+  User $user
+  IdentityFile $d/user_key
+  IdentitiesOnly yes
+  BatchMode yes
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  LogLevel ERROR
+  SetEnv RDIST_CACHE_DIR=$RUN/remote-cache
+EOF
+    SSH_WRAPPER=$d/ssh
+    printf '#!/bin/sh\nexec %s -F %s "$@"\n' "$SSH_BIN" "$d/ssh_config" >"$SSH_WRAPPER"
+    chmod 755 -- "$SSH_WRAPPER"
+    local got
+    got=$("$SSH_WRAPPER" "$SSH_HOST" 'printf "%s|" "$RDIST_CACHE_DIR"; command -v rsync' </dev/null 2>&1) ||
+        die "cannot log in through the private sshd: $got (sshd log: $d/sshd.log)"
+    [[ $got == "$RUN/remote-cache|"* ]] ||
+        die "the private sshd does not pass RDIST_CACHE_DIR through (AcceptEnv/SetEnv): got '$got'"
+    [[ $got == *"|/"* ]] || die "rsync is not on the ssh side's PATH: got '$got'"
+    log "sshd: pid $SSHD_PID on 127.0.0.1:$SSH_PORT as $user; ssh wrapper $SSH_WRAPPER"
+    # what one bare connection costs (both tools pay it on every sync)
+    SSH_BASELINE=$("$PY" -c '
+import statistics, subprocess, sys, time
+ts = []
+for _ in range(5):
+    t = time.perf_counter()
+    subprocess.run(sys.argv[1:], check=True, stdin=subprocess.DEVNULL)
+    ts.append(time.perf_counter() - t)
+print(f"{statistics.median(ts):.3f} s median, {min(ts):.3f} s min")
+' "$SSH_WRAPPER" "$SSH_HOST" true)
+    log "sshd: a bare \`ssh $SSH_HOST true\` takes $SSH_BASELINE"
+}
+SSH_BASELINE=""
+
+uploaded_binaries() { # the rdist binaries uploaded into the remote cache: path size mtime
+    [[ -d $RUN/remote-cache/bin ]] || return 0
+    find "$RUN/remote-cache/bin" -type f -name rdist -printf '%p %s %T@\n' | LC_ALL=C sort
+}
+
 # do_sync TOOL DEST TAG: run one sync of $SRC into DEST under timecmd.py; the
-# record is left in $RUN/log/TAG.TOOL.{json,out,err}
+# record is left in $RUN/log/TAG.TOOL.{json,out,err}. TOOL is rsync, rdist, or
+# rdist4 (rdist to four workers in the same directory of one host; ssh only).
 do_sync() {
     local tool=$1 dest=$2 p=$RUN/log/$3.$1 cwd
     local -a cmd env=()
-    case $tool in
-        rsync)
+    case $XP/$tool in
+        local/rsync)
             cwd=$RUN
             cmd=(rsync -a --delete "${EXCLUDES[@]}" --stats "$SRC/" "$dest/")
             ;;
-        rdist)
+        local/rdist)
             cwd=$SRC
             env=("RDIST_CACHE_DIR=$CACHE")
             cmd=("$RDIST" sync --rsyncdir . --tx "popen//chdir=$dest" --json)
             ;;
+        ssh/rsync)
+            cwd=$RUN
+            cmd=(rsync -a --delete "${EXCLUDES[@]}" --stats -e "$SSH_WRAPPER" "$SRC/" "$SSH_HOST:$dest/")
+            ;;
+        ssh/rdist | ssh/rdist4)
+            cwd=$SRC
+            env=("RDIST_CACHE_DIR=$CACHE" "RDIST_SSH=$SSH_WRAPPER")
+            local n=""
+            [[ $tool == rdist4 ]] && n="4*"
+            cmd=("$RDIST" sync --rsyncdir . --tx "${n}ssh=$SSH_HOST//chdir=$dest" --json)
+            ;;
+        *) die "internal: no command for $tool over $XP" ;;
     esac
     if ! env "${env[@]}" "$PY" "$HERE/scripts/timecmd.py" --out "$p.json" \
         --stdout "$p.out" --stderr "$p.err" --cwd "$cwd" -- "${cmd[@]}"; then
         {
-            printf '\ncompare.sh: %s failed (tree %s, %s):\n  (cd %q && %s' "$tool" "$TREE" "$3" "$cwd" "${env[*]}"
+            printf '\ncompare.sh: %s failed (%s, tree %s, %s):\n  (cd %q && %s' "$tool" "$XP" "$TREE" "$3" "$cwd" "${env[*]}"
             printf ' %q' "${cmd[@]}"
             printf ')\n--- exit status: %s\n--- stderr (last 40 lines):\n' \
                 "$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["rc"])' "$p.json" 2>/dev/null || echo '?')"
@@ -222,13 +419,13 @@ do_sync() {
     local lingering
     lingering=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["lingering"])' "$p.json")
     if [[ $lingering != 0 ]]; then
-        log "warning: $tool ($TREE $3) left $lingering process(es) running after it exited"
+        log "warning: $tool ($XP $TREE $3) left $lingering process(es) running after it exited"
     fi
 }
 
 record() { # record TOOL SCENARIO REP TAG
     "$PY" "$HERE/scripts/report.py" record --tree "$TREE" --scenario "$2" --tool "$1" --rep "$3" \
-        --timing "$RUN/log/$4.$1.json" --stdout "$RUN/log/$4.$1.out" >>"$RESULTS"
+        --transport "$XP" --timing "$RUN/log/$4.$1.json" --stdout "$RUN/log/$4.$1.out" >>"$RESULTS"
 }
 
 listing() { # file types + permission bits, rdist's state dir left out
@@ -239,21 +436,26 @@ mtimes() { # regular-file and directory mtimes, rdist's state dir left out
     (cd -- "$1" && find . -mindepth 1 \( -path ./.rdist -prune \) -o \( -type f -o -type d \) -printf '%y %T@ %P\n' | LC_ALL=C sort -k3)
 }
 
-verify() { # verify LABEL: rdist's destination must equal rsync's
+verify() { # verify LABEL: each rdist destination must equal rsync's
     ((!RSYNC_ONLY)) || return 0
-    local out=$RUN/log/verify.out
-    if ! diff -r --no-dereference -x .rdist -- "$D_RSYNC" "$D_RDIST" >"$out" 2>&1; then
+    local tool
+    for tool in $(rdist_tools); do verify_one "$1" "$tool" "$(dest_of "$tool")"; done
+}
+
+verify_one() { # verify_one LABEL TOOL DEST
+    local out=$RUN/log/verify.out what="$XP, tree $TREE, $2, $1"
+    if ! diff -r --no-dereference -x .rdist -- "$D_RSYNC" "$3" >"$out" 2>&1; then
         {
-            printf '\ncompare.sh: VERIFY FAILED (tree %s, %s): rdist destination differs from rsync'"'"'s\n' "$TREE" "$1"
-            printf '  diff -r -x .rdist %q %q   (first 40 lines):\n' "$D_RSYNC" "$D_RDIST"
+            printf '\ncompare.sh: VERIFY FAILED (%s): rdist destination differs from rsync'"'"'s\n' "$what"
+            printf '  diff -r -x .rdist %q %q   (first 40 lines):\n' "$D_RSYNC" "$3"
             head -n 40 -- "$out"
         } >&2
         KEEP=1
         exit 1
     fi
-    if ! diff <(listing "$D_RSYNC") <(listing "$D_RDIST") >"$out" 2>&1; then
+    if ! diff <(listing "$D_RSYNC") <(listing "$3") >"$out" 2>&1; then
         {
-            printf '\ncompare.sh: VERIFY FAILED (tree %s, %s): file types/permissions differ (< rsync, > rdist; first 40 lines):\n' "$TREE" "$1"
+            printf '\ncompare.sh: VERIFY FAILED (%s): file types/permissions differ (< rsync, > rdist; first 40 lines):\n' "$what"
             head -n 40 -- "$out"
         } >&2
         KEEP=1
@@ -261,26 +463,37 @@ verify() { # verify LABEL: rdist's destination must equal rsync's
     fi
     # mtimes: reported, not fatal (rsync -a preserves them, rdist need not)
     # (logged when the counts change, so the log stays short)
-    local nf nd
-    diff <(mtimes "$D_RSYNC") <(mtimes "$D_RDIST") >"$out" 2>&1 || true
+    local nf nd k="$XP/$TREE/$2"
+    diff <(mtimes "$D_RSYNC") <(mtimes "$3") >"$out" 2>&1 || true
     nf=$(grep -c '^> f ' "$out" || true)
     nd=$(grep -c '^> d ' "$out" || true)
-    if [[ ${MTIME_WARNED[$TREE]:-0 0} != "$nf $nd" ]]; then
-        log "note: $TREE ($1): mtimes differ from rsync's for $nf files and $nd directories (not fatal)$( ((nf + nd)) && printf '; e.g. %s' "$(grep -m1 '^> ' "$out" | cut -d' ' -f4-)")"
-        MTIME_WARNED[$TREE]="$nf $nd"
+    if [[ ${MTIME_WARNED[$k]:-0 0} != "$nf $nd" ]]; then
+        log "note: $TREE ($XP, $2, $1): mtimes differ from rsync's for $nf files and $nd directories (not fatal)$( ((nf + nd)) && printf '; e.g. %s' "$(grep -m1 '^> ' "$out" | cut -d' ' -f4-)")"
+        MTIME_WARNED[$k]="$nf $nd"
     fi
 }
 declare -A MTIME_WARNED=()
 
-# tool order alternates between repetitions so neither always goes first
-tools_for_rep() {
-    if ((RSYNC_ONLY)); then echo rsync
-    elif (($1 % 2)); then echo rdist rsync
-    else echo rsync rdist
-    fi
+rdist_tools() { # the rdist variants of the current transport
+    ((RSYNC_ONLY)) && return 0
+    if [[ $XP == ssh ]]; then echo rdist rdist4; else echo rdist; fi
 }
 
-dest_of() { if [[ $1 == rsync ]]; then echo "$D_RSYNC"; else echo "$D_RDIST"; fi; }
+# the tool order rotates between repetitions so none always goes first
+tools_for_rep() {
+    local -a t
+    read -r -a t <<<"$(rdist_tools) rsync"
+    local k=$((($1 - 1) % ${#t[@]}))
+    echo "${t[@]:k}" "${t[@]:0:k}"
+}
+
+dest_of() {
+    case $1 in
+        rsync) echo "$D_RSYNC" ;;
+        rdist) echo "$D_RDIST" ;;
+        rdist4) echo "$D_RDIST4" ;;
+    esac
+}
 
 # ---------------------------------------------------------------- main loop
 load_check() { # warn when something else is using the CPUs
@@ -292,60 +505,102 @@ load_check() { # warn when something else is using the CPUs
     printf '%s' "$load"
 }
 LOAD_START=$(load_check)
-log "trees: ${TREE_LIST[*]}; runs: $RUNS; destinations under $RUN"
+
+# ---------------------------------------------------------------- --pytest
+if ((PYTEST)); then
+    log "suites: ${SUITE_LIST[*]}; runs: $RUNS; run directory $RUN"
+    stamp=$(date +%Y%m%d-%H%M%S)
+    rc=0
+    # in the background, so a signal runs the exit trap (which stops it) at once
+    "$PY" "$HERE/scripts/pytestbench.py" --rdist "$RDIST" --python "$PY" --run-dir "$RUN" \
+        --suites "$SUITES" --runs "$RUNS" --results "$RUN/pytest-results.tsv" \
+        --rdist-desc "$RDIST_DESC" --load-start "$LOAD_START" >"$RUN/pytest-report.md" &
+    BENCH_PID=$!
+    wait "$BENCH_PID" || rc=$?
+    BENCH_PID=""
+    if ((rc != 0)); then
+        ((rc == 2)) || KEEP=1 # a failed run or check: keep its logs
+        exit "$rc"
+    fi
+    cp -- "$RUN/pytest-results.tsv" "$BENCH_DIR/results/$stamp-pytest.tsv"
+    tee "$BENCH_DIR/results/$stamp-pytest.md" <"$RUN/pytest-report.md"
+    log "raw results: $BENCH_DIR/results/$stamp-pytest.tsv"
+    exit 0
+fi
+
+log "trees: ${TREE_LIST[*]}; transports: ${TRANSPORTS[*]}; runs: $RUNS; destinations under $RUN"
 ((RSYNC_ONLY)) && log "rsync only (--rsync-only): no rdist runs, no verification"
+UPLOADED="" # the binaries rdist uploaded in the first ssh warm-up (path size mtime)
+if ((WANT_SSH)); then
+    start_sshd
+fi
 for TREE in "${TREE_LIST[@]}"; do
     ensure_tree "$TREE"
     SRC=$BENCH_DIR/trees/$TREE
-    CACHE=$RUN/cache-$TREE
-    D_RSYNC=$RUN/dest-$TREE-rsync
-    D_RDIST=$RUN/dest-$TREE-rdist
-    mkdir -p -- "$CACHE"
+    for XP in "${TRANSPORTS[@]}"; do
+        L="$TREE/$XP" # log label
+        T="$XP-$TREE" # file tag
+        CACHE=$RUN/cache-$T
+        D_RSYNC=$RUN/dest-$T-rsync
+        D_RDIST=$RUN/dest-$T-rdist
+        D_RDIST4=$RUN/dest-$T-rdist4
+        mkdir -p -- "$CACHE"
 
-    log "$TREE: warm-up"
-    for tool in $(tools_for_rep 1); do do_sync "$tool" "$(dest_of "$tool")" "$TREE-warmup"; done
-    want=$(manifest "$TREE" files_synced)
-    got=$(find "$D_RSYNC" -type f | wc -l)
-    [[ $got == "$want" ]] || die "$TREE: rsync copied $got files, generator says $want are not excluded"
-    verify "warm-up initial sync"
+        log "$L: warm-up"
+        for tool in $(tools_for_rep 1); do do_sync "$tool" "$(dest_of "$tool")" "$T-warmup"; done
+        if [[ $XP == ssh ]] && ((!RSYNC_ONLY)) && [[ -z $UPLOADED ]]; then
+            UPLOADED=$(uploaded_binaries)
+            [[ -n $UPLOADED ]] || die "rdist's first ssh sync uploaded no binary into $RUN/remote-cache/bin (it must have found one elsewhere; the timed runs may not be comparable)"
+            log "$L: rdist uploaded its binary during the warm-up: $(awk '{printf "%s (%.1f MiB)", $1, $2/1048576}' <<<"$UPLOADED")"
+        fi
+        want=$(manifest "$TREE" files_synced)
+        got=$(find "$D_RSYNC" -type f | wc -l)
+        [[ $got == "$want" ]] || die "$L: rsync copied $got files, generator says $want are not excluded"
+        verify "warm-up initial sync"
 
-    log "$TREE: initial sync x$RUNS"
-    for ((rep = 1; rep <= RUNS; rep++)); do
-        for tool in $(tools_for_rep "$rep"); do
-            d=$(dest_of "$tool")
-            rm -rf -- "$d"
-            do_sync "$tool" "$d" "$TREE-initial-$rep"
-            record "$tool" initial "$rep" "$TREE-initial-$rep"
+        log "$L: initial sync x$RUNS"
+        for ((rep = 1; rep <= RUNS; rep++)); do
+            for tool in $(tools_for_rep "$rep"); do
+                d=$(dest_of "$tool")
+                rm -rf -- "$d"
+                do_sync "$tool" "$d" "$T-initial-$rep"
+                record "$tool" initial "$rep" "$T-initial-$rep"
+            done
+            verify "initial sync, run $rep"
         done
-        verify "initial sync, run $rep"
+
+        log "$L: no-op resync x$RUNS"
+        for ((rep = 1; rep <= RUNS; rep++)); do
+            for tool in $(tools_for_rep "$rep"); do
+                do_sync "$tool" "$(dest_of "$tool")" "$T-noop-$rep"
+                record "$tool" noop "$rep" "$T-noop-$rep"
+            done
+        done
+        verify "after no-op resyncs"
+
+        log "$L: incremental x$RUNS"
+        for ((rep = 1; rep <= RUNS; rep++)); do
+            mutate_apply "$TREE"
+            for tool in $(tools_for_rep "$rep"); do
+                do_sync "$tool" "$(dest_of "$tool")" "$T-incremental-$rep"
+                record "$tool" incremental "$rep" "$T-incremental-$rep"
+            done
+            verify "incremental sync, run $rep"
+            mutate_restore "$TREE"
+            for tool in $(tools_for_rep "$rep"); do
+                do_sync "$tool" "$(dest_of "$tool")" "$T-reset-$rep"
+            done
+        done
+        verify "after resetting to the original tree"
+
+        rm -rf -- "$D_RSYNC" "$D_RDIST" "$D_RDIST4" "$CACHE"
     done
-
-    log "$TREE: no-op resync x$RUNS"
-    for ((rep = 1; rep <= RUNS; rep++)); do
-        for tool in $(tools_for_rep "$rep"); do
-            do_sync "$tool" "$(dest_of "$tool")" "$TREE-noop-$rep"
-            record "$tool" noop "$rep" "$TREE-noop-$rep"
-        done
-    done
-    verify "after no-op resyncs"
-
-    log "$TREE: incremental x$RUNS"
-    for ((rep = 1; rep <= RUNS; rep++)); do
-        mutate_apply "$TREE"
-        for tool in $(tools_for_rep "$rep"); do
-            do_sync "$tool" "$(dest_of "$tool")" "$TREE-incremental-$rep"
-            record "$tool" incremental "$rep" "$TREE-incremental-$rep"
-        done
-        verify "incremental sync, run $rep"
-        mutate_restore "$TREE"
-        for tool in $(tools_for_rep "$rep"); do
-            do_sync "$tool" "$(dest_of "$tool")" "$TREE-reset-$rep"
-        done
-    done
-    verify "after resetting to the original tree"
-
-    rm -rf -- "$D_RSYNC" "$D_RDIST" "$CACHE"
 done
+if [[ -n $UPLOADED ]]; then
+    now=$(uploaded_binaries)
+    [[ $now == "$UPLOADED" ]] || die "rdist uploaded its binary again after the warm-up (timed runs include an upload): before: $UPLOADED; now: $now"
+fi
+stop_sshd
 
 # ---------------------------------------------------------------- report
 fstype=$(stat -f -c %T "$RUN" 2>/dev/null || echo '?')
@@ -353,9 +608,16 @@ notes=(
     ""
     "Medians of $RUNS run(s) after 1 warm-up; destinations on $fstype ($DEST_BASE), sources on $(stat -f -c %T "$BENCH_DIR" 2>/dev/null || echo '?')."
     "rdist bytes = \`wire_bytes\` (both directions); rsync bytes = total bytes sent + received (--stats). Peak RSS = largest single process (GNU time %M), see benches/README.md."
-    "Machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), $(uname -sr); $(rsync --version | sed -n '1{s/  */ /g;p}')."
 )
-((RSYNC_ONLY)) || notes+=("rdist: $("$RDIST" --version 2>/dev/null | sed -n 1p || echo '?') ($RDIST).")
+if ((WANT_SSH)); then
+    notes+=(
+        "ssh: both tools run the same wrapper, \`$SSH_BIN -F CONFIG\` (alias $SSH_HOST = 127.0.0.1:PORT, ed25519 key, BatchMode, no ControlMaster, no compression), against a private \`$SSHD_BIN\` started by the script; $("$SSH_BIN" -V 2>&1 | sed -n 1p). rdist's 4-worker column is \`--tx 4*ssh=$SSH_HOST//chdir=DEST\`. Byte counts are the tools' own protocol bytes, without ssh's encryption and framing. CPU and RSS cover the local side only (the tool and its ssh client)."
+        "A bare \`ssh $SSH_HOST true\` through the same wrapper takes $SSH_BASELINE (5 connections at the start); both tools pay one such connection per sync."
+    )
+    ((RSYNC_ONLY)) || notes+=("rdist uploads its binary to a fresh remote cache on its first ssh sync; that happened in the first (untimed) warm-up and the script checked that no timed run uploaded again.")
+fi
+notes+=("Machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), $(uname -sr); $(rsync --version | sed -n '1{s/  */ /g;p}').")
+((RSYNC_ONLY)) || notes+=("rdist: $RDIST_DESC.")
 for t in "${TREE_LIST[@]}"; do
     notes+=("Tree $t: $(manifest "$t" files_synced) files / $(manifest "$t" bytes_synced | awk '{printf "%.1f MiB", $1/1048576}') synced, $(manifest "$t" files_total) files / $(manifest "$t" bytes_total | awk '{printf "%.1f MiB", $1/1048576}') incl. excluded noise.")
 done
