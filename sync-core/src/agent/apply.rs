@@ -16,7 +16,7 @@ use super::plan::{Actions, Source, plan};
 use super::state::{self, Current};
 use super::{AgentError, AgentOptions, dry_outcome};
 use crate::delta::{self, DELTA_CHUNK};
-use crate::manifest::{Entry, Hash, Kind, Manifest};
+use crate::manifest::{Entry, Kind, Manifest};
 use crate::path::RelPath;
 use crate::proto::{Begin, Message, Outcome, Plan, ProtoError, Want, read_frame, write_frame};
 use crate::stage::{FileAttrs, STATE_DIR, Staged, Stager, system_time};
@@ -45,14 +45,36 @@ fn attrs(e: &Entry) -> Option<FileAttrs> {
     }
 }
 
-/// The regular files of `m` as `(path, size, hash)`, leaving out `failed` indices.
-pub(super) fn file_list(m: &Manifest, failed: &HashSet<usize>) -> Vec<(RelPath, u64, Hash)> {
+/// The regular files of `m` for the saved state, leaving out `failed` indices. Files of
+/// `m` that `current` has unchanged and this sync did not `touch` keep their known stamps.
+pub(super) fn file_list(
+    m: &Manifest,
+    failed: &HashSet<usize>,
+    current: &Current,
+    touched: &HashSet<usize>,
+) -> Vec<state::SaveFile> {
     m.entries()
         .iter()
         .enumerate()
         .filter(|(i, _)| !failed.contains(i))
-        .filter_map(|(_, e)| match e.kind {
-            Kind::File { size, hash, .. } => Some((e.path.clone(), size, hash)),
+        .filter_map(|(i, e)| match e.kind {
+            Kind::File { size, hash, .. } => {
+                let stamp = if touched.contains(&i) {
+                    None
+                } else {
+                    current
+                        .manifest
+                        .position(&e.path)
+                        .filter(|&k| current.manifest.entries()[k].kind == e.kind)
+                        .and_then(|k| current.stamps.get(&k).copied())
+                };
+                Some(state::SaveFile {
+                    path: e.path.clone(),
+                    size,
+                    hash,
+                    stamp,
+                })
+            }
             _ => None,
         })
         .collect()
@@ -96,6 +118,8 @@ pub(super) fn run<R: BufRead, W: Write>(
     want: Manifest,
     opts: &AgentOptions,
 ) -> Result<(), AgentError> {
+    let t0 = std::time::Instant::now();
+    let timing = std::env::var_os("RDIST_TIMINGS").is_some();
     let actions = plan(
         &current.manifest,
         &want,
@@ -137,7 +161,13 @@ pub(super) fn run<R: BufRead, W: Write>(
         mut kept,
         blocked,
     } = structural(&ctx, current, &actions);
+    if timing {
+        eprintln!("agent timings: plan+structural {:.3?}", t0.elapsed());
+    }
     receive(r, w, &ctx, &actions, &blocked, opts)?;
+    if timing {
+        eprintln!("agent timings: +receive {:.3?}", t0.elapsed());
+    }
     for &j in actions.dir_modes.iter().rev() {
         if let Kind::Dir { mode } = want.entries()[j].kind {
             let p = ctx.path_of(j);
@@ -175,13 +205,27 @@ pub(super) fn run<R: BufRead, W: Write>(
     kept.dedup();
     let failed = ctx.failed.into_inner().unwrap();
     let mut problems = ctx.problems.into_inner().unwrap();
-    if let Err(e) = state::save(dest, file_list(&want, &failed), kept.clone()) {
+    let touched: HashSet<usize> = actions
+        .transfers
+        .iter()
+        .map(|(j, _)| *j)
+        .chain(actions.copies.iter().map(|(j, _)| *j))
+        .chain(actions.metadata.iter().copied())
+        .collect();
+    if let Err(e) = state::save(
+        dest,
+        file_list(&want, &failed, current, &touched),
+        kept.clone(),
+    ) {
         problems.push(Problem::new(
             dest.join(STATE_DIR).display().to_string(),
             format!("cannot save sync state (the next sync rehashes): {e}"),
         ));
     }
     let _ = std::fs::remove_dir_all(dest.join(STATE_DIR).join("tmp"));
+    if timing {
+        eprintln!("agent timings: +save {:.3?}", t0.elapsed());
+    }
     let outcome = Outcome {
         files_written: ctx.files_written.into_inner(),
         deleted,

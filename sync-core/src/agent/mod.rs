@@ -320,7 +320,12 @@ fn session<R: BufRead, W: Write>(
         if current.rehashed > 0 && !begin.dry_run {
             let _ = state::save(
                 &dest,
-                apply::file_list(&current.manifest, &Default::default()),
+                apply::file_list(
+                    &current.manifest,
+                    &Default::default(),
+                    &current,
+                    &Default::default(),
+                ),
                 current.kept.clone(),
             );
         }
@@ -328,6 +333,7 @@ fn session<R: BufRead, W: Write>(
         w.flush().map_err(ProtoError::from)?;
         return Ok(());
     }
+    let t1 = std::time::Instant::now();
     let want = match receive_changed(r, w, &current.manifest, digest, entries, &filter)? {
         Some(want) => want,
         None => {
@@ -336,6 +342,9 @@ fn session<R: BufRead, W: Write>(
             receive_manifest(r, digest, entries, &filter)?
         }
     };
+    if std::env::var_os("RDIST_TIMINGS").is_some() {
+        eprintln!("agent timings: manifest exchange {:.3?}", t1.elapsed());
+    }
     apply::run(r, w, &dest, &begin, &current, want, opts)
 }
 

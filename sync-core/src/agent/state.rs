@@ -152,23 +152,32 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
     }
 }
 
+/// A regular file of the destination as a sync left it.
+pub struct SaveFile {
+    pub path: RelPath,
+    pub size: u64,
+    pub hash: Hash,
+    /// Its stamp, when this sync did not touch it (otherwise it is read again).
+    pub stamp: Option<Stamp>,
+}
+
 /// Records the stamps and hashes of `files` (the destination's regular files as they now are)
 /// for the next sync. Files whose stamp no longer matches their size are left out and will be
 /// hashed again.
 ///
 /// # Errors
 /// When the state file cannot be written.
-pub fn save(
-    dest: &Path,
-    files: Vec<(RelPath, u64, Hash)>,
-    kept: Vec<RelPath>,
-) -> std::io::Result<()> {
+pub fn save(dest: &Path, files: Vec<SaveFile>, kept: Vec<RelPath>) -> std::io::Result<()> {
     let stamped: Vec<(RelPath, Stamp, Hash)> = files
         .into_par_iter()
-        .filter_map(|(p, size, h)| {
-            let m = std::fs::symlink_metadata(p.to_native(dest)).ok()?;
-            let s = Stamp::of(&m);
-            (m.is_file() && s.size == size).then_some((p, s, h))
+        .filter_map(|f| match f.stamp {
+            // Untouched by this sync: the stamp taken when its hash was checked still holds.
+            Some(s) => Some((f.path, s, f.hash)),
+            None => {
+                let m = std::fs::symlink_metadata(f.path.to_native(dest)).ok()?;
+                let s = Stamp::of(&m);
+                (m.is_file() && s.size == f.size).then_some((f.path, s, f.hash))
+            }
         })
         .collect();
     let bytes = postcard::to_stdvec(&SavedState {
