@@ -559,16 +559,26 @@ impl<W: Write> Sender<'_, W> {
         Ok(())
     }
 
-    fn stream_whole(&mut self, index: u32) -> Result<(), PushError> {
+    /// Tells the agent that `index` will not come, and why.
+    fn skip(&mut self, index: u32, reason: String) -> Result<(), PushError> {
+        self.send(&Message::Skip { index, reason })
+    }
+
+    /// Opens the source of `index`; `None` (after telling the agent) when it cannot be read.
+    fn open_source(&mut self, index: u32) -> Result<Option<(u64, std::fs::File)>, PushError> {
         let (size, path) = self.file(index)?;
-        let mut f = match std::fs::File::open(path) {
-            Ok(f) => f,
+        match std::fs::File::open(path) {
+            Ok(f) => Ok(Some((size, f))),
             Err(e) => {
-                return self.send(&Message::Skip {
-                    index,
-                    reason: format!("cannot read on the controller: {e}"),
-                });
+                self.skip(index, format!("cannot read on the controller: {e}"))?;
+                Ok(None)
             }
+        }
+    }
+
+    fn stream_whole(&mut self, index: u32) -> Result<(), PushError> {
+        let Some((size, mut f)) = self.open_source(index)? else {
+            return Ok(());
         };
         let mut left = size;
         let mut buf = vec![0u8; DATA_CHUNK.min(size as usize).max(1)];
@@ -608,15 +618,8 @@ impl<W: Write> Sender<'_, W> {
     }
 
     fn stream_delta(&mut self, index: u32, differ: &Differ) -> Result<(), PushError> {
-        let (size, path) = self.file(index)?;
-        let mut f = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) => {
-                return self.send(&Message::Skip {
-                    index,
-                    reason: format!("cannot read on the controller: {e}"),
-                });
-            }
+        let Some((size, mut f)) = self.open_source(index)? else {
+            return Ok(());
         };
         let chunks = (size as usize).div_ceil(DELTA_CHUNK).max(1);
         let mut buf = Vec::new();
