@@ -629,16 +629,36 @@ impl World {
     }
 
     fn sync_and_check(&mut self) {
-        // A worker directory that the project turns into a file or link goes today, with
-        // whatever protected entries it held (see the ignored
-        // `protected_entries_survive_their_directory_becoming_a_file`); every other protected
-        // entry must survive.
+        // A worker directory that the project turns into a file or link is not replaced while
+        // it holds protected entries (the sync reports it; see
+        // `protected_entries_survive_their_directory_becoming_a_file`). The model does what
+        // that report asks a user to do: it removes those protected entries on the worker first.
         let src = self.src();
-        self.protected.retain(|p, _| {
-            !holders(p)
+        let doomed: Vec<String> = self
+            .protected
+            .keys()
+            .filter(|p| {
+                holders(p)
+                    .iter()
+                    .any(|h| fs::symlink_metadata(src.join(h)).is_ok_and(|m| !m.is_dir()))
+            })
+            .cloned()
+            .collect();
+        for p in doomed {
+            self.protected.remove(&p);
+            // Remove from the first protected component down (`a/.venv`, `a/__pycache__/m.pyc`).
+            let comps: Vec<&str> = p.split('/').collect();
+            let k = comps
                 .iter()
-                .any(|h| fs::symlink_metadata(src.join(h)).is_ok_and(|m| !m.is_dir()))
-        });
+                .position(|c| ignored(c))
+                .unwrap_or(comps.len() - 1);
+            let top = self.dest.join(comps[..=k].join("/"));
+            match fs::symlink_metadata(&top) {
+                Ok(m) if m.is_dir() => fs::remove_dir_all(&top).unwrap(),
+                Ok(_) => fs::remove_file(&top).unwrap(),
+                Err(_) => {}
+            }
+        }
         self.run_sync();
         self.syncs += 1;
         let nested_kept = self.check();

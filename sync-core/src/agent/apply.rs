@@ -84,6 +84,8 @@ pub(super) fn file_list(
 struct Ctx<'a> {
     dest: &'a Path,
     want: &'a Manifest,
+    /// The ignore rules: what they match on the worker is protected.
+    filter: crate::filter::Filter,
     stager: Stager,
     problems: Mutex<Vec<Problem>>,
     failed: Mutex<HashSet<usize>>,
@@ -149,6 +151,7 @@ pub(super) fn run<R: BufRead, W: Write>(
     let ctx = Ctx {
         dest,
         want: &want,
+        filter: crate::filter::Filter::new(&begin.ignore)?,
         stager,
         problems: Mutex::new(current.problems.clone()),
         failed: Mutex::new(HashSet::new()),
@@ -274,19 +277,19 @@ fn structural(ctx: &Ctx<'_>, current: &Current, a: &Actions) -> Structural {
             if extras.contains(p) {
                 // An extra directory may still hold entries the ignore rules protect; it stays
                 // then, as rsync leaves a directory holding excluded files.
-                match std::fs::remove_dir(&native) {
-                    Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                match remove_unprotected_dir(&native, p, &ctx.filter) {
+                    Ok(false) => {
                         kept.push(p.clone());
                         Ok(false)
                     }
-                    other => other.map(|()| true),
+                    other => other,
                 }
             } else {
                 // A directory the project turned into a file or a link: its unprotected entries
                 // went first (they are extras); what is left is protected, and stays, as rsync
                 // refuses to delete a directory holding excluded files.
-                match std::fs::remove_dir(&native) {
-                    Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                match remove_unprotected_dir(&native, p, &ctx.filter) {
+                    Ok(false) => {
                         if let Some(j) = want.position(p) {
                             ctx.problem(
                                 j,
@@ -300,7 +303,7 @@ fn structural(ctx: &Ctx<'_>, current: &Current, a: &Actions) -> Structural {
                         }
                         Ok(false)
                     }
-                    other => other.map(|()| false),
+                    other => other.map(|_| false),
                 }
             }
         } else {
@@ -392,6 +395,49 @@ struct Structural {
     kept: Vec<RelPath>,
     /// Manifest indices that cannot be installed (a protected directory is in the way).
     blocked: HashSet<usize>,
+}
+
+/// Removes the directory `native` (destination path `rel`) unless something below it is
+/// protected by the ignore rules; returns whether it was removed. Its unprotected entries were
+/// removed before (they are extras), so what can remain is protected entries and the empty
+/// directories that held them.
+fn remove_unprotected_dir(
+    native: &Path,
+    rel: &RelPath,
+    filter: &crate::filter::Filter,
+) -> std::io::Result<bool> {
+    match std::fs::remove_dir(native) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+            if holds_protected(native, rel, filter)? {
+                Ok(false)
+            } else {
+                std::fs::remove_dir_all(native).map(|()| true)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn holds_protected(
+    native: &Path,
+    rel: &RelPath,
+    filter: &crate::filter::Filter,
+) -> std::io::Result<bool> {
+    for entry in std::fs::read_dir(native)? {
+        let entry = entry?;
+        let is_dir = entry.file_type()?.is_dir();
+        let Some(child) = entry.file_name().to_str().and_then(|n| rel.join(n).ok()) else {
+            // A name rdist cannot mirror: treat it as precious.
+            return Ok(true);
+        };
+        if filter.is_ignored(&child, is_dir)
+            || (is_dir && holds_protected(&entry.path(), &child, filter)?)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn copy_local(ctx: &Ctx<'_>, from: &Path, j: usize) -> Result<PathBuf, String> {
