@@ -217,3 +217,42 @@ pub fn snap_diff(want: &[Snap], got: &[Snap]) -> String {
     }
     out
 }
+
+/// stderr of `o` as text.
+pub fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// stdout of `o` parsed as JSON (`--json`); panics with the whole output otherwise.
+pub fn json_of(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad --json ({e}): {}", show(o)))
+}
+
+/// Asserts exit code 0, showing the whole output otherwise.
+#[track_caller]
+pub fn assert_ok(o: &Output) {
+    assert_eq!(o.status.code(), Some(0), "{}", show(o));
+}
+
+/// Whether `python3` can import pytest. Without it, tests that need it print a note and return;
+/// in CI (`CI` set) that is a failure instead, since CI installs pytest.
+pub fn have_pytest() -> bool {
+    static HAVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let have = *HAVE.get_or_init(|| {
+        let ok = Command::new("python3")
+            .args(["-c", "import pytest"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok && std::env::var_os("CI").is_none() {
+            eprintln!("note: `python3 -c 'import pytest'` fails; skipping tests that need pytest");
+        }
+        ok
+    });
+    assert!(
+        have || std::env::var_os("CI").is_none(),
+        "pytest is not installed for `python3` (CI must `pip install pytest`)"
+    );
+    have
+}

@@ -3,19 +3,7 @@
 
 use std::process::Output;
 
-use rdist_tests::{Sandbox, show};
-
-fn have_pytest() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import pytest"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "pytest is required in CI");
-        eprintln!("note: pytest is not installed for python3; skipping");
-    }
-    ok
-}
+use rdist_tests::{Sandbox, have_pytest, show};
 
 fn check(sb: &Sandbox, args: &[&str]) -> Output {
     let mut c = sb.rdist();

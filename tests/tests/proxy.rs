@@ -9,18 +9,7 @@ use rdist_tests::{Sandbox, Snap, fixed_ignored, show, snap_diff, snapshot_filter
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad --json ({e}): {}", show(o)))
-}
-
-#[track_caller]
-fn assert_ok(o: &Output) {
-    assert_eq!(o.status.code(), Some(0), "{}", show(o));
-}
+use rdist_tests::{assert_ok, json_of as json, stderr_of as stderr};
 
 fn project() -> Sandbox {
     let sb = Sandbox::new();

@@ -15,36 +15,12 @@ use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rdist_tests::{Sandbox, show};
+use rdist_tests::{Sandbox, have_pytest, show};
 
 /// The longest any single `rdist run` may take before it is killed and the test fails.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
-
-/// Whether pytest is importable by `python3`. Panics under CI when it is not; elsewhere prints a
-/// note once and the tests return early.
-fn have_pytest() -> bool {
-    static HAVE: OnceLock<bool> = OnceLock::new();
-    let have = *HAVE.get_or_init(|| {
-        let ok = Command::new("python3")
-            .args(["-c", "import pytest"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok && std::env::var_os("CI").is_none() {
-            eprintln!("note: `python3 -c 'import pytest'` fails; skipping the `rdist run` tests");
-        }
-        ok
-    });
-    assert!(
-        have || std::env::var_os("CI").is_none(),
-        "pytest is not installed for `python3` (CI must `pip install pytest`)"
-    );
-    have
-}
 
 /// What the worker interpreter reports about itself: `sys.platform`, the Python version and
 /// `sys.executable`, as the report's section headers show them.

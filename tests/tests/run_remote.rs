@@ -5,21 +5,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use rdist_tests::sshd::{Serve, Sshd, output_within};
-use rdist_tests::{Sandbox, show};
+use rdist_tests::{Sandbox, have_pytest, show};
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-fn have_pytest() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import pytest"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "pytest is required in CI");
-        eprintln!("note: pytest is not installed for python3; skipping");
-    }
-    ok
-}
 
 fn project() -> Sandbox {
     let sb = Sandbox::new();

@@ -20,18 +20,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Longest any one wait here may take; a hang fails the test instead of stalling the run.
 const LIMIT: Duration = Duration::from_secs(30);
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad --json ({e}): {}", show(o)))
-}
-
-#[track_caller]
-fn assert_ok(o: &Output) {
-    assert_eq!(o.status.code(), Some(0), "{}", show(o));
-}
+use rdist_tests::{assert_ok, json_of as json, stderr_of as stderr};
 
 fn project() -> Sandbox {
     let sb = Sandbox::new();

@@ -21,18 +21,7 @@ fn run(cmd: &mut Command) -> Output {
     output_within(cmd, LIMIT)
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad --json ({e}): {}", show(o)))
-}
-
-#[track_caller]
-fn assert_ok(o: &Output) {
-    assert_eq!(o.status.code(), Some(0), "{}", show(o));
-}
+use rdist_tests::{assert_ok, json_of as json, stderr_of as stderr};
 
 /// A small project: a package, a nested data file, an executable, an empty directory, a link,
 /// and entries the fixed ignores leave out.
