@@ -256,3 +256,37 @@ pub fn have_pytest() -> bool {
     );
     have
 }
+
+/// The project as a worker must see it: fixed-ignored entries left out.
+pub fn source_snapshot(sb: &Sandbox) -> Vec<Snap> {
+    snapshot_filtered(&sb.proj(), &fixed_ignored)
+}
+
+/// Asserts that `dest` exists and mirrors the project (fixed-ignored entries left out on both
+/// sides), showing the differences otherwise.
+#[track_caller]
+pub fn assert_mirrors(sb: &Sandbox, dest: &Path) {
+    assert!(dest.is_dir(), "`{}` was not created", dest.display());
+    let got = snapshot_filtered(dest, &fixed_ignored);
+    let want = source_snapshot(sb);
+    assert!(
+        got == want,
+        "`{}` is not a mirror of the project:\n{}",
+        dest.display(),
+        snap_diff(&want, &got)
+    );
+}
+
+/// `len` deterministic pseudo-random bytes (xorshift), for content deltas cannot guess.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}

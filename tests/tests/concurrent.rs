@@ -7,7 +7,8 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use rdist_tests::{Sandbox, fixed_ignored, rdist_bin, show, snapshot, snapshot_filtered};
+use rdist_tests::assert_mirrors;
+use rdist_tests::{Sandbox, rdist_bin, show, snapshot};
 use sync_core::proto::{
     Begin, DestBase, Hello, MAGIC, Message, read_frame, recv_hello, write_frame,
 };
@@ -34,16 +35,6 @@ fn finish(mut child: Child) -> Output {
 
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad --json ({e}): {}", show(o)))
-}
-
-#[track_caller]
-fn assert_mirrors(sb: &Sandbox, dest: &Path) {
-    assert_eq!(
-        snapshot_filtered(dest, &fixed_ignored),
-        snapshot_filtered(&sb.proj(), &fixed_ignored),
-        "`{}` is not a mirror of the project",
-        dest.display()
-    );
 }
 
 /// An agent session that has taken the destination's lock and keeps it: it was offered a

@@ -10,6 +10,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
+use rdist_tests::noise;
 use rdist_tests::{Sandbox, Snap, rdist_bin, snapshot_filtered, write};
 use sync_core::manifest::{Entry, Kind, Manifest};
 use sync_core::path::RelPath;
@@ -790,20 +791,6 @@ fn manifest_that_breaks_its_own_rules_is_refused() {
         a.assert_untouched();
         assert_eq!(a.dest_entries(), Vec::<String>::new(), "{fragment}");
     }
-}
-
-/// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 #[test]

@@ -5,10 +5,11 @@ use std::process::Output;
 use std::time::Duration;
 
 use rdist_tests::sshd::{Serve, Sshd, output_within};
-use rdist_tests::{Sandbox, Snap, fixed_ignored, show, snap_diff, snapshot_filtered};
+use rdist_tests::{Sandbox, show};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+use rdist_tests::assert_mirrors;
 use rdist_tests::{assert_ok, json_of as json, stderr_of as stderr};
 
 fn project() -> Sandbox {
@@ -17,19 +18,6 @@ fn project() -> Sandbox {
     sb.write("pkg/core.py", "def f():\n    return 1\n");
     sb.write("tests/test_core.py", "from pkg.core import f\n");
     sb
-}
-
-#[track_caller]
-fn assert_mirrors(sb: &Sandbox, dest: &std::path::Path) {
-    assert!(dest.is_dir(), "`{}` was not created", dest.display());
-    let got = snapshot_filtered(dest, &fixed_ignored);
-    let want: Vec<Snap> = snapshot_filtered(&sb.proj(), &fixed_ignored);
-    assert!(
-        got == want,
-        "`{}` is not a mirror of the project:\n{}",
-        dest.display(),
-        snap_diff(&want, &got)
-    );
 }
 
 /// `rdist sync --rsyncdir . --px PX --tx TX... --token-file F --json` against `serve`.

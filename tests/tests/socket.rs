@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rdist_tests::sshd::{Serve, TOKEN, free_port, output_within, wait_output, wait_until};
-use rdist_tests::{Sandbox, Snap, fixed_ignored, show, snap_diff, snapshot, snapshot_filtered};
+use rdist_tests::{Sandbox, Snap, show, snapshot, snapshot_filtered};
 use sync_core::auth::{Key, client};
 use sync_core::proto::{
     Begin, DestBase, Hello, MAGIC, Message, read_frame, recv_hello, send_hello, write_frame,
@@ -20,6 +20,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Longest any one wait here may take; a hang fails the test instead of stalling the run.
 const LIMIT: Duration = Duration::from_secs(30);
 
+use rdist_tests::assert_mirrors;
 use rdist_tests::{assert_ok, json_of as json, stderr_of as stderr};
 
 fn project() -> Sandbox {
@@ -31,23 +32,6 @@ fn project() -> Sandbox {
     std::os::unix::fs::symlink("core.py", sb.proj().join("pkg/alias.py")).unwrap();
     sb.write(".git/HEAD", "ref: refs/heads/main\n");
     sb
-}
-
-fn source(sb: &Sandbox) -> Vec<Snap> {
-    snapshot_filtered(&sb.proj(), &fixed_ignored)
-}
-
-#[track_caller]
-fn assert_mirrors(sb: &Sandbox, dest: &Path) {
-    assert!(dest.is_dir(), "`{}` was not created", dest.display());
-    let got = snapshot_filtered(dest, &fixed_ignored);
-    let want = source(sb);
-    assert!(
-        got == want,
-        "`{}` is not a mirror of the project:\n{}",
-        dest.display(),
-        snap_diff(&want, &got)
-    );
 }
 
 fn hex(b: &[u8]) -> String {

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use rdist_tests::sshd::{Sshd, output_within, wait_output};
-use rdist_tests::{Sandbox, Snap, fixed_ignored, rdist_bin, show, snap_diff, snapshot_filtered};
+use rdist_tests::{Sandbox, rdist_bin, show};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -21,6 +21,7 @@ fn run(cmd: &mut Command) -> Output {
     output_within(cmd, LIMIT)
 }
 
+use rdist_tests::assert_mirrors;
 use rdist_tests::{assert_ok, json_of as json, stderr_of as stderr};
 
 /// A small project: a package, a nested data file, an executable, an empty directory, a link,
@@ -42,24 +43,6 @@ fn project() -> Sandbox {
     sb.write(".git/HEAD", "ref: refs/heads/main\n");
     sb.write("pkg/__pycache__/core.cpython-312.pyc", "bytecode");
     sb
-}
-
-/// The project as a worker must see it.
-fn source(sb: &Sandbox) -> Vec<Snap> {
-    snapshot_filtered(&sb.proj(), &fixed_ignored)
-}
-
-#[track_caller]
-fn assert_mirrors(sb: &Sandbox, dest: &Path) {
-    assert!(dest.is_dir(), "`{}` was not created", dest.display());
-    let got = snapshot_filtered(dest, &fixed_ignored);
-    let want = source(sb);
-    assert!(
-        got == want,
-        "`{}` is not a mirror of the project:\n{}",
-        dest.display(),
-        snap_diff(&want, &got)
-    );
 }
 
 /// `rdist sync --rsyncdir . --tx SPEC... EXTRA...` through the sshd's wrapper.

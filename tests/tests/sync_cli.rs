@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rdist_tests::{Sandbox, Snap, fixed_ignored, show, snapshot, snapshot_filtered, write};
+use rdist_tests::{Sandbox, fixed_ignored, show, snapshot, snapshot_filtered, write};
+use rdist_tests::{assert_mirrors, noise, source_snapshot as source};
 
 fn tx(dest: &Path) -> String {
     format!("popen//chdir={}", dest.display())
@@ -72,23 +73,6 @@ fn mtime_of(p: &Path) -> SystemTime {
 fn symlink(target: impl AsRef<Path>, link: &Path) {
     std::fs::create_dir_all(link.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(target, link).unwrap();
-}
-
-/// The project as a worker must see it: fixed-ignored entries left out.
-fn source(sb: &Sandbox) -> Vec<Snap> {
-    snapshot_filtered(&sb.proj(), &fixed_ignored)
-}
-
-/// `dest` mirrors the project; worker-only entries the fixed ignores protect (a `.git`, a
-/// `.venv`) are left out of the comparison.
-#[track_caller]
-fn assert_mirrors(sb: &Sandbox, dest: &Path) {
-    assert_eq!(
-        snapshot_filtered(dest, &fixed_ignored),
-        source(sb),
-        "`{}` is not a mirror of the project",
-        dest.display()
-    );
 }
 
 /// Makes directories writable again on drop, so a failed test leaves nothing the temp dir
@@ -902,20 +886,6 @@ fn same_size_edit_with_restored_mtime_is_detected() {
     assert_eq!(j["targets"][0]["up_to_date"], false, "{j}");
     assert_eq!(std::fs::read(&wf).unwrap(), b"value = 3\n");
     assert_mirrors(&sb, &dest);
-}
-
-/// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 #[test]
