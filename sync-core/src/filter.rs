@@ -11,7 +11,7 @@
 //! [`FIXED_IGNORES`] always apply and no option removes them. An ignored directory is not entered,
 //! so everything below it is ignored too.
 
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::path::RelPath;
 
@@ -47,9 +47,6 @@ impl Filter {
         let mut dir_names = GlobSetBuilder::new();
         let mut paths = GlobSetBuilder::new();
         let mut dir_paths = GlobSetBuilder::new();
-        for p in FIXED_IGNORES {
-            names.add(Glob::new(p).expect("fixed ignores are valid globs"));
-        }
         for raw in user {
             let raw = raw.as_ref();
             let (body, dir_only) = match raw.strip_suffix('/') {
@@ -91,22 +88,44 @@ impl Filter {
 
     /// Whether the entry at project-relative `path` is ignored.
     pub fn is_ignored(&self, path: &RelPath, is_dir: bool) -> bool {
-        let name = path.name();
-        if self.names.is_match(name) || self.paths.is_match(path.as_str()) {
+        self.is_ignored_str(path.as_str(), path.name(), is_dir)
+    }
+
+    /// [`Filter::is_ignored`] for a project-relative `path` given as text, whose last component
+    /// is `name` (the walk's hot path: no `RelPath` is built for ignored entries).
+    pub fn is_ignored_str(&self, path: &str, name: &str, is_dir: bool) -> bool {
+        if self.is_name_ignored(name, is_dir) || match_nonempty(&self.paths, path) {
             return true;
         }
-        is_dir && (self.dir_names.is_match(name) || self.dir_paths.is_match(path.as_str()))
+        is_dir && match_nonempty(&self.dir_paths, path)
+    }
+
+    /// Whether any pattern looks at more than an entry's name.
+    pub fn has_path_patterns(&self) -> bool {
+        !self.paths.is_empty() || !self.dir_paths.is_empty()
     }
 
     /// Whether a bare name is ignored wherever it appears (used for a root's own name).
     pub fn is_name_ignored(&self, name: &str, is_dir: bool) -> bool {
-        self.names.is_match(name) || (is_dir && self.dir_names.is_match(name))
+        fixed_ignored(name)
+            || match_nonempty(&self.names, name)
+            || (is_dir && match_nonempty(&self.dir_names, name))
     }
+}
+
+/// [`FIXED_IGNORES`], matched by hand: they run on every entry of every walk.
+fn fixed_ignored(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(".pyc") || name.ends_with(".pyo") || name.ends_with('~')
+}
+
+fn match_nonempty(set: &GlobSet, text: &str) -> bool {
+    !set.is_empty() && set.is_match(text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use globset::Glob;
 
     fn check(patterns: &[&str], table: &[(&str, bool, bool)]) {
         let f = Filter::new(patterns).unwrap();
@@ -193,5 +212,19 @@ mod tests {
     fn bad_pattern_names_itself() {
         let e = Filter::new(&["a[b"]).unwrap_err();
         assert_eq!(e.to_string(), "invalid ignore pattern `a[b`");
+    }
+
+    proptest::proptest! {
+        /// The hand-written matcher agrees with the globs it stands for.
+        #[test]
+        fn fixed_ignores_match_their_globs(name in "[.a-z~]{0,3}(pyc|pyo|py|~|c)?[~.]?") {
+            let globs: Vec<Glob> = FIXED_IGNORES.iter().map(|p| Glob::new(p).unwrap()).collect();
+            let mut b = GlobSetBuilder::new();
+            for g in globs {
+                b.add(g);
+            }
+            let set = b.build().unwrap();
+            proptest::prop_assert_eq!(fixed_ignored(&name), set.is_match(&name), "{:?}", name);
+        }
     }
 }

@@ -6,10 +6,11 @@
 //! taken. Without the second rule an edit made in the same timestamp tick as the hashing would go
 //! unseen (git's "racily clean" problem; rsync's one-second quick check has it too).
 
-use std::collections::HashMap;
 use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{Hash, Stamp};
@@ -90,7 +91,8 @@ pub fn now_ns() -> i64 {
 
 #[derive(Serialize, Deserialize)]
 struct Record {
-    path: String,
+    #[serde(with = "serde_bytes")]
+    path: Vec<u8>,
     stamp: Stamp,
     hash: Hash,
 }
@@ -101,15 +103,26 @@ struct CacheFile {
     records: Vec<Record>,
 }
 
-const CACHE_VERSION: u32 = 1;
+const CACHE_VERSION: u32 = 2;
+
+struct Slot {
+    stamp: Stamp,
+    hash: Hash,
+    /// Recorded (and trusted) by this run: only these are saved.
+    seen: bool,
+}
 
 /// A persistent map from a file's absolute path and stamp to its hash.
 #[derive(Default)]
 pub struct HashCache {
     file: Option<PathBuf>,
-    old: HashMap<String, (Stamp, Hash)>,
-    new: Vec<Record>,
+    map: FxHashMap<Box<[u8]>, Slot>,
+    seen: usize,
     changed: bool,
+}
+
+fn key(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
 }
 
 impl HashCache {
@@ -121,44 +134,71 @@ impl HashCache {
     /// Loads the cache stored at `file`; a missing, unreadable or outdated file gives an empty
     /// cache (it is only an optimisation).
     pub fn load(file: PathBuf) -> HashCache {
-        let old = std::fs::read(&file)
+        let map = std::fs::read(&file)
             .ok()
             .and_then(|b| postcard::from_bytes::<CacheFile>(&b).ok())
             .filter(|c| c.version == CACHE_VERSION)
             .map(|c| {
                 c.records
                     .into_iter()
-                    .map(|r| (r.path, (r.stamp, r.hash)))
+                    .map(|r| {
+                        let slot = Slot {
+                            stamp: r.stamp,
+                            hash: r.hash,
+                            seen: false,
+                        };
+                        (r.path.into_boxed_slice(), slot)
+                    })
                     .collect()
             })
             .unwrap_or_default();
         HashCache {
             file: Some(file),
-            old,
-            new: Vec::new(),
+            map,
+            seen: 0,
             changed: false,
         }
     }
 
     /// The cached hash of `path` if its stamp is unchanged.
-    pub fn lookup(&self, path: &str, stamp: &Stamp) -> Option<Hash> {
-        match self.old.get(path) {
-            Some((s, h)) if s == stamp => Some(*h),
+    pub fn lookup(&self, path: &Path, stamp: &Stamp) -> Option<Hash> {
+        match self.map.get(key(path)) {
+            Some(slot) if slot.stamp == *stamp => Some(slot.hash),
             _ => None,
         }
     }
 
     /// Records the hash of `path` for the next run if it can be trusted then. `taken_ns` is when
     /// the hashing started.
-    pub fn record(&mut self, path: String, stamp: Stamp, hash: Hash, taken_ns: i64) {
-        if !stamp_trustworthy(&stamp, taken_ns) {
-            self.changed = true;
-            return;
+    pub fn record(&mut self, path: &Path, stamp: Stamp, hash: Hash, taken_ns: i64) {
+        let trusted = stamp_trustworthy(&stamp, taken_ns);
+        match self.map.get_mut(key(path)) {
+            Some(slot) => {
+                if !trusted || slot.stamp != stamp || slot.hash != hash {
+                    self.changed = true;
+                }
+                if trusted && !slot.seen {
+                    self.seen += 1;
+                }
+                *slot = Slot {
+                    stamp,
+                    hash,
+                    seen: trusted || slot.seen,
+                };
+            }
+            None => {
+                self.changed = true;
+                if trusted {
+                    self.seen += 1;
+                    let slot = Slot {
+                        stamp,
+                        hash,
+                        seen: true,
+                    };
+                    self.map.insert(key(path).into(), slot);
+                }
+            }
         }
-        if self.old.get(&path) != Some(&(stamp, hash)) {
-            self.changed = true;
-        }
-        self.new.push(Record { path, stamp, hash });
     }
 
     /// Writes the records of this run (only those) atomically, if anything changed.
@@ -169,12 +209,22 @@ impl HashCache {
         let Some(file) = self.file else {
             return Ok(());
         };
-        if !self.changed && self.new.len() == self.old.len() {
+        if !self.changed && self.seen == self.map.len() {
             return Ok(());
         }
+        let records = self
+            .map
+            .into_iter()
+            .filter(|(_, slot)| slot.seen)
+            .map(|(path, slot)| Record {
+                path: path.into_vec(),
+                stamp: slot.stamp,
+                hash: slot.hash,
+            })
+            .collect();
         let bytes = postcard::to_stdvec(&CacheFile {
             version: CACHE_VERSION,
-            records: self.new,
+            records,
         })
         .map_err(io::Error::other)?;
         if let Some(dir) = file.parent() {
@@ -223,12 +273,27 @@ mod tests {
         let file = dir.path().join("c/cache.bin");
         let s = stamp(1_000_000_123, 1_000_000_123);
         let mut c = HashCache::load(file.clone());
-        c.record("/a".into(), s, [7; 32], now_ns());
+        c.record(Path::new("/a"), s, [7; 32], now_ns());
+        c.save().unwrap();
+        let c = HashCache::load(file.clone());
+        assert_eq!(c.lookup(Path::new("/a"), &s), Some([7; 32]));
+        assert_eq!(
+            c.lookup(Path::new("/a"), &stamp(1_000_000_124, 1_000_000_123)),
+            None
+        );
+        assert_eq!(c.lookup(Path::new("/b"), &s), None);
+        // A run that records nothing keeps nothing; an untrusted stamp is not kept either.
+        let mut c = HashCache::load(file.clone());
+        c.record(
+            Path::new("/b"),
+            stamp(now_ns(), now_ns()),
+            [8; 32],
+            now_ns(),
+        );
         c.save().unwrap();
         let c = HashCache::load(file);
-        assert_eq!(c.lookup("/a", &s), Some([7; 32]));
-        assert_eq!(c.lookup("/a", &stamp(1_000_000_124, 1_000_000_123)), None);
-        assert_eq!(c.lookup("/b", &s), None);
+        assert_eq!(c.lookup(Path::new("/a"), &s), None);
+        assert_eq!(c.lookup(Path::new("/b"), &s), None);
     }
 
     #[test]

@@ -30,9 +30,16 @@ pub enum RelPathError {
 pub const MAX_PATH_LEN: usize = 4096;
 
 /// A relative path with `/` separators and only normal components.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct RelPath(String);
+
+/// Encoded as its text, without the copy that `#[serde(into = "String")]` would make.
+impl Serialize for RelPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 impl RelPath {
     /// Validates `s` as a relative path.
@@ -85,10 +92,20 @@ impl RelPath {
     /// # Errors
     /// When `name` is not a single valid component.
     pub fn join(&self, name: &str) -> Result<Self, RelPathError> {
+        // `self` is valid already: only the new component and the total length need checking.
+        let component = RelPath::new(name)?;
         if name.contains('/') {
             return Err(RelPathError::BadComponent(name.to_owned()));
         }
-        RelPath::new(format!("{}/{}", self.0, name))
+        let len = self.0.len() + 1 + name.len();
+        if len > MAX_PATH_LEN {
+            return Err(RelPathError::TooLong { max: MAX_PATH_LEN });
+        }
+        let mut s = String::with_capacity(len);
+        s.push_str(&self.0);
+        s.push('/');
+        s.push_str(&component.0);
+        Ok(RelPath(s))
     }
 
     /// `prefix/self`, or `self` when `prefix` is `None`.
@@ -106,7 +123,12 @@ impl RelPath {
 
     /// The parent path, or `None` at the top level.
     pub fn parent(&self) -> Option<RelPath> {
-        self.0.rfind('/').map(|i| RelPath(self.0[..i].to_owned()))
+        self.parent_str().map(|p| RelPath(p.to_owned()))
+    }
+
+    /// The parent path as text (no allocation), or `None` at the top level.
+    pub fn parent_str(&self) -> Option<&str> {
+        self.0.rfind('/').map(|i| &self.0[..i])
     }
 
     /// Number of components.

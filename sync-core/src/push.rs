@@ -294,7 +294,7 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
                         .map_err(|e| explained_push(&mut r, e))?;
                 }
                 Message::NeedSummary => {
-                    let keys = m.dir_summary();
+                    let keys = m.dir_summary_of(dirs.get_or_init(|| m.dirs()));
                     for part in keys.chunks(64 << 10) {
                         report.wire_sent +=
                             write_frame(&mut w, &Message::Summary(part.to_vec()))? as u64;

@@ -96,18 +96,15 @@ pub fn scan(
             problems.append(&mut p);
         }
     }
-    walked.sort_by(|a, b| a.path.cmp(&b.path));
+    walked.par_sort_by(|a, b| a.path.cmp(&b.path));
     walked.dedup_by(|b, a| a.path == b.path);
 
     // Hash what the cache does not know, in parallel.
     let todo: Vec<usize> = walked
-        .iter()
+        .par_iter()
         .enumerate()
         .filter_map(|(i, w)| match &w.found {
-            Found::File { stamp, .. } => {
-                let key = w.abs.to_string_lossy();
-                cache.lookup(&key, stamp).is_none().then_some(i)
-            }
+            Found::File { stamp, .. } => cache.lookup(&w.abs, stamp).is_none().then_some(i),
             _ => None,
         })
         .collect();
@@ -136,22 +133,24 @@ pub fn scan(
         let kind = match w.found {
             Found::Dir { mode } => Kind::Dir { mode },
             Found::File { stamp, mode } => {
-                let key = w.abs.to_string_lossy().into_owned();
                 let hash = match fresh.remove(&i) {
                     Some(Ok(h)) => {
                         hashed_bytes += stamp.size;
-                        cache.record(key, stamp, h, started);
+                        cache.record(&w.abs, stamp, h, started);
                         h
                     }
                     Some(Err(e)) => {
                         if e.kind() != std::io::ErrorKind::NotFound {
-                            problems.push(Problem::new(key, format!("cannot read: {e}")));
+                            problems.push(Problem::new(
+                                w.abs.display().to_string(),
+                                format!("cannot read: {e}"),
+                            ));
                         }
                         continue;
                     }
                     None => {
-                        let h = cache.lookup(&key, &stamp).expect("looked up before");
-                        cache.record(key, stamp, h, started);
+                        let h = cache.lookup(&w.abs, &stamp).expect("looked up before");
+                        cache.record(&w.abs, stamp, h, started);
                         h
                     }
                 };

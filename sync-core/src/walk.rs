@@ -157,30 +157,39 @@ fn visit_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s Ctx<'s>, dir: PathBuf, sub: Opti
                 break;
             }
         };
-        let abs = ent.path();
         let name = ent.file_name();
-        let rel = match (name.to_str(), &sub) {
-            (Some(n), Some(parent)) => parent.join(n),
-            (Some(n), None) => RelPath::new(n),
-            (None, _) => {
-                ctx.problem(&abs, "name is not valid UTF-8; skipped".to_owned());
-                continue;
-            }
+        let Some(n) = name.to_str() else {
+            ctx.problem(&ent.path(), "name is not valid UTF-8; skipped".to_owned());
+            continue;
+        };
+        let is_dir = ent.file_type().is_ok_and(|t| t.is_dir());
+        // Names first: that needs no path, and it is all the fixed ignores look at.
+        if ctx.filter.is_name_ignored(n, is_dir) {
+            continue;
+        }
+        let rel = match &sub {
+            Some(parent) => parent.join(n),
+            None => RelPath::new(n),
         };
         let rel = match rel {
             Ok(r) => r,
             Err(e) => {
-                ctx.problem(&abs, format!("{e}; skipped"));
+                ctx.problem(&ent.path(), format!("{e}; skipped"));
                 continue;
             }
         };
-        let is_dir = ent.file_type().is_ok_and(|t| t.is_dir());
-        if ctx
-            .filter
-            .is_ignored(&rel.under(ctx.root.filter_rel.as_ref()), is_dir)
-        {
-            continue;
+        if ctx.filter.has_path_patterns() {
+            let ignored = match &ctx.root.filter_rel {
+                Some(prefix) => ctx
+                    .filter
+                    .is_ignored_str(&format!("{prefix}/{rel}"), n, is_dir),
+                None => ctx.filter.is_ignored_str(rel.as_str(), n, is_dir),
+            };
+            if ignored {
+                continue;
+            }
         }
+        let abs = dir.join(n);
         let meta = match ent.metadata() {
             Ok(m) => m,
             Err(e) => {
@@ -193,15 +202,18 @@ fn visit_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s Ctx<'s>, dir: PathBuf, sub: Opti
         };
         match classify(&abs, &meta) {
             Ok(found) => {
-                if matches!(found, Found::Dir { .. }) {
-                    let (abs, rel) = (abs.clone(), rel.clone());
+                let is_dir = matches!(found, Found::Dir { .. });
+                let (path, child) = match (&ctx.root.dest_rel, is_dir) {
+                    (Some(d), true) => (rel.under(Some(d)), Some(rel)),
+                    (Some(d), false) => (rel.under(Some(d)), None),
+                    (None, true) => (rel.clone(), Some(rel)),
+                    (None, false) => (rel, None),
+                };
+                if let Some(rel) = child {
+                    let abs = abs.clone();
                     s.spawn(move |s| visit_dir(s, ctx, abs, Some(rel)));
                 }
-                local.push(Walked {
-                    path: rel.under(ctx.root.dest_rel.as_ref()),
-                    abs,
-                    found,
-                });
+                local.push(Walked { path, abs, found });
             }
             Err(msg) => ctx.problem(&abs, msg),
         }

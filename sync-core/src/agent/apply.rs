@@ -53,31 +53,35 @@ pub(super) fn file_list(
     current: &Current,
     touched: &HashSet<usize>,
 ) -> Vec<state::SaveFile> {
-    m.entries()
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !failed.contains(i))
-        .filter_map(|(i, e)| match e.kind {
-            Kind::File { size, hash, .. } => {
-                let stamp = if touched.contains(&i) {
-                    None
-                } else {
-                    current
-                        .manifest
-                        .position(&e.path)
-                        .filter(|&k| current.manifest.entries()[k].kind == e.kind)
-                        .and_then(|k| current.stamps.get(&k).copied())
-                };
-                Some(state::SaveFile {
-                    path: e.path.clone(),
-                    size,
-                    hash,
-                    stamp,
-                })
-            }
-            _ => None,
-        })
-        .collect()
+    // Both manifests are sorted by path: walk them side by side instead of searching.
+    let cur = current.manifest.entries();
+    let mut k = 0;
+    let mut out = Vec::with_capacity(m.len());
+    for (i, e) in m.entries().iter().enumerate() {
+        let Kind::File { size, hash, .. } = e.kind else {
+            continue;
+        };
+        while k < cur.len() && cur[k].path < e.path {
+            k += 1;
+        }
+        if failed.contains(&i) {
+            continue;
+        }
+        let stamp = if touched.contains(&i) {
+            None
+        } else {
+            cur.get(k)
+                .filter(|c| c.path == e.path && c.kind == e.kind)
+                .and_then(|_| current.stamps.get(&k).copied())
+        };
+        out.push(state::SaveFile {
+            path: e.path.clone(),
+            size,
+            hash,
+            stamp,
+        });
+    }
+    out
 }
 
 /// Shared by the receiving thread and the writer pool.

@@ -24,7 +24,8 @@ use crate::proto::{
     Begin, DestBase, Message, Outcome, ProtoError, read_frame, recv_hello, send_hello, write_frame,
 };
 use crate::stage::STATE_DIR;
-use std::collections::HashMap;
+use rayon::prelude::*;
+use rustc_hash::FxHashMap;
 
 pub use lock::DestLock;
 
@@ -377,18 +378,28 @@ fn read_entries(r: &mut impl BufRead, limit: u64) -> Result<Vec<Entry>, AgentErr
 /// Checks a complete manifest from the peer: structure, digest, and that it names nothing the
 /// ignore rules protect.
 fn checked(entries: Vec<Entry>, digest: Hash, filter: &Filter) -> Result<Manifest, AgentError> {
+    not_ignored(&entries, filter)?;
+    verified(entries, digest)
+}
+
+/// Refuses entries that name something the ignore rules protect.
+fn not_ignored(entries: &[Entry], filter: &Filter) -> Result<(), AgentError> {
+    match entries
+        .par_iter()
+        .position_first(|e| filter.is_ignored(&e.path, e.kind.is_dir()))
+    {
+        Some(i) => Err(AgentError::IgnoredEntry(entries[i].path.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Checks the structure of sorted `entries` and that they match the announced digest.
+fn verified(entries: Vec<Entry>, digest: Hash) -> Result<Manifest, AgentError> {
     let want = Manifest::from_sorted_checked(entries)?;
     if want.digest() != digest {
         return Err(AgentError::Invalid(
             "manifest does not match its announced digest".to_owned(),
         ));
-    }
-    if let Some(e) = want
-        .entries()
-        .iter()
-        .find(|e| filter.is_ignored(&e.path, e.kind.is_dir()))
-    {
-        return Err(AgentError::IgnoredEntry(e.path.clone()));
     }
     Ok(want)
 }
@@ -444,8 +455,8 @@ fn receive_changed<R: BufRead, W: Write>(
         }
     }
     let ours_dirs = current.dirs();
-    let ours: HashMap<[u8; 8], ([u8; 8], usize)> = current
-        .dir_summary()
+    let ours: FxHashMap<[u8; 8], ([u8; 8], usize)> = current
+        .dir_summary_of(&ours_dirs)
         .into_iter()
         .enumerate()
         .map(|(i, k)| {
@@ -472,13 +483,15 @@ fn receive_changed<R: BufRead, W: Write>(
     write_frame(w, &Message::NeedDirs(need))?;
     w.flush().map_err(ProtoError::from)?;
     let mut entries = read_entries(r, entries_announced.min(MAX_ENTRIES))?;
+    // Only the peer's entries need the ignore check: ours were walked with the same rules.
+    not_ignored(&entries, filter)?;
     for i in same {
         entries.extend(ours_dirs[i].1.iter().map(|&k| current.entries()[k].clone()));
     }
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    entries.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
     // Anything off (a hash collision, a peer that lies) falls back to the full manifest, which
     // is then checked strictly.
-    Ok(checked(entries, digest, filter).ok())
+    Ok(verified(entries, digest).ok())
 }
 
 /// The outcome of a sync that changed nothing, for dry runs.

@@ -1,7 +1,7 @@
 //! Planning: the difference between the destination as it is ([`Current`]) and the manifest it
 //! must match, as a list of actions. Pure; nothing touches the disk here.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::manifest::{Entry, Hash, Kind, Manifest};
 use crate::path::RelPath;

@@ -2,7 +2,7 @@
 //! agent saved after its last sync, so only files whose stamp changed (or is too recent to
 //! trust) are read and hashed again.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::path::Path;
 
 use rayon::prelude::*;
@@ -45,53 +45,63 @@ fn state_path(dest: &Path) -> std::path::PathBuf {
     dest.join(STATE_DIR).join(STATE_FILE)
 }
 
-type Saved = (i64, HashMap<RelPath, (Stamp, Hash)>, HashSet<RelPath>);
+/// The saved state as read back: paths borrowed from the file's bytes (they are only compared
+/// with walked paths, never used to reach the file system), sorted by path.
+#[derive(Deserialize, Default)]
+struct LoadedState<'a> {
+    version: u32,
+    saved_ns: i64,
+    #[serde(borrow)]
+    files: Vec<(&'a str, Stamp, Hash)>,
+    kept: Vec<RelPath>,
+}
 
-fn load_saved(dest: &Path) -> Saved {
-    std::fs::read(state_path(dest))
+fn load_saved(bytes: &[u8]) -> LoadedState<'_> {
+    let mut s = postcard::from_bytes::<LoadedState<'_>>(bytes)
         .ok()
-        .and_then(|b| postcard::from_bytes::<SavedState>(&b).ok())
         .filter(|s| s.version == STATE_VERSION)
-        .map(|s| {
-            (
-                s.saved_ns,
-                s.files.into_iter().map(|(p, st, h)| (p, (st, h))).collect(),
-                s.kept.into_iter().collect(),
-            )
-        })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    if !s.files.is_sorted_by(|a, b| a.0 <= b.0) {
+        s.files.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    }
+    s
 }
 
 /// Walks `dest` with `filter` and hashes what the saved state cannot vouch for.
 pub fn current(dest: &Path, filter: &Filter) -> Current {
-    let (saved_ns, saved, kept_before) = load_saved(dest);
     let root = WalkRoot {
         abs: dest.to_owned(),
         filter_rel: None,
         dest_rel: None,
     };
-    let (mut walked, mut problems) = walk(&root, filter);
-    walked.sort_by(|a, b| a.path.cmp(&b.path));
+    let bytes = std::fs::read(state_path(dest)).unwrap_or_default();
+    let (saved, (mut walked, mut problems)) =
+        rayon::join(|| load_saved(&bytes), || walk(&root, filter));
+    let saved_ns = saved.saved_ns;
+    let kept_before: HashSet<&RelPath> = saved.kept.iter().collect();
+    walked.par_sort_by(|a, b| a.path.cmp(&b.path));
     // A kept-aside directory is one kept before whose walked children are all kept-aside
     // directories themselves (deepest first, so nested ones count as empty).
-    let mut live: HashMap<RelPath, usize> = HashMap::new();
-    for w in &walked {
-        if let Some(p) = w.path.parent() {
-            *live.entry(p).or_insert(0) += 1;
+    let mut live: HashMap<&str, usize> = HashMap::default();
+    if !kept_before.is_empty() {
+        for w in &walked {
+            if let Some(p) = w.path.parent_str() {
+                *live.entry(p).or_insert(0) += 1;
+            }
         }
     }
     let mut candidates: Vec<&RelPath> = walked
         .iter()
-        .filter(|w| matches!(w.found, Found::Dir { .. }) && kept_before.contains(&w.path))
+        .filter(|w| matches!(w.found, Found::Dir { .. }) && kept_before.contains(&&w.path))
         .map(|w| &w.path)
         .collect();
     candidates.sort_by_key(|p| std::cmp::Reverse(p.depth()));
-    let mut aside: HashSet<RelPath> = HashSet::new();
+    let mut aside: HashSet<RelPath> = HashSet::default();
     for d in candidates {
-        if live.get(d).copied().unwrap_or(0) == 0 {
+        if live.get(d.as_str()).copied().unwrap_or(0) == 0 {
             aside.insert(d.clone());
-            if let Some(p) = d.parent()
-                && let Some(n) = live.get_mut(&p)
+            if let Some(p) = d.parent_str()
+                && let Some(n) = live.get_mut(p)
             {
                 *n -= 1;
             }
@@ -100,25 +110,44 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
     walked.retain(|w| !aside.contains(&w.path));
     let mut kept: Vec<RelPath> = aside.into_iter().collect();
     kept.sort();
-    let hashes: Vec<Option<Result<Hash, String>>> = walked
+    // Both lists are sorted by path: pair each walked entry with its saved record.
+    let mut k = 0;
+    let prior: Vec<Option<(Stamp, Hash)>> = walked
+        .iter()
+        .map(|w| {
+            let p = w.path.as_str();
+            while k < saved.files.len() && saved.files[k].0 < p {
+                k += 1;
+            }
+            match saved.files.get(k) {
+                Some((sp, st, h)) if *sp == p => Some((*st, *h)),
+                _ => None,
+            }
+        })
+        .collect();
+    // `(hash, read)`: `read` when the file had to be read (changed, or too recent to trust).
+    let hashes: Vec<Option<Result<(Hash, bool), String>>> = walked
         .par_iter()
-        .map(|w| match &w.found {
-            Found::File { stamp, .. } => Some(match saved.get(&w.path) {
-                Some((s, h)) if s == stamp && stamp_trustworthy(s, saved_ns) => Ok(*h),
-                _ => hash_file(&w.abs, stamp.size).map_err(|e| e.to_string()),
+        .zip(&prior)
+        .map(|(w, prior)| match &w.found {
+            Found::File { stamp, .. } => Some(match prior {
+                Some((s, h)) if s == stamp && stamp_trustworthy(s, saved_ns) => Ok((*h, false)),
+                _ => hash_file(&w.abs, stamp.size)
+                    .map(|h| (h, true))
+                    .map_err(|e| e.to_string()),
             }),
             _ => None,
         })
         .collect();
     let mut rehashed = 0;
     let mut entries = Vec::with_capacity(walked.len());
-    let mut stamps = HashMap::new();
+    let mut stamps = HashMap::default();
     for (w, h) in walked.into_iter().zip(hashes) {
         let kind = match (w.found, h) {
             (Found::Dir { mode }, _) => Kind::Dir { mode },
             (Found::Symlink { target }, _) => Kind::Symlink { target },
-            (Found::File { stamp, mode }, Some(Ok(hash))) => {
-                if saved.get(&w.path).map(|(s, _)| s) != Some(&stamp) {
+            (Found::File { stamp, mode }, Some(Ok((hash, read)))) => {
+                if read {
                     rehashed += 1;
                 }
                 stamps.insert(entries.len(), stamp);
