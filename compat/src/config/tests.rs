@@ -288,3 +288,24 @@ fn discovery_prefers_rdist_toml_and_says_so() {
         l.notes
     );
 }
+
+#[test]
+fn the_readme_example_sets_every_key() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .expect("a Configuration section");
+    let text = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|t| t.split("```").next())
+        .expect("a toml block");
+    let l = ok(text);
+    let documented: Vec<&str> = l.lines.keys().map(String::as_str).collect();
+    let mut every: Vec<String> = ["sync", "run"].map(str::to_owned).to_vec();
+    every.extend(SYNC_KEYS.iter().map(|k| format!("sync.{k}")));
+    every.extend(RUN_KEYS.iter().map(|k| format!("run.{k}")));
+    every.sort();
+    assert_eq!(documented, every);
+}
