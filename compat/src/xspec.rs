@@ -43,6 +43,7 @@ mod tests_proxy;
 mod tests_valid;
 
 pub use error::{ErrorKind, ParseError};
+pub(crate) use keys::closest;
 pub use proxy::{Placement, ResolveError, resolve};
 
 /// One `--tx` (or `--px`) worker spec.

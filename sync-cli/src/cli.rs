@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
+
+pub mod interleaved;
 
 /// Mirror Python source trees to test workers and run pytest there: the replacement for
 /// pytest-xdist's `--rsyncdir` / `--tx`.
@@ -38,6 +41,30 @@ pub enum Command {
     /// Translate pytest-xdist's rsync settings (`rsyncdirs`, `rsyncignore`, `--tx`, ... in the
     /// pytest config, `PYTEST_ADDOPTS` or a command line) to rdist: a preview by default.
     Migrate(MigrateArgs),
+}
+
+impl Command {
+    /// Records which shared options `matches` (this subcommand's) got from the command line or
+    /// the environment rather than from their defaults: those the configuration file does not
+    /// override.
+    pub fn note_explicit(&mut self, matches: &ArgMatches) {
+        let common = match self {
+            Command::Sync(a) => &mut a.common,
+            Command::Run(a) => &mut a.common,
+            Command::Check(a) => &mut a.run.common,
+            _ => return,
+        };
+        common.explicit = matches
+            .ids()
+            .filter(|id| {
+                matches!(
+                    matches.value_source(id.as_str()),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                )
+            })
+            .map(|id| id.as_str().to_owned())
+            .collect();
+    }
 }
 
 #[derive(Debug, Args)]
@@ -89,18 +116,21 @@ pub enum Layout {
     Xdist,
 }
 
-#[derive(Debug, Args)]
-pub struct SyncArgs {
-    /// A directory (or file) to mirror; repeatable. Relative to the current directory and
-    /// inside the project root.
+/// Options `rdist sync`, `rdist run` and `rdist check` share. A list given on the command line
+/// replaces the configuration file's list (as pytest's `-o` does); other options override it.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// A directory (or file) to mirror; repeatable; replaces `roots` of `rdist.toml`. Relative
+    /// to the current directory and inside the project root. `rdist run` syncs the whole
+    /// project root by default.
     #[arg(long = "rsyncdir", value_name = "DIR", help_heading = "What to sync")]
     pub rsyncdir: Vec<PathBuf>,
 
-    /// Leave out entries matching GLOB; repeatable. A pattern without `/` matches a name at any
-    /// depth (`*.log`, `build`); one with `/` matches the path from the project root
-    /// (`pkg/data`, `docs/**/*.png`). A trailing `/` matches directories only. `.*`, `*.pyc`,
-    /// `*.pyo` and `*~` are always ignored. Ignored names that exist only on a worker (a
-    /// `.venv`) are never deleted there.
+    /// Leave out entries matching GLOB; repeatable; replaces `ignore` of `rdist.toml`. A
+    /// pattern without `/` matches a name at any depth (`*.log`, `build`); one with `/` matches
+    /// the path from the project root (`pkg/data`, `docs/**/*.png`). A trailing `/` matches
+    /// directories only. `.*`, `*.pyc`, `*.pyo` and `*~` are always ignored. Ignored names that
+    /// exist only on a worker (a `.venv`) are never deleted there.
     #[arg(
         long = "rsyncignore",
         value_name = "GLOB",
@@ -108,27 +138,20 @@ pub struct SyncArgs {
     )]
     pub rsyncignore: Vec<String>,
 
-    /// Where roots land in the worker directory.
-    #[arg(long, value_enum, default_value_t = Layout::Rdist, help_heading = "What to sync")]
-    pub layout: Layout,
-
-    /// A worker, as an xdist spec; repeatable. `popen//chdir=DIR` (a local directory),
-    /// `ssh=HOST//chdir=DIR` (through the system `ssh`: `~/.ssh/config`, keys, agents and
-    /// ProxyJump apply; `ssh=-p 2222 user@host` takes OpenSSH options), `socket=HOST:PORT` (an
-    /// `rdist serve`), `2*...` for several workers, `via=NAME` for a `--px` proxy. Workers with
-    /// the same host and directory are synced once. Remote workers without `chdir=` use a
-    /// per-project directory in rdist's cache on the host.
-    #[arg(
-        long = "tx",
-        value_name = "SPEC",
-        required = true,
-        help_heading = "Where"
-    )]
+    /// A worker, as an xdist spec; repeatable; replaces `tx` of `rdist.toml`.
+    /// `popen//chdir=DIR` (a local directory), `ssh=HOST//chdir=DIR` (through the system `ssh`:
+    /// `~/.ssh/config`, keys, agents and ProxyJump apply; `ssh=-p 2222 user@host` takes OpenSSH
+    /// options), `socket=HOST:PORT` (an `rdist serve`), `2*...` for several workers, `via=NAME`
+    /// for a `--px` proxy, `python=EXE` for the interpreter. Workers with the same host and
+    /// directory are synced once. Remote workers without `chdir=` use a per-project directory
+    /// in rdist's cache on the host.
+    #[arg(long = "tx", value_name = "SPEC", help_heading = "Workers")]
     pub tx: Vec<String>,
 
     /// A proxy, as an xdist spec with an id: `id=NAME//ssh=HOST` or `id=NAME//socket=HOST:PORT`;
-    /// workers reach it with `via=NAME` and are synced on its host.
-    #[arg(long = "px", value_name = "SPEC", help_heading = "Where")]
+    /// workers reach it with `via=NAME` and are synced on its host. Replaces `px` of
+    /// `rdist.toml`.
+    #[arg(long = "px", value_name = "SPEC", help_heading = "Workers")]
     pub px: Vec<String>,
 
     /// Seconds to wait for a worker host to answer before reporting it as failed.
@@ -137,17 +160,70 @@ pub struct SyncArgs {
         value_name = "SECS",
         default_value_t = 15.0,
         env = "RDIST_CONNECT_TIMEOUT",
-        help_heading = "Where"
+        help_heading = "Workers"
     )]
     pub connect_timeout: f64,
 
     /// File holding the token of `rdist serve` for `socket=` workers (or set `RDIST_TOKEN`).
-    #[arg(long, value_name = "FILE", help_heading = "Where")]
+    #[arg(long, value_name = "FILE", help_heading = "Workers")]
     pub token_file: Option<PathBuf>,
+
+    /// Read settings from FILE instead of the project's `rdist.toml` or `[tool.rdist]` in
+    /// `pyproject.toml` (a file named `pyproject.toml` is read for `[tool.rdist]`).
+    #[arg(long, value_name = "FILE", help_heading = "Configuration")]
+    pub config: Option<PathBuf>,
+
+    /// Ignore the configuration file.
+    #[arg(long, conflicts_with = "config", help_heading = "Configuration")]
+    pub no_config: bool,
+
+    /// Where rdist keeps its caches.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "RDIST_CACHE_DIR",
+        help_heading = "Configuration"
+    )]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Settings only the configuration file gives.
+    #[arg(skip)]
+    pub from_config: ConfigOnly,
+
+    /// Ids of the options given on the command line or by an environment variable (filled in
+    /// by [`Command::note_explicit`]), which the configuration file does not override.
+    #[arg(skip)]
+    pub explicit: Vec<String>,
+}
+
+impl CommonArgs {
+    /// Whether the option with id `id` (the field name) was given, not defaulted.
+    pub fn is_explicit(&self, id: &str) -> bool {
+        self.explicit.iter().any(|e| e == id)
+    }
+}
+
+/// Settings that have no command-line option: `[run] python` and `dir` of `rdist.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOnly {
+    /// The interpreter of workers whose spec has no `python=`.
+    pub python: Option<String>,
+    /// The directory of remote workers whose spec has no `chdir=`.
+    pub dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Where roots land in the worker directory.
+    #[arg(long, value_enum, default_value_t = Layout::Rdist, help_heading = "What to sync")]
+    pub layout: Layout,
 
     /// Mirror into a non-empty directory that rdist did not create (its other entries are
     /// deleted).
-    #[arg(long, help_heading = "Where")]
+    #[arg(long, help_heading = "Workers")]
     pub adopt: bool,
 
     /// List what would change without changing anything.
@@ -175,15 +251,6 @@ pub struct SyncArgs {
     /// Print a JSON summary on stdout.
     #[arg(long, help_heading = "Output")]
     pub json: bool,
-
-    /// Where rdist keeps its hash cache.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "RDIST_CACHE_DIR",
-        help_heading = "Behaviour"
-    )]
-    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -193,9 +260,15 @@ pub struct AgentArgs {
     pub stdio: bool,
 }
 
-#[derive(Debug, Args)]
+/// `rdist run`'s options. Its command line may mix them with pytest's in any order, as
+/// pytest-xdist's did (see [`interleaved`]).
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Local workers run in place (no sync): a number, or `auto` for one per CPU.
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Local workers run in place (no sync): a number, or `auto` for one per CPU. Replaces
+    /// `--tx`, as in pytest-xdist.
     #[arg(
         short = 'n',
         long = "numprocesses",
@@ -203,16 +276,6 @@ pub struct RunArgs {
         help_heading = "Workers"
     )]
     pub numprocesses: Option<String>,
-
-    /// A worker, as an xdist spec (`popen`, `popen//chdir=DIR`, `ssh=HOST//python=python3.12`,
-    /// `socket=HOST:PORT`, `3*popen//via=PROXY`); repeatable. Workers with `chdir=` and remote
-    /// workers get the project synced first; one connection per host carries its workers.
-    #[arg(long = "tx", value_name = "SPEC", help_heading = "Workers")]
-    pub tx: Vec<String>,
-
-    /// A proxy for `via=` workers (see `rdist sync --help`).
-    #[arg(long = "px", value_name = "SPEC", help_heading = "Workers")]
-    pub px: Vec<String>,
 
     /// How tests are distributed.
     #[arg(
@@ -226,20 +289,6 @@ pub struct RunArgs {
     /// Accepted for pytest-xdist compatibility (`-d` = distribute over `--tx`); no effect.
     #[arg(short = 'd', help_heading = "Workers")]
     pub distribute: bool,
-
-    /// Seconds to wait for a worker host to answer.
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = 15.0,
-        env = "RDIST_CONNECT_TIMEOUT",
-        help_heading = "Workers"
-    )]
-    pub connect_timeout: f64,
-
-    /// File holding the token of `rdist serve` for `socket=` workers (or set `RDIST_TOKEN`).
-    #[arg(long, value_name = "FILE", help_heading = "Workers")]
-    pub token_file: Option<PathBuf>,
 
     /// Restarts of crashed workers before their tests are given up.
     #[arg(long, value_name = "N", default_value_t = 4, help_heading = "Workers")]
@@ -255,14 +304,6 @@ pub struct RunArgs {
     )]
     pub heartbeat_timeout: f64,
 
-    /// A directory (or file) to sync to `chdir=` workers; default: the project root.
-    #[arg(long = "rsyncdir", value_name = "DIR", help_heading = "Sync")]
-    pub rsyncdir: Vec<PathBuf>,
-
-    /// Leave out entries matching GLOB (see `rdist sync --help`).
-    #[arg(long = "rsyncignore", value_name = "GLOB", help_heading = "Sync")]
-    pub rsyncignore: Vec<String>,
-
     /// Print a line per test (`[gw0] [ 50%] PASSED tests/test_x.py::test_a`).
     #[arg(short, long, action = clap::ArgAction::Count, help_heading = "Output")]
     pub verbose: u8,
@@ -275,16 +316,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", help_heading = "Output")]
     pub junitxml: Option<PathBuf>,
 
-    /// Where rdist keeps its caches.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "RDIST_CACHE_DIR",
-        help_heading = "Output"
-    )]
-    pub cache_dir: Option<PathBuf>,
-
-    /// Arguments for pytest (test paths, `-k`, `-m`, `-x`, ...).
+    /// Arguments for pytest (test paths, `-k`, `-m`, `-x`, ...), before, after or between
+    /// rdist's options; everything after `--` goes to pytest.
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
@@ -293,7 +326,7 @@ pub struct RunArgs {
     pub pytest_args: Vec<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
     /// Create the missing `__init__.py` files in test directories (after listing them).
     #[arg(long, help_heading = "Check")]

@@ -13,14 +13,23 @@ pub mod transport;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 pub use exit::{Code, Failure};
 
 /// Runs the command line of this process and returns its exit code.
 pub fn main() -> ExitCode {
-    let args = match cli::Cli::try_parse() {
-        Ok(a) => a,
+    let argv = cli::interleaved::reorder(std::env::args_os().collect());
+    let parsed = cli::Cli::command()
+        .try_get_matches_from(argv)
+        .and_then(|m| cli::Cli::from_arg_matches(&m).map(|a| (a, m)));
+    let args = match parsed {
+        Ok((mut args, matches)) => {
+            if let Some((_, sub)) = matches.subcommand() {
+                args.command.note_explicit(sub);
+            }
+            args
+        }
         Err(e) => {
             let code = match e.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {

@@ -1,5 +1,6 @@
-//! From parsed arguments to validated settings: the project root, the sync roots and where each
-//! lands, the ignore rules, and the distinct sync targets. Every user error is found here, before
+//! From parsed arguments to validated settings: the configuration file laid under them
+//! ([`layers`]), the project root, the sync roots and where each lands, the ignore rules, and the
+//! distinct sync targets. Every user error is found here, before
 //! any work starts, with a message naming the offending value and a hint.
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,10 @@ use sync_core::walk::WalkRoot;
 
 use crate::cli::{Layout, SyncArgs};
 use crate::exit::Failure;
+
+mod layers;
+
+pub use layers::{run_args, sync_args};
 
 /// Files whose presence marks a project root, in the order they are looked for. Those present
 /// in the project root are always synced.
@@ -123,6 +128,8 @@ impl SyncSettings {
     /// # Errors
     /// A usage failure naming the bad value.
     pub fn from_args(args: &SyncArgs, cwd: &Path) -> Result<SyncSettings, Failure> {
+        let (sync, args) = (args, &args.common);
+        let layout = sync.layout;
         let cwd = std::fs::canonicalize(cwd).map_err(|e| {
             Failure::usage(anyhow!(e).context("cannot resolve the current directory"))
         })?;
@@ -136,7 +143,14 @@ impl SyncSettings {
 
         if args.rsyncdir.is_empty() {
             return Err(Failure::usage(anyhow!("no sync roots given")).with_hint(
-                "name what to mirror with `--rsyncdir DIR` (repeatable), e.g. `--rsyncdir .`",
+                "name what to mirror with `--rsyncdir DIR` (repeatable), e.g. `--rsyncdir .`, \
+                 or with `roots` in the `[sync]` table of `rdist.toml`",
+            ));
+        }
+        if args.tx.is_empty() {
+            return Err(Failure::usage(anyhow!("no workers given")).with_hint(
+                "name where to sync with `--tx SPEC` (repeatable), e.g. `--tx popen//chdir=DIR`, \
+                 or with `tx` in the `[run]` table of `rdist.toml`",
             ));
         }
         let mut resolved: Vec<(PathBuf, String)> = Vec::new();
@@ -171,7 +185,7 @@ impl SyncSettings {
             resolved.push((abs, raw.display().to_string()));
         }
 
-        let roots = match args.layout {
+        let roots = match layout {
             Layout::Rdist => rdist_layout(&project_root, resolved)?,
             Layout::Xdist => {
                 notes.push(
@@ -184,7 +198,7 @@ impl SyncSettings {
         };
         // Path patterns are anchored at the project root, which only matches destination paths
         // in the rdist layout; under the xdist layout the agent protects by name only.
-        let agent_ignore = match args.layout {
+        let agent_ignore = match layout {
             Layout::Rdist => args.rsyncignore.clone(),
             Layout::Xdist => args
                 .rsyncignore
@@ -204,7 +218,15 @@ impl SyncSettings {
             _ => None,
         };
         let project_key = project_key(&project_root);
-        let targets = targets(&args.tx, &args.px, &cwd, &project_key, &mut notes)?;
+        let default_dir = args.from_config.dir.as_deref();
+        let targets = targets(
+            &args.tx,
+            &args.px,
+            &cwd,
+            &project_key,
+            default_dir,
+            &mut notes,
+        )?;
         if token.is_none()
             && targets
                 .iter()
@@ -227,12 +249,12 @@ impl SyncSettings {
             filter,
             agent_ignore,
             targets,
-            dry_run: args.dry_run,
-            fsync: args.fsync,
-            adopt: args.adopt,
-            lock_wait_ms: (args.lock_wait.max(0.0) * 1000.0) as u64,
-            verbose: args.verbose,
-            json: args.json,
+            dry_run: sync.dry_run,
+            fsync: sync.fsync,
+            adopt: sync.adopt,
+            lock_wait_ms: (sync.lock_wait.max(0.0) * 1000.0) as u64,
+            verbose: sync.verbose,
+            json: sync.json,
             cache_file,
             connect_timeout: std::time::Duration::from_secs_f64(args.connect_timeout.max(0.1)),
             token,
@@ -370,6 +392,7 @@ fn targets(
     px: &[String],
     cwd: &Path,
     project_key: &str,
+    default_dir: Option<&str>,
     notes: &mut Vec<String>,
 ) -> Result<Vec<Target>, Failure> {
     let tx_specs: Vec<XSpec> = tx
@@ -408,7 +431,11 @@ fn targets(
         }
         // A worker `via` a proxy runs on the proxy's host: sync there.
         let gateway = place.proxy.map_or(&spec.gateway, |p| &p.gateway);
-        let chdir = spec.chdir.as_deref();
+        // `[run] dir` of the configuration file stands in for a remote worker's `chdir=`.
+        let chdir = spec
+            .chdir
+            .as_deref()
+            .or(default_dir.filter(|_| !spec.is_local()));
         let (transport, dest, base) = match gateway {
             Gateway::Popen => match chdir {
                 Some(dir) => {

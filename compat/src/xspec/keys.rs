@@ -96,7 +96,7 @@ pub(super) fn suggest(key: &str) -> Option<String> {
 }
 
 /// The candidate most like `word`, if any is close enough to be a likely typo.
-pub(super) fn closest<'a>(
+pub(crate) fn closest<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {

@@ -29,10 +29,10 @@ struct Column {
 /// # Errors
 /// Usage errors.
 pub fn run(args: &CheckArgs) -> Result<Code, Failure> {
-    let run = &args.run;
     let cwd = std::env::current_dir()
         .and_then(std::fs::canonicalize)
         .map_err(|e| Failure::usage(anyhow!(e).context("no current directory")))?;
+    let run = &settings::run_args(&args.run, &cwd)?;
     let project_root = settings::find_project_root(&cwd);
     let (planned, sync_tx) = plan_workers(run, &project_root, &cwd)?;
     // The tree as `rdist sync` would send it.
@@ -102,6 +102,7 @@ pub fn run(args: &CheckArgs) -> Result<Code, Failure> {
             .iter()
             .find(|p| specs.contains(&p.raw))
             .and_then(|p| p.spec.as_ref().and_then(|s| s.python.clone()))
+            .or_else(|| run.common.from_config.python.clone())
             .unwrap_or_else(|| "python3".to_owned())
     };
     let mut columns: Vec<Column> = Vec::new();

@@ -28,6 +28,7 @@ pub fn run(args: &RunArgs) -> Result<Code, Failure> {
         .and_then(std::fs::canonicalize)
         .map_err(|e| Failure::usage(anyhow!(e).context("no current directory")))?;
     let project_root = settings::find_project_root(&cwd);
+    let args = &settings::run_args(args, &cwd)?;
     let (planned, sync_tx) = plan_workers(args, &project_root, &cwd)?;
     let mut hosts: Vec<(Transport, Arc<RemoteHost>)> = Vec::new();
     let mut targets = Vec::new();
@@ -54,7 +55,8 @@ pub fn run(args: &RunArgs) -> Result<Code, Failure> {
         }
         targets = s.targets;
     }
-    let workers = place_workers(planned, &targets, &hosts)?;
+    let python = args.common.from_config.python.as_deref();
+    let workers = place_workers(python, planned, &targets, &hosts)?;
     let code = run_workers(args, &cwd, &project_root, workers);
     close_all(&hosts);
     code
@@ -62,25 +64,20 @@ pub fn run(args: &RunArgs) -> Result<Code, Failure> {
 
 /// The `rdist sync` arguments that prepare `sync_tx` for a run (or a check).
 pub(crate) fn sync_args_for(args: &RunArgs, project_root: &Path, sync_tx: Vec<String>) -> SyncArgs {
+    let mut common = args.common.clone();
+    if common.rsyncdir.is_empty() {
+        common.rsyncdir = vec![project_root.to_owned()];
+    }
+    common.tx = sync_tx;
     SyncArgs {
-        rsyncdir: if args.rsyncdir.is_empty() {
-            vec![project_root.to_owned()]
-        } else {
-            args.rsyncdir.clone()
-        },
-        rsyncignore: args.rsyncignore.clone(),
+        common,
         layout: Layout::Rdist,
-        tx: sync_tx,
-        px: args.px.clone(),
-        connect_timeout: args.connect_timeout,
-        token_file: args.token_file.clone(),
         adopt: false,
         dry_run: false,
         fsync: false,
         lock_wait: 60.0,
         verbose: false,
         json: false,
-        cache_dir: args.cache_dir.clone(),
     }
 }
 
@@ -99,6 +96,7 @@ pub(crate) struct Planned {
 }
 
 fn place_workers(
+    python: Option<&str>,
     planned: Vec<Planned>,
     targets: &[crate::settings::Target],
     hosts: &[(Transport, Arc<RemoteHost>)],
@@ -133,7 +131,7 @@ fn place_workers(
             spec: p.raw.clone(),
             python: spec
                 .and_then(|s| s.python.clone())
-                .unwrap_or_else(|| "python3".to_owned()),
+                .unwrap_or_else(|| python.unwrap_or("python3").to_owned()),
             place,
             env: spec.map(|s| s.env.clone()).unwrap_or_default(),
             nice: spec.and_then(|s| s.nice),
@@ -150,6 +148,7 @@ fn run_workers(
     workers: Vec<WorkerSpec>,
 ) -> Result<Code, Failure> {
     let cache = args
+        .common
         .cache_dir
         .clone()
         .or_else(settings::cache_dir)
@@ -308,12 +307,12 @@ pub(crate) fn plan_workers(
                         .with_hint("give a positive number or `auto`")
                 })?,
         };
-        if !args.tx.is_empty() {
+        if !args.common.tx.is_empty() {
             crate::output::note("`-n` replaces `--tx`, as in pytest-xdist");
         }
         return Ok((in_place(count), Vec::new()));
     }
-    if args.tx.is_empty() {
+    if args.common.tx.is_empty() {
         return Ok((
             in_place(std::thread::available_parallelism().map_or(2, |n| n.get())),
             Vec::new(),
@@ -321,7 +320,7 @@ pub(crate) fn plan_workers(
     }
     let mut out = Vec::new();
     let mut sync = Vec::new();
-    for raw in &args.tx {
+    for raw in &args.common.tx {
         let spec: XSpec = raw.parse().map_err(|e: compat::xspec::ParseError| {
             let carets: Vec<String> = e
                 .render(raw)
@@ -395,7 +394,7 @@ fn map_args(args: &[String], cwd: &Path, project_root: &Path) -> Vec<String> {
 }
 
 /// Whether pytest option `opt` takes the next token as its value (`Some(true)`: a path).
-fn option_value(opt: &str) -> Option<bool> {
+pub(crate) fn option_value(opt: &str) -> Option<bool> {
     const PATHS: [&str; 7] = [
         "--ignore",
         "--ignore-glob",

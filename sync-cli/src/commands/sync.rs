@@ -28,7 +28,8 @@ pub struct TargetResult {
 pub fn run(args: &SyncArgs) -> Result<Code, Failure> {
     let cwd = std::env::current_dir()
         .map_err(|e| Failure::usage(anyhow!(e).context("no current directory")))?;
-    let settings = SyncSettings::from_args(args, &cwd)?;
+    let args = crate::settings::sync_args(args, &cwd)?;
+    let settings = SyncSettings::from_args(&args, &cwd)?;
     sync_settings(&settings)
 }
 
