@@ -284,6 +284,11 @@ pub struct RunArgs {
     )]
     pub cache_dir: Option<PathBuf>,
 
+    /// Skip the pre-flight check (interpreter, pytest and plugins, packages the code imports,
+    /// destination) that runs after the sync.
+    #[arg(long, help_heading = "Workers")]
+    pub no_check: bool,
+
     /// Arguments for pytest (test paths, `-k`, `-m`, `-x`, ...).
     #[arg(
         trailing_var_arg = true,
