@@ -316,6 +316,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", help_heading = "Output")]
     pub junitxml: Option<PathBuf>,
 
+    /// Skip the pre-flight check (interpreter, pytest and plugins, packages the code imports,
+    /// destination) that runs after the sync.
+    #[arg(long, help_heading = "Workers")]
+    pub no_check: bool,
+
     /// Arguments for pytest (test paths, `-k`, `-m`, `-x`, ...), before, after or between
     /// rdist's options; everything after `--` goes to pytest.
     #[arg(

@@ -290,3 +290,41 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     v.truncate(len);
     v
 }
+
+/// A tmpfs mounted on a directory (created if missing), unmounted when dropped (the mount point
+/// is left for its sandbox to delete). Needs root; a small `size=` makes a full disk, `ro` a
+/// read-only destination even for root.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs with mount `options` (`size=2m`, `ro,size=1m`) on `dir`, or says why it
+    /// cannot (not root, no permission).
+    ///
+    /// # Errors
+    /// `mount`'s complaint.
+    pub fn mount(dir: &Path, options: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(Tmpfs(dir.to_owned()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}

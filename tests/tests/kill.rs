@@ -15,7 +15,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdist_tests::{Sandbox, fixed_ignored, show, snap_diff, snapshot, snapshot_filtered};
+use rdist_tests::{Sandbox, Tmpfs, fixed_ignored, show, snap_diff, snapshot, snapshot_filtered};
 
 /// splitmix64: deterministic contents and kill points.
 struct Rng(u64);
@@ -487,39 +487,6 @@ fn killed_agent_fails_the_sync_cleanly() {
     );
 }
 
-/// A tmpfs mounted on a sandbox directory, unmounted (and its mount point left behind for the
-/// sandbox to delete) when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mounts a `size` tmpfs on `dir`, or says why it cannot (not root, no permission).
-    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if out.status.success() {
-            Ok(Tmpfs(dir.to_owned()))
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 /// A sandbox whose worker directory is a tmpfs; fields drop in order, so the tmpfs is unmounted
 /// before the sandbox is deleted.
 struct SmallDisk {
@@ -531,7 +498,7 @@ struct SmallDisk {
 /// process may not mount one.
 fn small_disk() -> Option<SmallDisk> {
     let s = Setup::new();
-    match Tmpfs::mount(&s.dest, "2m") {
+    match Tmpfs::mount(&s.dest, "size=2m") {
         Ok(m) => Some(SmallDisk { _mount: m, s }),
         Err(why) => {
             eprintln!(

@@ -3,7 +3,10 @@
 //! the answers are compared with this machine's and with the project tree, and shown as one
 //! table: a row per check, a column per host.
 
+pub mod collect;
+pub mod host;
 pub mod layout;
+pub mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -55,6 +58,9 @@ pub struct Cell {
     /// What to do about it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Lines shown under the hint (a short diff).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
 }
 
 impl Cell {
@@ -63,6 +69,7 @@ impl Cell {
             level: Level::Ok,
             value: value.into(),
             hint: None,
+            details: Vec::new(),
         }
     }
     pub fn warn(value: impl Into<String>, hint: impl Into<String>) -> Cell {
@@ -70,6 +77,7 @@ impl Cell {
             level: Level::Warn,
             value: value.into(),
             hint: Some(hint.into()),
+            details: Vec::new(),
         }
     }
     pub fn error(value: impl Into<String>, hint: impl Into<String>) -> Cell {
@@ -77,6 +85,7 @@ impl Cell {
             level: Level::Error,
             value: value.into(),
             hint: Some(hint.into()),
+            details: Vec::new(),
         }
     }
 }
@@ -163,13 +172,13 @@ pub fn python_rows(
         },
     ));
     let mut missing_needed = Vec::new();
-    let mut missing_other = 0;
-    let mut other_version = 0;
+    let mut missing_other = Vec::new();
+    let mut other_version = Vec::new();
     for (name, v) in &local.dists {
         match remote.dists.get(name) {
             None if imported.contains(name) => missing_needed.push(name.clone()),
-            None => missing_other += 1,
-            Some(rv) if rv != v => other_version += 1,
+            None => missing_other.push(format!("missing: {name} {v}")),
+            Some(rv) if rv != v => other_version.push(format!("{name} {rv} (here {v})")),
             Some(_) => {}
         }
     }
@@ -188,11 +197,21 @@ pub fn python_rows(
                 ),
                 "install the project's dependencies there (the same requirements file)",
             )
-        } else if missing_other + other_version > 0 {
-            Cell::warn(
-                format!("{missing_other} missing, {other_version} other version, {extra} extra"),
-                "the environments differ; `--json` lists every package",
-            )
+        } else if missing_other.len() + other_version.len() > 0 {
+            let mut cell = Cell::warn(
+                format!(
+                    "{} missing, {} other version, {extra} extra",
+                    missing_other.len(),
+                    other_version.len()
+                ),
+                "the environments differ (below: the first differences)",
+            );
+            cell.details = other_version
+                .into_iter()
+                .chain(missing_other)
+                .take(5)
+                .collect();
+            cell
         } else {
             Cell::ok(format!("{} same, {extra} extra", local.dists.len()))
         },

@@ -6,12 +6,10 @@ use sync_core::agent::{AgentOptions, error_chain, serve};
 use crate::cli::AgentArgs;
 use crate::exit::{Code, Failure};
 
-/// Serves until the controller closes the connection.
-///
-/// # Errors
-/// A fatal protocol or destination error (already reported to the controller).
-pub fn run(_args: &AgentArgs) -> Result<Code, Failure> {
-    let opts = AgentOptions {
+/// The options of an unconfined agent on this machine (also used in-process, for probes of
+/// local worker directories).
+pub(crate) fn options() -> AgentOptions {
+    AgentOptions {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         confine: None,
@@ -19,7 +17,15 @@ pub fn run(_args: &AgentArgs) -> Result<Code, Failure> {
         cache_dir: crate::settings::cache_dir(),
         token: None,
         worker_plugin: Some(crate::dispatch::worker::PLUGIN),
-    };
+    }
+}
+
+/// Serves until the controller closes the connection.
+///
+/// # Errors
+/// A fatal protocol or destination error (already reported to the controller).
+pub fn run(_args: &AgentArgs) -> Result<Code, Failure> {
+    let opts = options();
     // Raw descriptors: std's stdout is line-buffered, which would split binary frames at every
     // newline byte.
     use std::os::fd::AsFd;

@@ -1,33 +1,61 @@
-//! `rdist check`: the pre-flight report. Same worker options as `rdist run`; every host is
-//! probed concurrently; the answer is a table (a row per check, a column per host), `hint:`
-//! lines for each problem, `--json`, and exit 0 (all good), 1 (errors), 2 (a host could not be
-//! checked).
+//! `rdist check`: the pre-flight report. Same worker options as `rdist run`. Every target is
+//! handled by its own thread: connect, probe (system, clock, destination, Python), sync the
+//! project there when the probe found a place for it, and collect there; meanwhile this machine
+//! probes its own Python and collects. The answer is a table (a row per check, a column per
+//! host), `hint:` lines for each problem, `--json`, and exit 0 (all good), 1 (errors), 2 (a host
+//! could not be checked). [`preflight`] is the fast subset `rdist run` runs after its sync.
 
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use serde_json::json;
 use sync_core::proto::ProbeRequest;
+use sync_core::scan::SourceTree;
 
-use crate::check::{Cell, Level, PROBE, PyFacts, bytes, clock_cell, layout, python_rows};
+use crate::check::collect::{Collection, collect, drift_cell};
+use crate::check::host::{
+    Answer, host_cells, local_facts, local_python, python_cells, remote_facts,
+};
+use crate::check::report::{Column, print_table};
+use crate::check::{Cell, Level, PROBE, PyFacts, layout};
 use crate::cli::CheckArgs;
-use crate::commands::run::{plan_workers, sync_args_for};
+use crate::commands::run::{Planned, map_args, plan_workers, sync_args_for};
+use crate::dispatch::worker::{Place, RemoteHost, WorkerSpec, install_plugin};
 use crate::exit::{Code, Failure};
 use crate::settings::{self, SyncSettings, Target, Transport};
 
-/// A column of the table.
-struct Column {
+mod preflight;
+pub(crate) use preflight::preflight;
+
+/// How long a worker may take to collect.
+const COLLECT_LIMIT: Duration = Duration::from_secs(120);
+
+/// What one target's thread found.
+struct Examined {
     label: String,
-    cells: Vec<(&'static str, Cell)>,
-    reachable: bool,
+    /// Time to connect, or why the host could not be asked.
+    reachable: Result<Duration, Cell>,
+    answer: Option<Answer>,
+    /// The worker's collection; `Err`: why it was not collected (`skipped`: not an error).
+    collection: Option<Result<Collection, String>>,
+    skipped: Option<String>,
+}
+
+/// What a collection needs besides the worker.
+struct Collecting<'a> {
+    tree: &'a SourceTree,
+    need: u64,
+    plugin_dir: Option<&'a Path>,
+    pytest_args: &'a [String],
+    /// The config file's `python`, for specs without `python=`.
+    python: Option<&'a str>,
 }
 
 /// Runs `rdist check`.
 ///
 /// # Errors
-/// Usage errors.
+/// Usage errors, or a project tree that cannot be read.
 pub fn run(args: &CheckArgs) -> Result<Code, Failure> {
     let cwd = std::env::current_dir()
         .and_then(std::fs::canonicalize)
@@ -42,7 +70,10 @@ pub fn run(args: &CheckArgs) -> Result<Code, Failure> {
         vec!["popen//chdir=/nonexistent-rdist-check".to_owned()],
     );
     let sync_settings = SyncSettings::from_args(&sync_args, &cwd)?;
-    let mut cache = sync_core::hash::HashCache::in_memory();
+    let mut cache = match &sync_settings.cache_file {
+        Some(f) => sync_core::hash::HashCache::load(f.clone()),
+        None => sync_core::hash::HashCache::in_memory(),
+    };
     let tree = sync_core::scan::scan(
         &project_root,
         &sync_settings.roots,
@@ -50,16 +81,8 @@ pub fn run(args: &CheckArgs) -> Result<Code, Failure> {
         &mut cache,
     )
     .map_err(Failure::failed)?;
-    let files: Vec<(String, u64)> = tree
-        .manifest
-        .entries()
-        .iter()
-        .filter_map(|e| match e.kind {
-            sync_core::manifest::Kind::File { size, .. } => Some((e.path.to_string(), size)),
-            _ => None,
-        })
-        .collect();
-    let lay = layout::examine(&project_root, &files);
+    let _ = cache.save();
+    let lay = layout::examine(&project_root, &files_of(&tree));
     if args.fix && !lay.no_init.is_empty() {
         for d in &lay.no_init {
             let p = project_root.join(d).join("__init__.py");
@@ -69,42 +92,72 @@ pub fn run(args: &CheckArgs) -> Result<Code, Failure> {
             })?;
         }
     }
-    let local = local_facts();
-    let imported: BTreeSet<String> = match &local {
-        Ok(l) => lay
-            .imports
-            .iter()
-            .flat_map(|m| l.modules.get(m).cloned().unwrap_or_default())
-            .collect(),
-        Err(_) => BTreeSet::new(),
-    };
-
     // One probe per distinct place: local in-place workers, and each sync target.
-    let targets: Vec<Target> = if sync_tx.is_empty() {
-        Vec::new()
+    let (targets, s) = if sync_tx.is_empty() {
+        (Vec::new(), None)
     } else {
-        SyncSettings::from_args(&sync_args_for(run, &project_root, sync_tx), &cwd)?.targets
+        let s = SyncSettings::from_args(&sync_args_for(run, &project_root, sync_tx), &cwd)?;
+        (s.targets.clone(), Some(s))
     };
-    let s_for_connect = if targets.is_empty() {
-        None
-    } else {
-        Some(SyncSettings::from_args(
-            &sync_args_for(
-                run,
-                &project_root,
-                targets.iter().flat_map(|t| t.specs.clone()).collect(),
-            ),
-            &cwd,
-        )?)
+    let plugin_dir = run
+        .common
+        .cache_dir
+        .clone()
+        .or_else(settings::cache_dir)
+        .and_then(|c| install_plugin(&c).ok());
+    let pytest_args = map_args(&run.pytest_args, &cwd, &project_root);
+    let job = Collecting {
+        tree: &tree,
+        need: lay.bytes,
+        plugin_dir: plugin_dir.as_deref(),
+        pytest_args: &pytest_args,
+        python: run.common.from_config.python.as_deref(),
     };
-    let python_of = |specs: &[String]| -> String {
-        planned
+    let (local, here, examined) = std::thread::scope(|scope| {
+        let facts = scope.spawn(local_facts);
+        let here = (!targets.is_empty()).then(|| {
+            let spec = worker_spec(
+                "local",
+                local_python(),
+                None,
+                Place::Local(project_root.clone()),
+            );
+            let (plugin_dir, args) = (job.plugin_dir, job.pytest_args);
+            scope.spawn(move || match plugin_dir {
+                Some(p) => collect(&spec, p, args, COLLECT_LIMIT),
+                None => Err("no cache directory for the pytest plugin".to_owned()),
+            })
+        });
+        let handles: Vec<_> = targets
             .iter()
-            .find(|p| specs.contains(&p.raw))
-            .and_then(|p| p.spec.as_ref().and_then(|s| s.python.clone()))
-            .or_else(|| run.common.from_config.python.clone())
-            .unwrap_or_else(|| "python3".to_owned())
-    };
+            .map(|t| {
+                let (s, planned, job) = (s.as_ref(), &planned, &job);
+                scope.spawn(move || examine(t, s.expect("targets imply settings"), planned, job))
+            })
+            .collect();
+        let examined: Vec<Examined> = handles
+            .into_iter()
+            .zip(&targets)
+            .map(|(h, t)| {
+                h.join().unwrap_or_else(|_| Examined {
+                    label: t.dest_label(),
+                    reachable: Err(Cell::error("internal error", "report this")),
+                    answer: None,
+                    collection: None,
+                    skipped: None,
+                })
+            })
+            .collect();
+        let local = facts
+            .join()
+            .unwrap_or_else(|_| Err("internal error".to_owned()));
+        let here = here.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err("internal error".to_owned()))
+        });
+        (local, here, examined)
+    });
+    let imported = imported_dists(&local, &lay);
     let mut columns: Vec<Column> = Vec::new();
     if planned
         .iter()
@@ -118,133 +171,164 @@ pub fn run(args: &CheckArgs) -> Result<Code, Failure> {
             reachable: true,
         });
     }
-    let probes: Vec<Column> = std::thread::scope(|scope| {
-        let handles: Vec<_> = targets
-            .iter()
-            .map(|t| {
-                let (local, imported, s) = (&local, &imported, s_for_connect.as_ref());
-                let python = python_of(&t.specs);
-                let tree_bytes = lay.bytes;
-                scope.spawn(move || {
-                    probe_target(
-                        t,
-                        s.expect("targets imply settings"),
-                        &python,
-                        local,
-                        imported,
-                        tree_bytes,
-                    )
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| Column {
-                    label: "?".into(),
-                    cells: vec![("reachable", Cell::error("internal error", "report this"))],
-                    reachable: false,
-                })
-            })
-            .collect()
-    });
-    columns.extend(probes);
-    let mut layout_cells: Vec<(&'static str, Cell)> = Vec::new();
-    layout_cells.push((
-        "module names",
-        if lay.clashes.is_empty() {
-            Cell::ok("no clashes")
-        } else {
-            let first: Vec<String> = lay.clashes.iter().take(3).map(|(n, v)| format!("{n} ({})", v.join(", "))).collect();
-            Cell::error(format!("same basename: {}", first.join("; ")), "add `__init__.py` to those test directories (`rdist check --fix`) or rename the modules; otherwise pytest fails with \"import file mismatch\"")
-        },
-    ));
-    layout_cells.push((
-        "__init__.py",
-        if lay.no_init.is_empty() || args.fix {
-            Cell::ok(if args.fix && !lay.no_init.is_empty() { "created".to_owned() } else { "present".to_owned() })
-        } else {
-            let dirs: Vec<String> = lay.no_init.iter().take(3).map(|d| d.display().to_string()).collect();
-            Cell::warn(format!("missing in {} test dir(s): {}", lay.no_init.len(), dirs.join(", ")), "pytest imports these test modules by basename (`rdist check --fix` adds the files)")
-        },
-    ));
+    for e in examined {
+        columns.push(column_of(e, &local, &imported, lay.bytes, here.as_ref()));
+    }
+    let layout_cells = layout_cells(&lay, args.fix);
     for c in &mut columns {
         c.cells.extend(layout_cells.iter().cloned());
     }
     print_table(&columns, run.json, &["module names", "__init__.py"]);
-    let unreachable = columns.iter().any(|c| !c.reachable);
-    let errors = columns
-        .iter()
-        .any(|c| c.cells.iter().any(|(_, cell)| cell.level == Level::Error));
-    Ok(if unreachable {
+    Ok(if columns.iter().any(|c| !c.reachable) {
         Code::Interrupted
-    } else if errors {
+    } else if columns.iter().any(Column::has_errors) {
         Code::Failed
     } else {
         Code::Ok
     })
 }
 
-/// This machine's interpreter: `python3`, or `RDIST_LOCAL_PYTHON`.
-fn local_facts() -> Result<PyFacts, String> {
-    let python = std::env::var("RDIST_LOCAL_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let out = std::process::Command::new(&python)
-        .arg("-c")
-        .arg(PROBE)
-        .output()
-        .map_err(|e| format!("cannot run `{python}`: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`{python}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("unexpected probe output: {e}"))
-}
-
-fn python_cells(
-    local: &Result<PyFacts, String>,
-    remote: &Result<PyFacts, String>,
-    imported: &BTreeSet<String>,
-) -> Vec<(&'static str, Cell)> {
-    match local {
-        Ok(l) => python_rows(l, remote.as_ref().map_err(String::as_str), imported),
-        Err(e) => vec![(
-            "python",
-            Cell::warn(
-                format!("cannot compare: {e}"),
-                "fix the local interpreter first",
-            ),
-        )],
-    }
-}
-
-fn probe_target(
-    t: &Target,
-    s: &SyncSettings,
-    python: &str,
-    local: &Result<PyFacts, String>,
-    imported: &BTreeSet<String>,
-    tree_bytes: u64,
-) -> Column {
-    let label = t.dest_label();
-    let started = Instant::now();
-    let opts = sync_core::push::PushOptions {
-        dest: t.dest.clone(),
-        ignore: Vec::new(),
-        dry_run: true,
-        fsync: false,
-        adopt: false,
-        lock_wait_ms: 0,
-        base: t.base,
-        token: match (&t.transport, &s.token) {
-            (Transport::Socket { .. }, Some(tok)) => Some(sync_core::auth::Key::from_token(tok)),
+/// Project-relative paths and sizes of the tree's files.
+pub(crate) fn files_of(tree: &SourceTree) -> Vec<(String, u64)> {
+    tree.manifest
+        .entries()
+        .iter()
+        .filter_map(|e| match e.kind {
+            sync_core::manifest::Kind::File { size, .. } => Some((e.path.to_string(), size)),
             _ => None,
-        },
-        delta_min: 0,
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .collect()
+}
+
+/// The distributions that provide the modules the code imports.
+pub(crate) fn imported_dists(
+    local: &Result<PyFacts, String>,
+    lay: &layout::Layout,
+) -> BTreeSet<String> {
+    match local {
+        Ok(l) => lay
+            .imports
+            .iter()
+            .flat_map(|m| l.modules.get(m).cloned().unwrap_or_default())
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+fn layout_cells(lay: &layout::Layout, fixed: bool) -> Vec<(&'static str, Cell)> {
+    let names = if lay.clashes.is_empty() {
+        Cell::ok("no clashes")
+    } else {
+        let first: Vec<String> = lay
+            .clashes
+            .iter()
+            .take(3)
+            .map(|(n, v)| format!("{n} ({})", v.join(", ")))
+            .collect();
+        Cell::error(
+            format!("same basename: {}", first.join("; ")),
+            "add `__init__.py` to those test directories (`rdist check --fix`) or rename the modules; otherwise pytest fails with \"import file mismatch\"",
+        )
     };
-    let mut opened = match crate::transport::open(t, s, opts) {
+    let inits = if lay.no_init.is_empty() {
+        Cell::ok("present")
+    } else if fixed {
+        Cell::ok("created")
+    } else {
+        let dirs: Vec<String> = lay
+            .no_init
+            .iter()
+            .take(3)
+            .map(|d| d.display().to_string())
+            .collect();
+        Cell::warn(
+            format!(
+                "missing in {} test dir(s): {}",
+                lay.no_init.len(),
+                dirs.join(", ")
+            ),
+            "pytest imports these test modules by basename (`rdist check --fix` adds the files)",
+        )
+    };
+    vec![("module names", names), ("__init__.py", inits)]
+}
+
+fn column_of(
+    e: Examined,
+    local: &Result<PyFacts, String>,
+    imported: &BTreeSet<String>,
+    need: u64,
+    here: Option<&Result<Collection, String>>,
+) -> Column {
+    let reachable = match e.reachable {
+        Ok(d) => Cell::ok(format!("{:.2} s", d.as_secs_f64())),
+        Err(cell) => {
+            return Column {
+                label: e.label,
+                cells: vec![("reachable", cell)],
+                reachable: false,
+            };
+        }
+    };
+    let mut cells = vec![("reachable", reachable)];
+    if let Some(a) = &e.answer {
+        cells.extend(host_cells(a, local, imported, Some(need)));
+    }
+    let collection = match (&e.collection, &e.skipped, here) {
+        (Some(remote), _, Some(here)) => drift_cell(here, remote),
+        (_, Some(why), _) => Cell {
+            level: Level::Warn,
+            value: format!("not collected: {why}"),
+            hint: None,
+            details: Vec::new(),
+        },
+        _ => Cell::warn("not collected", "report this"),
+    };
+    cells.push(("collection", collection));
+    Column {
+        label: e.label,
+        cells,
+        reachable: e.answer.is_some(),
+    }
+}
+
+/// A worker for spec `raw` with `python` at `place`, as `rdist run` would start it.
+fn worker_spec(raw: &str, python: String, planned: Option<&Planned>, place: Place) -> WorkerSpec {
+    let spec = planned.and_then(|p| p.spec.as_ref());
+    WorkerSpec {
+        spec: raw.to_owned(),
+        python,
+        place,
+        env: spec.map(|s| s.env.clone()).unwrap_or_default(),
+        nice: spec.and_then(|s| s.nice),
+        dont_write_bytecode: spec.is_some_and(|s| s.dont_write_bytecode),
+    }
+}
+
+/// The `python=` of the first of `specs`, else `default` (the config file's), else `python3`.
+pub(crate) fn python_of(planned: &[Planned], specs: &[String], default: Option<&str>) -> String {
+    planned
+        .iter()
+        .find(|p| specs.contains(&p.raw))
+        .and_then(|p| p.spec.as_ref().and_then(|s| s.python.clone()))
+        .or_else(|| default.map(str::to_owned))
+        .unwrap_or_else(|| "python3".to_owned())
+}
+
+/// Connects to `t`, probes it, and when the probe found room and pytest there, syncs the tree
+/// and collects on it.
+fn examine(t: &Target, s: &SyncSettings, planned: &[Planned], job: &Collecting<'_>) -> Examined {
+    let mut out = Examined {
+        label: t.dest_label(),
+        reachable: Err(Cell::error("not asked", "report this")),
+        answer: None,
+        collection: None,
+        skipped: None,
+    };
+    let python = python_of(planned, &t.specs, job.python);
+    let started = Instant::now();
+    let opts = crate::commands::sync::push_options(s, t);
+    let mut opened = match crate::transport::open(t, s, opts.clone()) {
         Ok(o) => o,
         Err(e) => {
             let mut cell = Cell::error(
@@ -257,174 +341,97 @@ fn probe_target(
                 cell.value
                     .push_str(&format!(" ({})", e.stderr.lines().last().unwrap_or("")));
             }
-            return Column {
-                label,
-                cells: vec![("reachable", cell)],
-                reachable: false,
-            };
+            out.reachable = Err(cell);
+            return out;
         }
     };
-    let connect = started.elapsed();
-    let asked = Instant::now();
+    out.reachable = Ok(started.elapsed());
     let req = ProbeRequest {
         dest: Some(t.dest.clone()),
         base: t.base,
-        python: python.to_owned(),
+        python: python.clone(),
         script: PROBE.to_owned(),
     };
-    let rep = opened.conn.probe(req);
-    let rtt = asked.elapsed();
-    let local_now = sync_core::hash::now_ns();
-    let agent_version = opened.conn.agent_version.clone();
+    let answer = match opened.conn.probe(req) {
+        Ok(report) => Answer {
+            report,
+            agent_version: opened.conn.agent_version.clone(),
+            received_ns: sync_core::hash::now_ns(),
+        },
+        Err(e) => {
+            out.reachable = Err(Cell::error(
+                format!("probe failed: {e}"),
+                "is the agent on the host the same rdist version?",
+            ));
+            close(opened);
+            return out;
+        }
+    };
+    let rep = &answer.report;
+    let no_room = rep
+        .disk_free
+        .is_some_and(|free| free < job.need + job.need / 10);
+    out.skipped = if rep.not_writable.is_some() {
+        Some("the destination is not writable".to_owned())
+    } else if no_room {
+        Some("not enough space for the tree".to_owned())
+    } else if !remote_facts(rep).is_ok_and(|f| f.pytest.is_some()) {
+        Some("no pytest there".to_owned())
+    } else if job.plugin_dir.is_none() {
+        Some("no cache directory for the pytest plugin".to_owned())
+    } else {
+        None
+    };
+    out.answer = Some(answer);
+    if out.skipped.is_some() {
+        close(opened);
+        return out;
+    }
+    let crate::transport::Opened { conn, child } = opened;
+    let synced = conn
+        .begin(opts)
+        .and_then(|session| session.sync_reuse(job.tree, &|_, _| {}));
+    let conn = match synced {
+        Ok((_, conn)) => conn,
+        Err(e) => {
+            out.collection = Some(Err(format!("the sync failed: {e}")));
+            if let Some(c) = child {
+                let _ = c.finish();
+            }
+            return out;
+        }
+    };
+    let opened = crate::transport::Opened { conn, child };
+    let first = planned.iter().find(|p| t.specs.contains(&p.raw));
+    let plugin_dir = job.plugin_dir.expect("checked above");
+    out.collection = Some(
+        match (&t.transport, first.and_then(|p| p.local_dir.clone())) {
+            (Transport::Local, Some(dir)) => {
+                close(opened);
+                let spec = worker_spec(&t.specs[0], python, first, Place::Local(dir));
+                collect(&spec, plugin_dir, job.pytest_args, COLLECT_LIMIT)
+            }
+            _ => {
+                let host = RemoteHost::new(opened, out.label.clone());
+                let place = Place::Remote {
+                    host: host.clone(),
+                    dest: t.dest.clone(),
+                    base: t.base,
+                };
+                let spec = worker_spec(&t.specs[0], python, first, place);
+                let got = collect(&spec, plugin_dir, job.pytest_args, COLLECT_LIMIT);
+                host.close();
+                got
+            }
+        },
+    );
+    out
+}
+
+/// Hangs up (ending the agent) and reaps its process.
+fn close(opened: crate::transport::Opened) {
     drop(opened.conn);
     if let Some(c) = opened.child {
         let _ = c.finish();
-    }
-    let rep = match rep {
-        Ok(r) => r,
-        Err(e) => {
-            return Column {
-                label,
-                cells: vec![(
-                    "reachable",
-                    Cell::error(
-                        format!("probe failed: {e}"),
-                        "is the agent on the host the same rdist version?",
-                    ),
-                )],
-                reachable: false,
-            };
-        }
-    };
-    let mut cells = vec![
-        (
-            "reachable",
-            Cell::ok(format!("{:.2} s", connect.as_secs_f64())),
-        ),
-        (
-            "rdist",
-            if agent_version == env!("CARGO_PKG_VERSION") {
-                Cell::ok(agent_version)
-            } else {
-                Cell::warn(agent_version, "a different rdist version runs there")
-            },
-        ),
-        (
-            "system",
-            Cell::ok(format!("{} {} {}", rep.os, rep.arch, rep.hostname)),
-        ),
-    ];
-    let remote: Result<PyFacts, String> = match (&rep.python, &rep.python_error) {
-        (Some(out), _) => {
-            serde_json::from_str(out).map_err(|e| format!("unexpected probe output: {e}"))
-        }
-        (None, Some(e)) => Err(e.clone()),
-        (None, None) => Err("no answer".to_owned()),
-    };
-    cells.extend(python_cells(local, &remote, imported));
-    cells.push((
-        "destination",
-        match &rep.not_writable {
-            Some(why) => Cell::error(
-                why.clone(),
-                "choose a writable `chdir=` or fix the permissions",
-            ),
-            None => Cell::ok(rep.dest.clone().unwrap_or_default()),
-        },
-    ));
-    cells.push((
-        "disk",
-        match rep.disk_free {
-            Some(free) if free < tree_bytes + tree_bytes / 10 => Cell::error(
-                format!("{} free, the tree needs {}", bytes(free), bytes(tree_bytes)),
-                "free space on the worker or choose another `chdir=`",
-            ),
-            Some(free) => Cell::ok(format!("{} free", bytes(free))),
-            None => Cell::warn("unknown", "free space could not be read"),
-        },
-    ));
-    cells.push((
-        "case-sensitive",
-        match rep.case_sensitive {
-            Some(true) => Cell::ok("yes"),
-            Some(false) => Cell::warn("no", "names that differ only in case will collide there"),
-            None => Cell::warn("unknown", "the destination could not be written"),
-        },
-    ));
-    // The host answered somewhere within the round trip: compare with its middle.
-    let mid = local_now - (rtt.as_nanos() as i64) / 2;
-    let skew = rep.time_ns - mid;
-    cells.push((
-        "clock",
-        clock_cell(Duration::from_nanos(skew.unsigned_abs()), skew > 0),
-    ));
-    Column {
-        label,
-        cells,
-        reachable: true,
-    }
-}
-
-/// Prints the table and the hints; `shared` rows are about the project, not a host, and get
-/// one hint each.
-fn print_table(columns: &[Column], json: bool, shared: &[&str]) {
-    let mut out = std::io::stdout().lock();
-    if json {
-        let doc: Vec<_> = columns
-            .iter()
-            .map(|c| json!({"host": c.label, "reachable": c.reachable, "checks": c.cells.iter().map(|(n, cell)| json!({"check": n, "level": cell.level, "value": cell.value, "hint": cell.hint})).collect::<Vec<_>>()}))
-            .collect();
-        let _ = writeln!(out, "{}", json!({"hosts": doc}));
-        return;
-    }
-    let mut rows: Vec<&'static str> = Vec::new();
-    for c in columns {
-        for (n, _) in &c.cells {
-            if !rows.contains(n) {
-                rows.push(n);
-            }
-        }
-    }
-    let width = 38;
-    let clip = |s: &str| -> String {
-        if s.chars().count() > width {
-            format!("{}…", s.chars().take(width - 1).collect::<String>())
-        } else {
-            s.to_owned()
-        }
-    };
-    let _ = write!(out, "{:<16}", "check");
-    for c in columns {
-        let _ = write!(out, " | {:<w$}", clip(&c.label), w = width + 5);
-    }
-    let _ = writeln!(out);
-    for r in &rows {
-        let _ = write!(out, "{r:<16}");
-        for c in columns {
-            let text = match c.cells.iter().find(|(n, _)| n == r) {
-                Some((_, cell)) => format!("{:<4} {}", cell.level.mark(), clip(&cell.value)),
-                None => "-".to_owned(),
-            };
-            let _ = write!(out, " | {text:<w$}", w = width + 5);
-        }
-        let _ = writeln!(out);
-    }
-    let mut hints = BTreeSet::new();
-    for c in columns {
-        for (n, cell) in &c.cells {
-            if cell.level != Level::Ok
-                && let Some(h) = &cell.hint
-            {
-                let who = if shared.contains(n) {
-                    "project"
-                } else {
-                    c.label.as_str()
-                };
-                hints.insert(format!("{who}: {n}: {h}"));
-            }
-        }
-    }
-    for h in hints {
-        let _ = writeln!(out, "hint: {h}");
     }
 }

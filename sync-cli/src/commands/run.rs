@@ -30,36 +30,62 @@ pub fn run(args: &RunArgs) -> Result<Code, Failure> {
     let project_root = settings::find_project_root(&cwd);
     let args = &settings::run_args(args, &cwd)?;
     let (planned, sync_tx) = plan_workers(args, &project_root, &cwd)?;
-    let mut hosts: Vec<(Transport, Arc<RemoteHost>)> = Vec::new();
+    let mut kept: Vec<(Transport, crate::transport::Opened)> = Vec::new();
     let mut targets = Vec::new();
+    let mut tree = None;
     if !sync_tx.is_empty() {
         let sync_args = sync_args_for(args, &project_root, sync_tx);
         let s = SyncSettings::from_args(&sync_args, &cwd)?;
-        let (code, kept) = crate::commands::sync::sync_settings_keep(&s, true)?;
-        hosts = kept
-            .into_iter()
-            .map(|(t, opened)| {
-                let label = match &t {
-                    Transport::Ssh { host, .. } => host.clone(),
-                    Transport::Socket { host, port } => format!("{host}:{port}"),
-                    Transport::Local => "local".to_owned(),
-                };
-                (t, RemoteHost::new(opened, label))
-            })
-            .collect();
+        let (code, k, t) = crate::commands::sync::sync_settings_keep(&s, true)?;
+        kept = k;
         if code != Code::Ok {
-            close_all(&hosts);
+            close_opened(kept);
             return Err(Failure::failed(anyhow!(
                 "the sync failed; no tests were run"
             )));
         }
         targets = s.targets;
+        tree = Some(t);
     }
+    if !args.no_check
+        && let Some(code) = crate::commands::check::preflight(
+            args,
+            &project_root,
+            &planned,
+            &targets,
+            &mut kept,
+            tree.as_deref(),
+        )
+    {
+        close_opened(kept);
+        return Ok(code);
+    }
+    let hosts: Vec<(Transport, Arc<RemoteHost>)> = kept
+        .into_iter()
+        .map(|(t, opened)| {
+            let label = match &t {
+                Transport::Ssh { host, .. } => host.clone(),
+                Transport::Socket { host, port } => format!("{host}:{port}"),
+                Transport::Local => "local".to_owned(),
+            };
+            (t, RemoteHost::new(opened, label))
+        })
+        .collect();
     let python = args.common.from_config.python.as_deref();
     let workers = place_workers(python, planned, &targets, &hosts)?;
     let code = run_workers(args, &cwd, &project_root, workers);
     close_all(&hosts);
     code
+}
+
+/// Hangs up kept connections that will carry no workers.
+fn close_opened(kept: Vec<(Transport, crate::transport::Opened)>) {
+    for (_, o) in kept {
+        drop(o.conn);
+        if let Some(c) = o.child {
+            let _ = c.finish();
+        }
+    }
 }
 
 /// The `rdist sync` arguments that prepare `sync_tx` for a run (or a check).
@@ -356,7 +382,7 @@ pub(crate) fn plan_workers(
 /// Test paths are given relative to where rdist runs; workers run at the project root (or its
 /// mirror), so existing paths (before any `::`) are rewritten relative to the project root.
 /// Without any path, a run from a subdirectory runs that subdirectory, as pytest would.
-fn map_args(args: &[String], cwd: &Path, project_root: &Path) -> Vec<String> {
+pub(crate) fn map_args(args: &[String], cwd: &Path, project_root: &Path) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len() + 1);
     let mut any_path = false;
     let mut iter = args.iter().peekable();

@@ -38,18 +38,18 @@ pub fn run(args: &SyncArgs) -> Result<Code, Failure> {
 /// # Errors
 /// A failed scan.
 pub fn sync_settings(settings: &SyncSettings) -> Result<Code, Failure> {
-    sync_settings_keep(settings, false).map(|(code, _)| code)
+    sync_settings_keep(settings, false).map(|(code, _, _)| code)
 }
 
+/// The exit code, the connections kept open (one per remote host), and the scanned tree.
+pub type Kept = (Code, Vec<(Transport, transport::Opened)>, Arc<SourceTree>);
+
 /// Like [`sync_settings`]; with `keep`, the connections to remote hosts stay open and are
-/// returned (for test workers), one per host.
+/// returned (for test workers), one per host, with the scanned tree.
 ///
 /// # Errors
 /// A failed scan.
-pub fn sync_settings_keep(
-    settings: &SyncSettings,
-    keep: bool,
-) -> Result<(Code, Vec<(Transport, transport::Opened)>), Failure> {
+pub fn sync_settings_keep(settings: &SyncSettings, keep: bool) -> Result<Kept, Failure> {
     for n in &settings.notes {
         output::note(n);
     }
@@ -128,7 +128,7 @@ pub fn sync_settings_keep(
     } else {
         Code::Ok
     };
-    Ok((code, kept))
+    Ok((code, kept, tree))
 }
 
 fn scan_tree(settings: &SyncSettings) -> Result<SourceTree, Failure> {
@@ -159,7 +159,7 @@ fn scan_tree(settings: &SyncSettings) -> Result<SourceTree, Failure> {
     Ok(tree)
 }
 
-fn push_options(s: &SyncSettings, t: &Target) -> PushOptions {
+pub(crate) fn push_options(s: &SyncSettings, t: &Target) -> PushOptions {
     PushOptions {
         dest: t.dest.clone(),
         ignore: s.agent_ignore.clone(),
