@@ -7,7 +7,6 @@
 //! unseen (git's "racily clean" problem; rsync's one-second quick check has it too).
 
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustc_hash::FxHashMap;
@@ -90,20 +89,12 @@ pub fn now_ns() -> i64 {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Record {
-    #[serde(with = "serde_bytes")]
-    path: Vec<u8>,
-    stamp: Stamp,
-    hash: Hash,
-}
-
-#[derive(Serialize, Deserialize)]
 struct CacheFile {
     version: u32,
-    records: Vec<Record>,
+    records: Vec<(Stamp, Hash)>,
 }
 
-const CACHE_VERSION: u32 = 2;
+const CACHE_VERSION: u32 = 3;
 
 struct Slot {
     stamp: Stamp,
@@ -112,17 +103,17 @@ struct Slot {
     seen: bool,
 }
 
-/// A persistent map from a file's absolute path and stamp to its hash.
+/// A persistent map from a file's [`Stamp`] to its hash.
+///
+/// Keyed by (device, inode), not by path: an unchanged stamp means the same inode with the same
+/// size, mtime and ctime, so the same bytes whatever name reaches it, and records carry no path
+/// text to decode.
 #[derive(Default)]
 pub struct HashCache {
     file: Option<PathBuf>,
-    map: FxHashMap<Box<[u8]>, Slot>,
+    map: FxHashMap<(u64, u64), Slot>,
     seen: usize,
     changed: bool,
-}
-
-fn key(path: &Path) -> &[u8] {
-    path.as_os_str().as_bytes()
 }
 
 impl HashCache {
@@ -141,13 +132,13 @@ impl HashCache {
             .map(|c| {
                 c.records
                     .into_iter()
-                    .map(|r| {
+                    .map(|(stamp, hash)| {
                         let slot = Slot {
-                            stamp: r.stamp,
-                            hash: r.hash,
+                            stamp,
+                            hash,
                             seen: false,
                         };
-                        (r.path.into_boxed_slice(), slot)
+                        ((stamp.dev, stamp.ino), slot)
                     })
                     .collect()
             })
@@ -160,19 +151,19 @@ impl HashCache {
         }
     }
 
-    /// The cached hash of `path` if its stamp is unchanged.
-    pub fn lookup(&self, path: &Path, stamp: &Stamp) -> Option<Hash> {
-        match self.map.get(key(path)) {
+    /// The cached hash of the file with `stamp`, if that stamp is unchanged.
+    pub fn lookup(&self, stamp: &Stamp) -> Option<Hash> {
+        match self.map.get(&(stamp.dev, stamp.ino)) {
             Some(slot) if slot.stamp == *stamp => Some(slot.hash),
             _ => None,
         }
     }
 
-    /// Records the hash of `path` for the next run if it can be trusted then. `taken_ns` is when
-    /// the hashing started.
-    pub fn record(&mut self, path: &Path, stamp: Stamp, hash: Hash, taken_ns: i64) {
+    /// Records the hash of the file with `stamp` for the next run if it can be trusted then.
+    /// `taken_ns` is when the hashing started.
+    pub fn record(&mut self, stamp: Stamp, hash: Hash, taken_ns: i64) {
         let trusted = stamp_trustworthy(&stamp, taken_ns);
-        match self.map.get_mut(key(path)) {
+        match self.map.get_mut(&(stamp.dev, stamp.ino)) {
             Some(slot) => {
                 if !trusted || slot.stamp != stamp || slot.hash != hash {
                     self.changed = true;
@@ -195,7 +186,7 @@ impl HashCache {
                         hash,
                         seen: true,
                     };
-                    self.map.insert(key(path).into(), slot);
+                    self.map.insert((stamp.dev, stamp.ino), slot);
                 }
             }
         }
@@ -214,13 +205,9 @@ impl HashCache {
         }
         let records = self
             .map
-            .into_iter()
-            .filter(|(_, slot)| slot.seen)
-            .map(|(path, slot)| Record {
-                path: path.into_vec(),
-                stamp: slot.stamp,
-                hash: slot.hash,
-            })
+            .into_values()
+            .filter(|slot| slot.seen)
+            .map(|slot| (slot.stamp, slot.hash))
             .collect();
         let bytes = postcard::to_stdvec(&CacheFile {
             version: CACHE_VERSION,
@@ -273,27 +260,23 @@ mod tests {
         let file = dir.path().join("c/cache.bin");
         let s = stamp(1_000_000_123, 1_000_000_123);
         let mut c = HashCache::load(file.clone());
-        c.record(Path::new("/a"), s, [7; 32], now_ns());
+        c.record(s, [7; 32], now_ns());
         c.save().unwrap();
         let c = HashCache::load(file.clone());
-        assert_eq!(c.lookup(Path::new("/a"), &s), Some([7; 32]));
-        assert_eq!(
-            c.lookup(Path::new("/a"), &stamp(1_000_000_124, 1_000_000_123)),
-            None
-        );
-        assert_eq!(c.lookup(Path::new("/b"), &s), None);
+        assert_eq!(c.lookup(&s), Some([7; 32]));
+        assert_eq!(c.lookup(&stamp(1_000_000_124, 1_000_000_123)), None);
+        assert_eq!(c.lookup(&Stamp { ino: 9, ..s }), None);
         // A run that records nothing keeps nothing; an untrusted stamp is not kept either.
         let mut c = HashCache::load(file.clone());
-        c.record(
-            Path::new("/b"),
-            stamp(now_ns(), now_ns()),
-            [8; 32],
-            now_ns(),
-        );
+        let fresh = Stamp {
+            ino: 9,
+            ..stamp(now_ns(), now_ns())
+        };
+        c.record(fresh, [8; 32], now_ns());
         c.save().unwrap();
         let c = HashCache::load(file);
-        assert_eq!(c.lookup(Path::new("/a"), &s), None);
-        assert_eq!(c.lookup(Path::new("/b"), &s), None);
+        assert_eq!(c.lookup(&s), None);
+        assert_eq!(c.lookup(&fresh), None);
     }
 
     #[test]

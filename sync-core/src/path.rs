@@ -58,18 +58,12 @@ impl RelPath {
         if s.starts_with('/') {
             return Err(RelPathError::Absolute(s));
         }
-        if s.contains('\0') {
-            return Err(RelPathError::Nul(s));
+        match check_bytes(s.as_bytes()) {
+            Ok(()) => Ok(RelPath(s)),
+            Err(Bad::Nul) => Err(RelPathError::Nul(s)),
+            Err(Bad::Backslash) => Err(RelPathError::Backslash(s)),
+            Err(Bad::Component) => Err(RelPathError::BadComponent(s)),
         }
-        // A backslash is a legal byte in a Unix name, but on a Windows peer it is a separator,
-        // so it is refused rather than risk a path meaning two different things.
-        if s.contains('\\') {
-            return Err(RelPathError::Backslash(s));
-        }
-        if s.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-            return Err(RelPathError::BadComponent(s));
-        }
-        Ok(RelPath(s))
     }
 
     /// Builds a path from a native relative path, refusing non-UTF-8 names.
@@ -93,8 +87,7 @@ impl RelPath {
     /// When `name` is not a single valid component.
     pub fn join(&self, name: &str) -> Result<Self, RelPathError> {
         // `self` is valid already: only the new component and the total length need checking.
-        let component = RelPath::new(name)?;
-        if name.contains('/') {
+        if name.is_empty() || name.contains('/') {
             return Err(RelPathError::BadComponent(name.to_owned()));
         }
         let len = self.0.len() + 1 + name.len();
@@ -104,8 +97,14 @@ impl RelPath {
         let mut s = String::with_capacity(len);
         s.push_str(&self.0);
         s.push('/');
-        s.push_str(&component.0);
-        Ok(RelPath(s))
+        s.push_str(name);
+        let at = self.0.len() + 1;
+        match check_bytes(&s.as_bytes()[at..]) {
+            Ok(()) => Ok(RelPath(s)),
+            Err(Bad::Nul) => Err(RelPathError::Nul(s)),
+            Err(Bad::Backslash) => Err(RelPathError::Backslash(s)),
+            Err(Bad::Component) => Err(RelPathError::BadComponent(s)),
+        }
     }
 
     /// `prefix/self`, or `self` when `prefix` is `None`.
@@ -146,6 +145,40 @@ impl RelPath {
     /// This path below `base`, as a native path.
     pub fn to_native(&self, base: &Path) -> PathBuf {
         base.join(&self.0)
+    }
+}
+
+enum Bad {
+    Nul,
+    Backslash,
+    Component,
+}
+
+/// One pass over a `/`-separated path: no NUL, no backslash (a legal byte in a Unix name, but a
+/// separator on a Windows peer, so refused rather than risk a path meaning two things), and no
+/// empty, `.` or `..` component; reported in that order of precedence.
+fn check_bytes(b: &[u8]) -> Result<(), Bad> {
+    let (mut nul, mut backslash, mut component) = (false, false, false);
+    let mut start = 0;
+    for i in 0..=b.len() {
+        match b.get(i).copied().unwrap_or(b'/') {
+            0 => nul = true,
+            b'\\' => backslash = true,
+            b'/' => {
+                component |= matches!(&b[start..i], b"" | b"." | b"..");
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if nul {
+        Err(Bad::Nul)
+    } else if backslash {
+        Err(Bad::Backslash)
+    } else if component {
+        Err(Bad::Component)
+    } else {
+        Ok(())
     }
 }
 

@@ -104,7 +104,7 @@ pub fn scan(
         .par_iter()
         .enumerate()
         .filter_map(|(i, w)| match &w.found {
-            Found::File { stamp, .. } => cache.lookup(&w.abs, stamp).is_none().then_some(i),
+            Found::File { stamp, .. } => cache.lookup(stamp).is_none().then_some(i),
             _ => None,
         })
         .collect();
@@ -136,7 +136,7 @@ pub fn scan(
                 let hash = match fresh.remove(&i) {
                     Some(Ok(h)) => {
                         hashed_bytes += stamp.size;
-                        cache.record(&w.abs, stamp, h, started);
+                        cache.record(stamp, h, started);
                         h
                     }
                     Some(Err(e)) => {
@@ -149,8 +149,8 @@ pub fn scan(
                         continue;
                     }
                     None => {
-                        let h = cache.lookup(&w.abs, &stamp).expect("looked up before");
-                        cache.record(&w.abs, stamp, h, started);
+                        let h = cache.lookup(&stamp).expect("looked up before");
+                        cache.record(stamp, h, started);
                         h
                     }
                 };

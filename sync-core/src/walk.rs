@@ -138,6 +138,18 @@ impl Ctx<'_> {
     }
 }
 
+/// `dir/name`, built in one allocation (`Path::join` grows the buffer and re-examines
+/// separators; this runs for every walked entry).
+fn child_path(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
+    let mut s = std::ffi::OsString::with_capacity(dir.as_os_str().len() + 1 + name.len());
+    s.push(dir.as_os_str());
+    if !dir.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        s.push("/");
+    }
+    s.push(name);
+    PathBuf::from(s)
+}
+
 fn visit_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s Ctx<'s>, dir: PathBuf, sub: Option<RelPath>) {
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
@@ -189,7 +201,7 @@ fn visit_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s Ctx<'s>, dir: PathBuf, sub: Opti
                 continue;
             }
         }
-        let abs = dir.join(n);
+        let abs = child_path(&dir, &name);
         let meta = match ent.metadata() {
             Ok(m) => m,
             Err(e) => {
