@@ -1,9 +1,9 @@
 //! `rdist migrate`: reads pytest-xdist's rsync settings where pytest would (the config file it
 //! discovers, `PYTEST_ADDOPTS`, `--command`, dead `conftest.py` globals) and shows their rdist
 //! translation: the settings found (file:line), the `rdist.toml` to write, an equivalent
-//! `rdist run` line and every behaviour difference. `--write` writes `rdist.toml`; `--check`
-//! exits 1 while legacy rsync settings remain; `--json` for tools. Legacy files are not edited
-//! yet (the preview says so).
+//! `rdist run` line, the edits to the legacy config file (a unified diff) and every behaviour
+//! difference. `--write` writes `rdist.toml` and the edits, all or nothing (`migrate::write`);
+//! `--check` exits 1 while legacy rsync settings remain; `--json` for tools.
 
 use std::io::Write;
 use std::path::Path;
@@ -14,6 +14,8 @@ use serde_json::json;
 
 use crate::cli::MigrateArgs;
 use crate::exit::{Code, Failure};
+
+mod write;
 
 /// Runs `rdist migrate`.
 ///
@@ -31,6 +33,16 @@ pub fn run(args: &MigrateArgs) -> Result<Code, Failure> {
         }
     };
     let config = legacy::discover_config(&cwd).map_err(located)?;
+    let edit = match &config {
+        Some(cfg) if cfg.format != legacy::Format::PyprojectEmpty => {
+            let text = std::fs::read_to_string(&cfg.path).map_err(|e| {
+                let shown = show_path(&cfg.path, &cwd);
+                Failure::failed(anyhow!(e).context(format!("cannot read `{shown}`")))
+            })?;
+            legacy::edit::plan(cfg, &text).map_err(located)?
+        }
+        _ => None,
+    };
     let scan_root = config.as_ref().map_or(cwd.as_path(), |c| c.dir());
     let dead_globals = legacy::discover::dead_conftest_globals(scan_root);
     let env_addopts = std::env::var("PYTEST_ADDOPTS")
@@ -45,7 +57,10 @@ pub fn run(args: &MigrateArgs) -> Result<Code, Failure> {
         dead_globals,
         exists: &exists,
     };
-    let m = legacy::migrate(&input).map_err(located)?;
+    let mut m = legacy::migrate(&input).map_err(located)?;
+    if let Some(edit) = &edit {
+        m.notes.extend(edit.notes());
+    }
 
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -54,13 +69,19 @@ pub fn run(args: &MigrateArgs) -> Result<Code, Failure> {
             "rdist_toml_path": m.rdist_toml_path(),
             "rdist_toml": m.rdist_toml(),
             "run_line": m.run.to_string(),
+            "edits": edit.iter().map(|e| json!({
+                "path": e.path,
+                "removed": e.removed,
+                "kept": e.kept,
+                "diff": e.unified_diff(&show_path(&e.path, &m.cwd)),
+            })).collect::<Vec<_>>(),
             "migration": m,
         });
         let _ = writeln!(out, "{value:#}");
     } else if args.check {
         let _ = out.write_all(check_report(&m).as_bytes());
     } else {
-        let _ = out.write_all(preview(&m, args.write).as_bytes());
+        let _ = out.write_all(preview(&m, edit.as_ref(), args.write).as_bytes());
     }
     drop(out);
 
@@ -72,40 +93,63 @@ pub fn run(args: &MigrateArgs) -> Result<Code, Failure> {
         });
     }
     if args.write {
-        write_config(&m)?;
+        write_all(&m, edit.as_ref())?;
     }
     Ok(Code::Ok)
 }
 
-/// Writes `rdist.toml`, refusing to replace a different one.
-fn write_config(m: &Migration) -> Result<(), Failure> {
+/// Writes `rdist.toml` (refusing to replace a different one) and the legacy file's edits, all
+/// or nothing.
+fn write_all(m: &Migration, edit: Option<&legacy::FileEdit>) -> Result<(), Failure> {
     let path = m.rdist_toml_path();
     let shown = show_path(&path, &m.cwd);
-    let Some(text) = m.rdist_toml() else {
-        eprintln!("nothing to write: no rdist settings in the legacy configuration");
-        return Ok(());
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(existing) if existing == text => {
-            eprintln!("`{shown}` is up to date");
-            return Ok(());
-        }
-        Ok(_) => {
-            return Err(
-                Failure::usage(anyhow!("`{shown}` exists with other content"))
-                    .with_hint("merge the preview into it by hand, or remove it and run again"),
-            );
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(Failure::failed(
-                anyhow!(e).context(format!("cannot read `{shown}`")),
-            ));
-        }
+    let mut changes = Vec::new();
+    match m.rdist_toml() {
+        None => {}
+        Some(text) => match std::fs::read_to_string(&path) {
+            Ok(existing) if existing == text => eprintln!("`{shown}` is up to date"),
+            Ok(_) => {
+                return Err(
+                    Failure::usage(anyhow!("`{shown}` exists with other content")).with_hint(
+                        "merge the preview into it by hand, or remove it and run again; nothing \
+                         was changed",
+                    ),
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => changes.push(write::Change {
+                path: path.clone(),
+                before: None,
+                after: text,
+            }),
+            Err(e) => {
+                return Err(Failure::failed(
+                    anyhow!(e).context(format!("cannot read `{shown}`")),
+                ));
+            }
+        },
     }
-    std::fs::write(&path, text)
-        .map_err(|e| Failure::failed(anyhow!(e).context(format!("cannot write `{shown}`"))))?;
-    eprintln!("wrote `{shown}`");
+    if let Some(e) = edit {
+        changes.push(write::Change {
+            path: e.path.clone(),
+            before: Some(e.before.clone()),
+            after: e.after.clone(),
+        });
+    }
+    if changes.is_empty() {
+        if m.rdist_toml().is_none() {
+            eprintln!("nothing to write: no rdist settings in the legacy configuration");
+        }
+        return Ok(());
+    }
+    write::apply(&changes, &|p| show_path(p, &m.cwd))?;
+    for c in &changes {
+        let verb = if c.before.is_some() {
+            "edited"
+        } else {
+            "wrote"
+        };
+        eprintln!("{verb} `{}`", show_path(&c.path, &m.cwd));
+    }
     Ok(())
 }
 
@@ -125,19 +169,29 @@ fn settings_lines(m: &Migration, rsync_only: bool) -> String {
     out
 }
 
-/// `--check`: the legacy rsync settings that remain.
+/// `--check`: the legacy rsync settings that remain (and dead globals, which do not count).
 fn check_report(m: &Migration) -> String {
-    if !m.has_legacy_rsync() {
-        return "no legacy rsync settings\n".to_owned();
+    let mut out = if m.has_legacy_rsync() {
+        format!(
+            "legacy rsync settings remain:\n{}run `rdist migrate` to see their rdist \
+             translation\n",
+            settings_lines(m, true)
+        )
+    } else {
+        "no legacy rsync settings\n".to_owned()
+    };
+    for s in m.settings.iter().filter(|s| s.dead) {
+        out.push_str(&format!(
+            "warning: {}: `{}` is dead (ignored by pytest-xdist since 1.5); delete it\n",
+            s.origin.display_from(&m.cwd),
+            s.text
+        ));
     }
-    format!(
-        "legacy rsync settings remain:\n{}run `rdist migrate` to see their rdist translation\n",
-        settings_lines(m, true)
-    )
+    out
 }
 
 /// The default output: everything a migration would do.
-fn preview(m: &Migration, writing: bool) -> String {
+fn preview(m: &Migration, edit: Option<&legacy::FileEdit>, writing: bool) -> String {
     let mut out = String::new();
     match &m.config_file {
         Some(path) => {
@@ -188,6 +242,19 @@ fn preview(m: &Migration, writing: bool) -> String {
             }
         }
         None => out.push_str("\nrdist.toml: nothing to write\n"),
+    }
+    if let Some(e) = edit {
+        let shown = show_path(&e.path, &m.cwd);
+        let action = if writing {
+            "editing"
+        } else {
+            "`rdist migrate --write` edits"
+        };
+        out.push_str(&format!("\nedits ({action} `{shown}`):\n"));
+        for line in e.unified_diff(&shown).lines() {
+            out.push_str(format!("    {line}").trim_end());
+            out.push('\n');
+        }
     }
     out.push_str(&format!("\nequivalent command line:\n    {}\n", m.run));
     if !m.notes.is_empty() {
