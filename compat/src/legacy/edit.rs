@@ -47,6 +47,11 @@ pub struct FileEdit {
 }
 
 impl FileEdit {
+    /// The file changes (else the edit only explains what it keeps).
+    pub fn changes(&self) -> bool {
+        self.before != self.after
+    }
+
     /// The edit as a unified diff (3 lines of context) with `label` in the headers.
     pub fn unified_diff(&self, label: &str) -> String {
         similar::TextDiff::from_lines(&self.before, &self.after)
@@ -66,16 +71,17 @@ impl FileEdit {
             level: NoteLevel::Info,
             origin: None,
             message: format!(
-                "`{}` stay in `addopts` of `{name}`: they drive pytest-xdist's local workers \
-                 (`pytest -n`, not deprecated), and rdist's workers ignore them; `rdist.toml` \
+                "`addopts` in `{name}` keeps `{}`: pytest-xdist's local workers (`pytest -n`) \
+                 are not deprecated, rdist's workers ignore these options, and `rdist.toml` \
                  holds them for `rdist run`",
-                self.kept.join("`, `")
+                self.kept.join(" ")
             ),
         }]
     }
 }
 
-/// The edits to `cfg`'s file, whose content is `text`; `None` when nothing needs to change.
+/// The edits to `cfg`'s file, whose content is `text`; `None` when nothing needs to change and
+/// nothing is kept on purpose (see [`FileEdit::changes`]).
 ///
 /// # Errors
 /// The text does not parse (it changed since discovery), or `addopts` cannot be split.
@@ -102,7 +108,7 @@ pub fn plan(cfg: &ConfigFile, text: &str) -> Result<Option<FileEdit>, LegacyErro
             toml::edit(text, cfg.format, &mut removed, &mut kept, &at)?
         }
     };
-    Ok((after != text).then(|| FileEdit {
+    Ok((after != text || !kept.is_empty()).then(|| FileEdit {
         path: cfg.path.clone(),
         before: text.to_owned(),
         after,

@@ -69,7 +69,7 @@ pub fn run(args: &MigrateArgs) -> Result<Code, Failure> {
             "rdist_toml_path": m.rdist_toml_path(),
             "rdist_toml": m.rdist_toml(),
             "run_line": m.run.to_string(),
-            "edits": edit.iter().map(|e| json!({
+            "edits": edit.iter().filter(|e| e.changes()).map(|e| json!({
                 "path": e.path,
                 "removed": e.removed,
                 "kept": e.kept,
@@ -128,7 +128,7 @@ fn write_all(m: &Migration, edit: Option<&legacy::FileEdit>) -> Result<(), Failu
             }
         },
     }
-    if let Some(e) = edit {
+    if let Some(e) = edit.filter(|e| e.changes()) {
         changes.push(write::Change {
             path: e.path.clone(),
             before: Some(e.before.clone()),
@@ -243,7 +243,7 @@ fn preview(m: &Migration, edit: Option<&legacy::FileEdit>, writing: bool) -> Str
         }
         None => out.push_str("\nrdist.toml: nothing to write\n"),
     }
-    if let Some(e) = edit {
+    if let Some(e) = edit.filter(|e| e.changes()) {
         let shown = show_path(&e.path, &m.cwd);
         let action = if writing {
             "editing"
