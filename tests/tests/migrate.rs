@@ -508,6 +508,49 @@ fn write_stops_before_writing_when_a_file_cannot_be_read() {
     assert_eq!(now, fixture);
 }
 
+#[test]
+fn write_into_pyproject_adds_tool_rdist_tables_once() {
+    let project = Project::new("pyproject-ini-options");
+    let o = project.migrate(&["--into", "pyproject", "--write"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(!project.dir.join("rdist.toml").exists());
+    let path = project.dir.join("pyproject.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("[project]\nname = \"demo\"\n\n[tool.pytest.ini_options]\n\n"));
+    let loaded = compat::config::read(&path).unwrap();
+    assert!(loaded.in_pyproject);
+    let roots = loaded.config.sync.roots.clone().unwrap();
+    assert_eq!(roots, ["src", "tests"]);
+    assert_eq!(
+        loaded.config.run.tx.clone().unwrap(),
+        ["ssh=h//python=python3"]
+    );
+    let o = project.migrate(&["--into", "pyproject", "--write"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    let o = project.migrate(&["--check"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+
+    // -n stays in setup.cfg, so the settings are there on every run: written once.
+    let project = Project::new("no-rsync");
+    let o = project.migrate(&["--into", "pyproject", "--write"], &[]);
+    assert_eq!(o.status.code(), Some(4), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("error: no `pyproject.toml`"));
+    std::fs::write(
+        project.dir.join("pyproject.toml"),
+        "[project]\nname = \"x\"",
+    )
+    .unwrap();
+    let o = project.migrate(&["--into", "pyproject", "--write"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let once = std::fs::read_to_string(project.dir.join("pyproject.toml")).unwrap();
+    assert!(once.contains("\"x\"\n\n# rdist configuration"), "{once}");
+    let o = project.migrate(&["--into", "pyproject", "--write"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let twice = std::fs::read_to_string(project.dir.join("pyproject.toml")).unwrap();
+    assert_eq!(twice, once);
+}
+
 /// Root ignores directory permissions.
 fn running_as_root() -> bool {
     std::process::Command::new("id")
@@ -542,7 +585,13 @@ fn json_carries_the_settings_the_config_and_the_command_line() {
 }
 
 /// Fixtures used by the tests above besides `CASES`.
-const OTHER_USES: &[&str] = &["setup-cfg", "issue-752", "devpi-client"];
+const OTHER_USES: &[&str] = &[
+    "setup-cfg",
+    "issue-752",
+    "devpi-client",
+    "pyproject-ini-options",
+    "no-rsync",
+];
 
 #[test]
 fn every_fixture_is_used() {

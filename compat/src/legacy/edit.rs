@@ -117,6 +117,43 @@ pub fn plan(cfg: &ConfigFile, text: &str) -> Result<Option<FileEdit>, LegacyErro
     }))
 }
 
+/// Why [`append_tool_rdist`] cannot add the tables.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    #[error("`pyproject.toml` is not valid TOML: {0}")]
+    Toml(String),
+    #[error("`pyproject.toml` already has [tool.rdist] settings")]
+    HasToolRdist,
+}
+
+/// `pyproject` with `tables` (from [`super::RdistConfig::render_tool`]) appended after a blank
+/// line; unchanged when it already ends with them.
+///
+/// # Errors
+/// The text is not TOML, or has other `[tool.rdist]` settings.
+pub fn append_tool_rdist(pyproject: &str, tables: &str) -> Result<String, AppendError> {
+    if pyproject.trim_end().ends_with(tables.trim_end()) {
+        return Ok(pyproject.to_owned());
+    }
+    let doc =
+        toml_edit::Document::parse(pyproject).map_err(|e| AppendError::Toml(e.to_string()))?;
+    let tool = doc
+        .as_table()
+        .get("tool")
+        .and_then(toml_edit::Item::as_table_like);
+    if tool.is_some_and(|t| t.contains_key("rdist")) {
+        return Err(AppendError::HasToolRdist);
+    }
+    let mut out = pyproject.to_owned();
+    match (out.is_empty(), out.ends_with("\n\n"), out.ends_with('\n')) {
+        (true, _, _) | (_, true, _) => {}
+        (_, _, true) => out.push('\n'),
+        _ => out.push_str("\n\n"),
+    }
+    out.push_str(tables);
+    Ok(out)
+}
+
 /// Which of `words` (one `addopts`) go: one flag per word.
 fn removable(
     words: &[String],

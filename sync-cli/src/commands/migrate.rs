@@ -12,7 +12,7 @@ use anyhow::anyhow;
 use compat::legacy::{self, Migration, NoteLevel};
 use serde_json::json;
 
-use crate::cli::MigrateArgs;
+use crate::cli::{ConfigTarget, MigrateArgs};
 use crate::exit::{Code, Failure};
 
 mod write;
@@ -61,15 +61,20 @@ pub fn run(args: &MigrateArgs) -> Result<Code, Failure> {
     if let Some(edit) = &edit {
         m.notes.extend(edit.notes());
     }
+    let mut edits: Vec<legacy::FileEdit> = edit.into_iter().collect();
+    if args.into == ConfigTarget::Pyproject {
+        into_pyproject(&m, &mut edits)?;
+    }
+    let edits: Vec<legacy::FileEdit> = edits.into_iter().filter(|e| e.changes()).collect();
 
     let mut out = std::io::stdout().lock();
     if args.json {
         let value = json!({
             "legacy_rsync": m.has_legacy_rsync(),
-            "rdist_toml_path": m.rdist_toml_path(),
-            "rdist_toml": m.rdist_toml(),
+            "rdist_toml_path": (args.into == ConfigTarget::RdistToml).then(|| m.rdist_toml_path()),
+            "rdist_toml": m.rdist_toml().filter(|_| args.into == ConfigTarget::RdistToml),
             "run_line": m.run.to_string(),
-            "edits": edit.iter().filter(|e| e.changes()).map(|e| json!({
+            "edits": edits.iter().map(|e| json!({
                 "path": e.path,
                 "removed": e.removed,
                 "kept": e.kept,
@@ -81,7 +86,7 @@ pub fn run(args: &MigrateArgs) -> Result<Code, Failure> {
     } else if args.check {
         let _ = out.write_all(check_report(&m).as_bytes());
     } else {
-        let _ = out.write_all(preview(&m, edit.as_ref(), args.write).as_bytes());
+        let _ = out.write_all(preview(&m, &edits, args).as_bytes());
     }
     drop(out);
 
@@ -93,18 +98,68 @@ pub fn run(args: &MigrateArgs) -> Result<Code, Failure> {
         });
     }
     if args.write {
-        write_all(&m, edit.as_ref())?;
+        write_all(&m, &edits, args.into)?;
     }
     Ok(Code::Ok)
 }
 
-/// Writes `rdist.toml` (refusing to replace a different one) and the legacy file's edits, all
-/// or nothing.
-fn write_all(m: &Migration, edit: Option<&legacy::FileEdit>) -> Result<(), Failure> {
+/// `--into pyproject`: rdist's settings as `[tool.rdist.*]` tables at the end of the project's
+/// `pyproject.toml`, on top of that file's own edits if it is the legacy config file.
+fn into_pyproject(m: &Migration, edits: &mut Vec<legacy::FileEdit>) -> Result<(), Failure> {
+    if m.config.is_empty() {
+        return Ok(());
+    }
+    let path = m.project_root.join("pyproject.toml");
+    let shown = show_path(&path, &m.cwd);
+    if m.rdist_toml_path().exists() {
+        return Err(Failure::usage(anyhow!(
+            "`{}` exists and would win over [tool.rdist]",
+            show_path(&m.rdist_toml_path(), &m.cwd)
+        ))
+        .with_hint("leave out `--into pyproject`, or remove `rdist.toml`"));
+    }
+    let tables = m.config.render_tool(&m.source_label());
+    let index = edits.iter().position(|e| e.path == path);
+    let base = match index {
+        Some(i) => edits[i].after.clone(),
+        None => match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(
+                    Failure::usage(anyhow!("no `{shown}` to write [tool.rdist] into"))
+                        .with_hint("leave out `--into pyproject` to write `rdist.toml`"),
+                );
+            }
+            Err(e) => {
+                return Err(Failure::failed(
+                    anyhow!(e).context(format!("cannot read `{shown}`")),
+                ));
+            }
+        },
+    };
+    let after = legacy::edit::append_tool_rdist(&base, &tables).map_err(|e| {
+        Failure::usage(anyhow!("{e}"))
+            .with_hint("merge the preview into it by hand, or leave out `--into pyproject`")
+    })?;
+    match index {
+        Some(i) => edits[i].after = after,
+        None => edits.push(legacy::FileEdit {
+            path,
+            before: base,
+            after,
+            removed: Vec::new(),
+            kept: Vec::new(),
+        }),
+    }
+    Ok(())
+}
+
+/// Writes `rdist.toml` (refusing to replace a different one) and the edits, all or nothing.
+fn write_all(m: &Migration, edits: &[legacy::FileEdit], into: ConfigTarget) -> Result<(), Failure> {
     let path = m.rdist_toml_path();
     let shown = show_path(&path, &m.cwd);
     let mut changes = Vec::new();
-    match m.rdist_toml() {
+    match m.rdist_toml().filter(|_| into == ConfigTarget::RdistToml) {
         None => {}
         Some(text) => match std::fs::read_to_string(&path) {
             Ok(existing) if existing == text => eprintln!("`{shown}` is up to date"),
@@ -128,7 +183,7 @@ fn write_all(m: &Migration, edit: Option<&legacy::FileEdit>) -> Result<(), Failu
             }
         },
     }
-    if let Some(e) = edit.filter(|e| e.changes()) {
+    for e in edits {
         changes.push(write::Change {
             path: e.path.clone(),
             before: Some(e.before.clone()),
@@ -191,7 +246,8 @@ fn check_report(m: &Migration) -> String {
 }
 
 /// The default output: everything a migration would do.
-fn preview(m: &Migration, edit: Option<&legacy::FileEdit>, writing: bool) -> String {
+fn preview(m: &Migration, edits: &[legacy::FileEdit], args: &MigrateArgs) -> String {
+    let writing = args.write;
     let mut out = String::new();
     match &m.config_file {
         Some(path) => {
@@ -230,6 +286,12 @@ fn preview(m: &Migration, edit: Option<&legacy::FileEdit>, writing: bool) -> Str
     mappings("ignore patterns", &m.ignores, &mut out);
     let target = show_path(&m.rdist_toml_path(), &m.cwd);
     match m.rdist_toml() {
+        Some(_) if args.into == ConfigTarget::Pyproject => {
+            let action = if writing { "adding" } else { "`--write` adds" };
+            out.push_str(&format!(
+                "\n[tool.rdist] ({action} it to `pyproject.toml`, in the diff below)\n"
+            ));
+        }
         Some(text) => {
             let action = if writing {
                 "writing"
@@ -243,7 +305,7 @@ fn preview(m: &Migration, edit: Option<&legacy::FileEdit>, writing: bool) -> Str
         }
         None => out.push_str("\nrdist.toml: nothing to write\n"),
     }
-    if let Some(e) = edit.filter(|e| e.changes()) {
+    for e in edits {
         let shown = show_path(&e.path, &m.cwd);
         let action = if writing {
             "editing"

@@ -149,3 +149,28 @@ fn edited_files_read_back_without_legacy_rsync() {
         "a second edit changes nothing"
     );
 }
+
+#[test]
+fn tool_rdist_tables_are_appended_once_and_read_back() {
+    let config = super::super::RdistConfig {
+        roots: vec!["src".into()],
+        tx: vec!["ssh=h".into()],
+        dist: Some("load".into()),
+        ..Default::default()
+    };
+    let tables = config.render_tool("pyproject.toml [tool.pytest]");
+    let before = "[project]\nname = \"demo\"\n";
+    let after = append_tool_rdist(before, &tables).unwrap();
+    assert!(
+        after.starts_with("[project]\nname = \"demo\"\n\n# rdist configuration"),
+        "{after}"
+    );
+    assert_eq!(append_tool_rdist(&after, &tables).unwrap(), after);
+    let loaded = crate::config::parse(&after, std::path::Path::new("/p/pyproject.toml")).unwrap();
+    assert_eq!(loaded.config.sync.roots, Some(vec!["src".to_owned()]));
+    let other = "[tool.rdist.run]\ndist = \"each\"\n";
+    assert_eq!(
+        append_tool_rdist(other, &tables),
+        Err(AppendError::HasToolRdist)
+    );
+}
