@@ -1,6 +1,6 @@
-//! Arbitrary text through the ini reader, pytest's value splitting and the edits: nothing
-//! panics, every ini error names a line of the text, and an edited file reads back without
-//! rsync settings and edits to itself.
+//! Arbitrary text through the ini reader, pytest's value splitting and the edits (ini and
+//! TOML): nothing panics, every ini error names a line of the text, and an edited file reads
+//! back without rsync settings and edits to itself.
 
 use std::path::PathBuf;
 
@@ -78,6 +78,56 @@ proptest! {
             prop_assert!(section.get("rsyncignore").is_none());
         }
         match edit::plan(&cfg, &first.after) {
+            Ok(Some(second)) => prop_assert!(!second.changes(), "{:?}", second.after),
+            Ok(None) => {}
+            Err(e) => prop_assert!(false, "the edited file no longer reads: {e}"),
+        }
+    }
+}
+
+fn addopts_words() -> impl Strategy<Value = Vec<String>> {
+    let word = prop_oneof![
+        Just("-d"),
+        Just("--tx"),
+        Just("popen//chdir=/w"),
+        Just("--tx=ssh=h"),
+        Just("--dist"),
+        Just("each"),
+        Just("-n"),
+        Just("4"),
+        Just("--rsyncdir=src"),
+        Just("-rs"),
+        Just("-v"),
+        Just("a b"),
+    ];
+    prop::collection::vec(word.prop_map(str::to_owned), 0..10)
+}
+
+proptest! {
+    #[test]
+    fn toml_edits_read_back_clean_and_are_idempotent(words in addopts_words(), list in any::<bool>()) {
+        let quoted: Vec<String> = words.iter().map(|w| format!("{w:?}")).collect();
+        let (format, text) = if list {
+            let text = format!("[pytest]\nrsyncdirs = [\"src\"]  # roots\naddopts = [{}]\n", quoted.join(", "));
+            (Format::PytestToml, text)
+        } else {
+            let shell: Vec<String> = words
+                .iter()
+                .map(|w| if w.contains(' ') { format!("'{w}'") } else { w.clone() })
+                .collect();
+            let text = format!(
+                "[project]\nname = \"x\"\n\n[tool.pytest.ini_options]\naddopts = {:?}\n",
+                shell.join(" ")
+            );
+            (Format::PyprojectIni, text)
+        };
+        let cfg = ConfigFile { path: PathBuf::from("/p/x.toml"), format, entries: Vec::new() };
+        // Some word lists are not valid xdist options (`--tx` before `-d`): those are errors.
+        let Ok(first) = edit::plan(&cfg, &text) else { return Ok(()) };
+        let after = first.map_or(text.clone(), |e| e.after);
+        prop_assert!(toml_edit::Document::parse(after.as_str()).is_ok(), "{after}");
+        prop_assert!(!after.contains("rsyncdirs") && !after.contains("--tx") && !after.contains("rsyncdir="));
+        match edit::plan(&cfg, &after) {
             Ok(Some(second)) => prop_assert!(!second.changes(), "{:?}", second.after),
             Ok(None) => {}
             Err(e) => prop_assert!(false, "the edited file no longer reads: {e}"),

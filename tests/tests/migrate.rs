@@ -582,6 +582,17 @@ fn json_carries_the_settings_the_config_and_the_command_line() {
     assert_eq!(v["migration"]["config"]["roots"][1], "testing");
     assert_eq!(v["migration"]["settings"][0]["origin"]["line"], 6);
     assert!(v["rdist_toml"].as_str().unwrap().contains("[sync]"));
+    let edit = &v["edits"][0];
+    assert!(edit["path"].as_str().unwrap().ends_with("tox.ini"));
+    assert_eq!(
+        edit["removed"],
+        serde_json::json!(["rsyncdirs", "rsyncignore"])
+    );
+    let diff = edit["diff"].as_str().unwrap();
+    assert!(
+        diff.contains("\n-rsyncdirs = devpi testing\n-rsyncignore = .tox\n"),
+        "{diff}"
+    );
 }
 
 /// Fixtures used by the tests above besides `CASES`.
