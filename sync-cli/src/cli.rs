@@ -74,9 +74,15 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "COMMAND")]
     pub command: Option<String>,
 
-    /// Write `rdist.toml` next to the pytest config file (refused if a different one exists).
+    /// Write `rdist.toml` next to the pytest config file (refused if a different one exists)
+    /// and edit the legacy config file, all or nothing.
     #[arg(long, conflicts_with = "check")]
     pub write: bool,
+
+    /// Where rdist's settings go: `rdist.toml`, or `[tool.rdist]` tables at the end of the
+    /// project's `pyproject.toml`.
+    #[arg(long, value_enum, value_name = "FILE", default_value = "rdist-toml")]
+    pub into: ConfigTarget,
 
     /// List the legacy rsync settings that remain and exit 1 if there are any (for CI).
     #[arg(long)]
@@ -105,6 +111,15 @@ pub struct ServeArgs {
     /// Sessions served at once; more are refused.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_sessions: usize,
+}
+
+/// Where `rdist migrate` writes rdist's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConfigTarget {
+    /// `rdist.toml` in the project root.
+    RdistToml,
+    /// `[tool.rdist.sync]` / `[tool.rdist.run]` in the project root's `pyproject.toml`.
+    Pyproject,
 }
 
 /// How roots are placed in the worker directory.

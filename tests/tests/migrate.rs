@@ -90,7 +90,8 @@ const CASES: &[Case] = &[
              --rsyncignore /build",
             "`pyexecnetcache`",
             "`pytest` and `_pytest` packages",
-            "this version does not edit legacy files",
+            "edits (`rdist migrate --write` edits `pytest.ini`):",
+            "    -addopts = -d --tx ssh=ci@build1//python=python3 --tx 2*popen//python=python3.12",
         ],
         ..case("pytest-ini", &[], 0)
     },
@@ -397,11 +398,16 @@ fn preview_check_and_errors_on_every_fixture() {
 }
 
 #[test]
-fn write_creates_rdist_toml_once_and_refuses_a_different_one() {
+fn write_creates_rdist_toml_and_edits_once_and_refuses_a_different_one() {
     let project = Project::new("setup-cfg");
     let o = project.migrate(&["--write"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("wrote `rdist.toml`"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("edited `setup.cfg`"));
+    let cfg = std::fs::read_to_string(project.dir.join("setup.cfg")).unwrap();
+    assert_eq!(cfg, "[metadata]\nname = demo\n\n[tool:pytest]\n");
+    let o = project.migrate(&["--check"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let path = project.dir.join("rdist.toml");
     let written = std::fs::read_to_string(&path).unwrap();
     assert!(
@@ -416,9 +422,15 @@ fn write_creates_rdist_toml_once_and_refuses_a_different_one() {
     // Idempotent: the second run changes nothing.
     let o = project.migrate(&["--write"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("`rdist.toml` is up to date"));
     assert_eq!(std::fs::read_to_string(&path).unwrap(), written);
+    assert_eq!(
+        std::fs::read_to_string(project.dir.join("setup.cfg")).unwrap(),
+        cfg
+    );
 
+    // A different rdist.toml: refused before anything is written.
+    let project = Project::new("setup-cfg");
+    let path = project.dir.join("rdist.toml");
     std::fs::write(&path, "[sync]\nroots = [\"other\"]\n").unwrap();
     let o = project.migrate(&["--write"], &[]);
     assert_eq!(o.status.code(), Some(4), "{}", show(&o));
@@ -427,15 +439,125 @@ fn write_creates_rdist_toml_once_and_refuses_a_different_one() {
         stderr.contains("error: `rdist.toml` exists with other content"),
         "{stderr}"
     );
-    assert!(stderr.contains("hint: "), "{stderr}");
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         "[sync]\nroots = [\"other\"]\n"
     );
-
-    // Legacy files are not edited yet, so --check still fails.
+    let fixture = std::fs::read_to_string(fixtures().join("setup-cfg/setup.cfg")).unwrap();
+    let now = std::fs::read_to_string(project.dir.join("setup.cfg")).unwrap();
+    assert_eq!(now, fixture, "the legacy file is untouched");
     let o = project.migrate(&["--check"], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+}
+
+#[test]
+fn write_keeps_the_file_mode_and_leaves_no_temp_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let project = Project::new("devpi-client");
+    let ini = project.dir.join("tox.ini");
+    std::fs::set_permissions(&ini, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let o = project.migrate(&["--write"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let mode = std::fs::metadata(&ini).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    let names: Vec<String> = std::fs::read_dir(&project.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
+
+#[test]
+fn write_failure_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    if running_as_root() {
+        eprintln!("skipped: running as root, a read-only directory does not stop writes");
+        return;
+    }
+    let project = Project::new("devpi-client");
+    let dir = &project.dir;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let o = project.migrate(&["--write"], &[]);
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("hint: nothing was changed"), "{stderr}");
+    assert!(!dir.join("rdist.toml").exists());
+    let fixture = std::fs::read_to_string(fixtures().join("devpi-client/tox.ini")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("tox.ini")).unwrap(),
+        fixture
+    );
+}
+
+#[test]
+fn write_stops_before_writing_when_a_file_cannot_be_read() {
+    let project = Project::new("devpi-client");
+    std::fs::create_dir(project.dir.join("rdist.toml")).unwrap();
+    let o = project.migrate(&["--write"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("error: cannot read `rdist.toml`"),
+        "{stderr}"
+    );
+    let fixture = std::fs::read_to_string(fixtures().join("devpi-client/tox.ini")).unwrap();
+    let now = std::fs::read_to_string(project.dir.join("tox.ini")).unwrap();
+    assert_eq!(now, fixture);
+}
+
+#[test]
+fn write_into_pyproject_adds_tool_rdist_tables_once() {
+    let project = Project::new("pyproject-ini-options");
+    let o = project.migrate(&["--into", "pyproject", "--write"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(!project.dir.join("rdist.toml").exists());
+    let path = project.dir.join("pyproject.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("[project]\nname = \"demo\"\n\n[tool.pytest.ini_options]\n\n"));
+    let loaded = compat::config::read(&path).unwrap();
+    assert!(loaded.in_pyproject);
+    let roots = loaded.config.sync.roots.clone().unwrap();
+    assert_eq!(roots, ["src", "tests"]);
+    assert_eq!(
+        loaded.config.run.tx.clone().unwrap(),
+        ["ssh=h//python=python3"]
+    );
+    let o = project.migrate(&["--into", "pyproject", "--write"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    let o = project.migrate(&["--check"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+
+    // -n stays in setup.cfg, so the settings are there on every run: written once.
+    let project = Project::new("no-rsync");
+    let o = project.migrate(&["--into", "pyproject", "--write"], &[]);
+    assert_eq!(o.status.code(), Some(4), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("error: no `pyproject.toml`"));
+    std::fs::write(
+        project.dir.join("pyproject.toml"),
+        "[project]\nname = \"x\"",
+    )
+    .unwrap();
+    let o = project.migrate(&["--into", "pyproject", "--write"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let once = std::fs::read_to_string(project.dir.join("pyproject.toml")).unwrap();
+    assert!(once.contains("\"x\"\n\n# rdist configuration"), "{once}");
+    let o = project.migrate(&["--into", "pyproject", "--write"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let twice = std::fs::read_to_string(project.dir.join("pyproject.toml")).unwrap();
+    assert_eq!(twice, once);
+}
+
+/// Root ignores directory permissions.
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 #[test]
@@ -460,10 +582,27 @@ fn json_carries_the_settings_the_config_and_the_command_line() {
     assert_eq!(v["migration"]["config"]["roots"][1], "testing");
     assert_eq!(v["migration"]["settings"][0]["origin"]["line"], 6);
     assert!(v["rdist_toml"].as_str().unwrap().contains("[sync]"));
+    let edit = &v["edits"][0];
+    assert!(edit["path"].as_str().unwrap().ends_with("tox.ini"));
+    assert_eq!(
+        edit["removed"],
+        serde_json::json!(["rsyncdirs", "rsyncignore"])
+    );
+    let diff = edit["diff"].as_str().unwrap();
+    assert!(
+        diff.contains("\n-rsyncdirs = devpi testing\n-rsyncignore = .tox\n"),
+        "{diff}"
+    );
 }
 
 /// Fixtures used by the tests above besides `CASES`.
-const OTHER_USES: &[&str] = &["setup-cfg", "issue-752", "devpi-client"];
+const OTHER_USES: &[&str] = &[
+    "setup-cfg",
+    "issue-752",
+    "devpi-client",
+    "pyproject-ini-options",
+    "no-rsync",
+];
 
 #[test]
 fn every_fixture_is_used() {

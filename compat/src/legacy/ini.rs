@@ -31,6 +31,18 @@ pub struct Entry {
     pub value: String,
     /// 1-based line of the key.
     pub line: usize,
+    /// Byte offset of the value in the key's line (its end is the line's trimmed end).
+    pub value_start: usize,
+    /// 1-based lines continuing the value (comment and blank lines between them are not
+    /// listed: iniconfig skips them).
+    pub continuations: Vec<usize>,
+}
+
+impl Entry {
+    /// The last line holding part of the value.
+    pub fn last_line(&self) -> usize {
+        self.continuations.last().copied().unwrap_or(self.line)
+    }
 }
 
 /// A line iniconfig rejects, with iniconfig's message.
@@ -59,7 +71,8 @@ impl Section {
 enum Line<'a> {
     Blank,
     Section(&'a str),
-    Value(&'a str, &'a str),
+    /// Key, value, and the value's byte offset in the line.
+    Value(&'a str, &'a str, usize),
     Continuation(&'a str),
 }
 
@@ -84,15 +97,21 @@ fn classify(raw: &str) -> Result<Line<'_>, String> {
     if line.starts_with(char::is_whitespace) {
         return Ok(Line::Continuation(line.trim()));
     }
-    if let Some((name, value)) = line.split_once('=')
+    if let Some((name, rest)) = line.split_once('=')
         && !name.contains(':')
     {
-        return Ok(Line::Value(name.trim(), value.trim()));
+        return Ok(value_line(line, name, rest));
     }
     match line.split_once(": ") {
-        Some((name, value)) => Ok(Line::Value(name.trim(), value.trim())),
+        Some((name, rest)) => Ok(value_line(line, name, rest)),
         None => Err(format!("unexpected line: `{line}`")),
     }
+}
+
+/// `name` = `rest` (or `name: rest`), both slices of `line`.
+fn value_line<'a>(line: &'a str, name: &'a str, rest: &'a str) -> Line<'a> {
+    let start = line.len() - rest.trim_start().len();
+    Line::Value(name.trim(), rest.trim(), start)
 }
 
 /// Parses `text` as iniconfig does.
@@ -123,7 +142,7 @@ pub fn parse(text: &str) -> Result<Ini, IniError> {
                 });
                 in_value = false;
             }
-            Line::Value(key, value) => {
+            Line::Value(key, value, value_start) => {
                 let Some(section) = ini.sections.last_mut() else {
                     return Err(err("no section header defined".to_owned()));
                 };
@@ -134,6 +153,8 @@ pub fn parse(text: &str) -> Result<Ini, IniError> {
                     key: key.to_owned(),
                     value: value.to_owned(),
                     line,
+                    value_start,
+                    continuations: Vec::new(),
                 });
                 in_value = true;
             }
@@ -146,6 +167,7 @@ pub fn parse(text: &str) -> Result<Ini, IniError> {
                     entry.value.push('\n');
                 }
                 entry.value.push_str(data);
+                entry.continuations.push(line);
             }
         }
     }

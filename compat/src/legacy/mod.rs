@@ -6,6 +6,7 @@
 //! - [`options`]: the xdist options in `addopts`, `PYTEST_ADDOPTS` and a command line;
 //! - [`patterns`]: xdist ignore globs (anchored at the ini directory, or basename-or-absolute
 //!   from the command line, `*` crossing `/`) in rdist's pattern language;
+//! - [`edit`]: the edits that take the rsync settings out of the legacy config file;
 //! - [`translate`]: all of it combined into a [`Migration`]: the settings found, the
 //!   `rdist.toml` to write ([`RdistConfig`]), an equivalent `rdist run` line and the notes on
 //!   what behaves differently.
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub mod discover;
+pub mod edit;
 pub mod ini;
 pub mod options;
 pub mod patterns;
@@ -31,6 +33,7 @@ mod tests_discover;
 mod tests_translate;
 
 pub use discover::{ConfigFile, DeadGlobal, Format, discover as discover_config};
+pub use edit::FileEdit;
 pub use render::RdistConfig;
 pub use translate::{Input, Mapping, Migration, Note, NoteLevel, RunLine, Setting, migrate};
 

@@ -118,6 +118,23 @@ impl RdistConfig {
     }
 }
 
+impl RdistConfig {
+    /// The same text with `[tool.rdist.sync]` / `[tool.rdist.run]` headers, for a
+    /// `pyproject.toml`.
+    pub fn render_tool(&self, source: &str) -> String {
+        let mut out = String::new();
+        for line in self.render(source).lines() {
+            out.push_str(match line {
+                "[sync]" => "[tool.rdist.sync]",
+                "[run]" => "[tool.rdist.run]",
+                other => other,
+            });
+            out.push('\n');
+        }
+        out
+    }
+}
+
 fn array(items: &[String]) -> String {
     let items: Vec<String> = items.iter().map(|i| string(i)).collect();
     format!("[{}]", items.join(", "))

@@ -51,8 +51,10 @@ pub struct Setting {
     /// As written.
     pub text: String,
     /// A deprecated rsync setting (`rdist migrate --check` fails while one remains); `-d`,
-    /// `--dist` and `-n` are not.
+    /// `--dist` and `-n` are not, nor are dead conftest globals.
     pub rsync: bool,
+    /// A dead `conftest.py` global: reported, never edited.
+    pub dead: bool,
 }
 
 /// A legacy root or ignore pattern and what it became.
@@ -234,6 +236,7 @@ pub fn migrate(input: &Input<'_>) -> Result<Migration, LegacyError> {
                     name: key.to_owned(),
                     text: format!("{key} = {text}"),
                     rsync: true,
+                    dead: false,
                 });
             }
         }
@@ -255,6 +258,7 @@ pub fn migrate(input: &Input<'_>) -> Result<Migration, LegacyError> {
             name: name.to_owned(),
             text: f.text.clone(),
             rsync,
+            dead: false,
         });
     }
     for g in &input.dead_globals {
@@ -265,7 +269,8 @@ pub fn migrate(input: &Input<'_>) -> Result<Migration, LegacyError> {
             },
             name: format!("conftest.py {}", g.name),
             text: g.text.clone(),
-            rsync: true,
+            rsync: false,
+            dead: true,
         });
     }
 

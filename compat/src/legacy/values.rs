@@ -7,6 +7,8 @@
 //! keeps `#` and keeps the backslash before anything but `"` and `\`. Migrating must read the
 //! values exactly as pytest did, so the split is done here.
 
+use std::ops::Range;
+
 use serde::Serialize;
 
 /// A raw config value as the file holds it.
@@ -55,6 +57,15 @@ pub enum SplitError {
 /// # Errors
 /// An unclosed quote, or a `\` at the very end.
 pub fn shlex_split(text: &str) -> Result<Vec<String>, SplitError> {
+    Ok(shlex_words(text)?.into_iter().map(|(w, _)| w).collect())
+}
+
+/// [`shlex_split`] with the byte range each word occupies in `text` (quotes included), for
+/// editing a value in place.
+///
+/// # Errors
+/// As [`shlex_split`].
+pub fn shlex_words(text: &str) -> Result<Vec<(String, Range<usize>)>, SplitError> {
     #[derive(Clone, Copy, PartialEq)]
     enum State {
         Idle,
@@ -64,12 +75,16 @@ pub fn shlex_split(text: &str) -> Result<Vec<String>, SplitError> {
     }
     let mut words = Vec::new();
     let mut word = String::new();
+    let mut start = 0;
     let mut state = State::Idle;
-    for c in text.chars() {
+    for (at, c) in text.char_indices() {
+        if state == State::Idle && !c.is_whitespace() {
+            start = at;
+        }
         state = match state {
             State::Idle | State::Word if c.is_whitespace() => {
                 if state == State::Word {
-                    words.push(std::mem::take(&mut word));
+                    words.push((std::mem::take(&mut word), start..at));
                 }
                 State::Idle
             }
@@ -104,7 +119,7 @@ pub fn shlex_split(text: &str) -> Result<Vec<String>, SplitError> {
         State::Quote(_) => Err(SplitError::NoClosingQuotation),
         State::Escape(_) => Err(SplitError::NoEscapedCharacter),
         State::Word => {
-            words.push(word);
+            words.push((word, start..text.len()));
             Ok(words)
         }
         State::Idle => Ok(words),
@@ -174,6 +189,15 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(split(input), *want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn word_ranges_cover_the_text_as_written() {
+        let text = r#"-d  --tx='a b' "x"y \z"#;
+        let words = shlex_words(text).unwrap();
+        let raw: Vec<&str> = words.iter().map(|(_, r)| &text[r.clone()]).collect();
+        assert_eq!(raw, ["-d", "--tx='a b'", "\"x\"y", "\\z"]);
+        assert_eq!(words[1].0, "--tx=a b");
     }
 
     #[test]

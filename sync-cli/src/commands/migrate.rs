@@ -1,9 +1,9 @@
 //! `rdist migrate`: reads pytest-xdist's rsync settings where pytest would (the config file it
 //! discovers, `PYTEST_ADDOPTS`, `--command`, dead `conftest.py` globals) and shows their rdist
 //! translation: the settings found (file:line), the `rdist.toml` to write, an equivalent
-//! `rdist run` line and every behaviour difference. `--write` writes `rdist.toml`; `--check`
-//! exits 1 while legacy rsync settings remain; `--json` for tools. Legacy files are not edited
-//! yet (the preview says so).
+//! `rdist run` line, the edits to the legacy config file (a unified diff) and every behaviour
+//! difference. `--write` writes `rdist.toml` and the edits, all or nothing (`migrate::write`);
+//! `--check` exits 1 while legacy rsync settings remain; `--json` for tools.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,8 +12,10 @@ use anyhow::anyhow;
 use compat::legacy::{self, Migration, NoteLevel};
 use serde_json::json;
 
-use crate::cli::MigrateArgs;
+use crate::cli::{ConfigTarget, MigrateArgs};
 use crate::exit::{Code, Failure};
+
+mod write;
 
 /// Runs `rdist migrate`.
 ///
@@ -31,6 +33,16 @@ pub fn run(args: &MigrateArgs) -> Result<Code, Failure> {
         }
     };
     let config = legacy::discover_config(&cwd).map_err(located)?;
+    let edit = match &config {
+        Some(cfg) if cfg.format != legacy::Format::PyprojectEmpty => {
+            let text = std::fs::read_to_string(&cfg.path).map_err(|e| {
+                let shown = show_path(&cfg.path, &cwd);
+                Failure::failed(anyhow!(e).context(format!("cannot read `{shown}`")))
+            })?;
+            legacy::edit::plan(cfg, &text).map_err(located)?
+        }
+        _ => None,
+    };
     let scan_root = config.as_ref().map_or(cwd.as_path(), |c| c.dir());
     let dead_globals = legacy::discover::dead_conftest_globals(scan_root);
     let env_addopts = std::env::var("PYTEST_ADDOPTS")
@@ -45,22 +57,36 @@ pub fn run(args: &MigrateArgs) -> Result<Code, Failure> {
         dead_globals,
         exists: &exists,
     };
-    let m = legacy::migrate(&input).map_err(located)?;
+    let mut m = legacy::migrate(&input).map_err(located)?;
+    if let Some(edit) = &edit {
+        m.notes.extend(edit.notes());
+    }
+    let mut edits: Vec<legacy::FileEdit> = edit.into_iter().collect();
+    if args.into == ConfigTarget::Pyproject {
+        into_pyproject(&m, &mut edits)?;
+    }
+    let edits: Vec<legacy::FileEdit> = edits.into_iter().filter(|e| e.changes()).collect();
 
     let mut out = std::io::stdout().lock();
     if args.json {
         let value = json!({
             "legacy_rsync": m.has_legacy_rsync(),
-            "rdist_toml_path": m.rdist_toml_path(),
-            "rdist_toml": m.rdist_toml(),
+            "rdist_toml_path": (args.into == ConfigTarget::RdistToml).then(|| m.rdist_toml_path()),
+            "rdist_toml": m.rdist_toml().filter(|_| args.into == ConfigTarget::RdistToml),
             "run_line": m.run.to_string(),
+            "edits": edits.iter().map(|e| json!({
+                "path": e.path,
+                "removed": e.removed,
+                "kept": e.kept,
+                "diff": e.unified_diff(&show_path(&e.path, &m.cwd)),
+            })).collect::<Vec<_>>(),
             "migration": m,
         });
         let _ = writeln!(out, "{value:#}");
     } else if args.check {
         let _ = out.write_all(check_report(&m).as_bytes());
     } else {
-        let _ = out.write_all(preview(&m, args.write).as_bytes());
+        let _ = out.write_all(preview(&m, &edits, args).as_bytes());
     }
     drop(out);
 
@@ -72,40 +98,113 @@ pub fn run(args: &MigrateArgs) -> Result<Code, Failure> {
         });
     }
     if args.write {
-        write_config(&m)?;
+        write_all(&m, &edits, args.into)?;
     }
     Ok(Code::Ok)
 }
 
-/// Writes `rdist.toml`, refusing to replace a different one.
-fn write_config(m: &Migration) -> Result<(), Failure> {
+/// `--into pyproject`: rdist's settings as `[tool.rdist.*]` tables at the end of the project's
+/// `pyproject.toml`, on top of that file's own edits if it is the legacy config file.
+fn into_pyproject(m: &Migration, edits: &mut Vec<legacy::FileEdit>) -> Result<(), Failure> {
+    if m.config.is_empty() {
+        return Ok(());
+    }
+    let path = m.project_root.join("pyproject.toml");
+    let shown = show_path(&path, &m.cwd);
+    if m.rdist_toml_path().exists() {
+        return Err(Failure::usage(anyhow!(
+            "`{}` exists and would win over [tool.rdist]",
+            show_path(&m.rdist_toml_path(), &m.cwd)
+        ))
+        .with_hint("leave out `--into pyproject`, or remove `rdist.toml`"));
+    }
+    let tables = m.config.render_tool(&m.source_label());
+    let index = edits.iter().position(|e| e.path == path);
+    let base = match index {
+        Some(i) => edits[i].after.clone(),
+        None => match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(
+                    Failure::usage(anyhow!("no `{shown}` to write [tool.rdist] into"))
+                        .with_hint("leave out `--into pyproject` to write `rdist.toml`"),
+                );
+            }
+            Err(e) => {
+                return Err(Failure::failed(
+                    anyhow!(e).context(format!("cannot read `{shown}`")),
+                ));
+            }
+        },
+    };
+    let after = legacy::edit::append_tool_rdist(&base, &tables).map_err(|e| {
+        Failure::usage(anyhow!("{e}"))
+            .with_hint("merge the preview into it by hand, or leave out `--into pyproject`")
+    })?;
+    match index {
+        Some(i) => edits[i].after = after,
+        None => edits.push(legacy::FileEdit {
+            path,
+            before: base,
+            after,
+            removed: Vec::new(),
+            kept: Vec::new(),
+        }),
+    }
+    Ok(())
+}
+
+/// Writes `rdist.toml` (refusing to replace a different one) and the edits, all or nothing.
+fn write_all(m: &Migration, edits: &[legacy::FileEdit], into: ConfigTarget) -> Result<(), Failure> {
     let path = m.rdist_toml_path();
     let shown = show_path(&path, &m.cwd);
-    let Some(text) = m.rdist_toml() else {
-        eprintln!("nothing to write: no rdist settings in the legacy configuration");
-        return Ok(());
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(existing) if existing == text => {
-            eprintln!("`{shown}` is up to date");
-            return Ok(());
-        }
-        Ok(_) => {
-            return Err(
-                Failure::usage(anyhow!("`{shown}` exists with other content"))
-                    .with_hint("merge the preview into it by hand, or remove it and run again"),
-            );
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(Failure::failed(
-                anyhow!(e).context(format!("cannot read `{shown}`")),
-            ));
-        }
+    let mut changes = Vec::new();
+    match m.rdist_toml().filter(|_| into == ConfigTarget::RdistToml) {
+        None => {}
+        Some(text) => match std::fs::read_to_string(&path) {
+            Ok(existing) if existing == text => eprintln!("`{shown}` is up to date"),
+            Ok(_) => {
+                return Err(
+                    Failure::usage(anyhow!("`{shown}` exists with other content")).with_hint(
+                        "merge the preview into it by hand, or remove it and run again; nothing \
+                         was changed",
+                    ),
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => changes.push(write::Change {
+                path: path.clone(),
+                before: None,
+                after: text,
+            }),
+            Err(e) => {
+                return Err(Failure::failed(
+                    anyhow!(e).context(format!("cannot read `{shown}`")),
+                ));
+            }
+        },
     }
-    std::fs::write(&path, text)
-        .map_err(|e| Failure::failed(anyhow!(e).context(format!("cannot write `{shown}`"))))?;
-    eprintln!("wrote `{shown}`");
+    for e in edits {
+        changes.push(write::Change {
+            path: e.path.clone(),
+            before: Some(e.before.clone()),
+            after: e.after.clone(),
+        });
+    }
+    if changes.is_empty() {
+        if m.rdist_toml().is_none() {
+            eprintln!("nothing to write: no rdist settings in the legacy configuration");
+        }
+        return Ok(());
+    }
+    write::apply(&changes, &|p| show_path(p, &m.cwd))?;
+    for c in &changes {
+        let verb = if c.before.is_some() {
+            "edited"
+        } else {
+            "wrote"
+        };
+        eprintln!("{verb} `{}`", show_path(&c.path, &m.cwd));
+    }
     Ok(())
 }
 
@@ -125,19 +224,30 @@ fn settings_lines(m: &Migration, rsync_only: bool) -> String {
     out
 }
 
-/// `--check`: the legacy rsync settings that remain.
+/// `--check`: the legacy rsync settings that remain (and dead globals, which do not count).
 fn check_report(m: &Migration) -> String {
-    if !m.has_legacy_rsync() {
-        return "no legacy rsync settings\n".to_owned();
+    let mut out = if m.has_legacy_rsync() {
+        format!(
+            "legacy rsync settings remain:\n{}run `rdist migrate` to see their rdist \
+             translation\n",
+            settings_lines(m, true)
+        )
+    } else {
+        "no legacy rsync settings\n".to_owned()
+    };
+    for s in m.settings.iter().filter(|s| s.dead) {
+        out.push_str(&format!(
+            "warning: {}: `{}` is dead (ignored by pytest-xdist since 1.5); delete it\n",
+            s.origin.display_from(&m.cwd),
+            s.text
+        ));
     }
-    format!(
-        "legacy rsync settings remain:\n{}run `rdist migrate` to see their rdist translation\n",
-        settings_lines(m, true)
-    )
+    out
 }
 
 /// The default output: everything a migration would do.
-fn preview(m: &Migration, writing: bool) -> String {
+fn preview(m: &Migration, edits: &[legacy::FileEdit], args: &MigrateArgs) -> String {
+    let writing = args.write;
     let mut out = String::new();
     match &m.config_file {
         Some(path) => {
@@ -176,6 +286,12 @@ fn preview(m: &Migration, writing: bool) -> String {
     mappings("ignore patterns", &m.ignores, &mut out);
     let target = show_path(&m.rdist_toml_path(), &m.cwd);
     match m.rdist_toml() {
+        Some(_) if args.into == ConfigTarget::Pyproject => {
+            let action = if writing { "adding" } else { "`--write` adds" };
+            out.push_str(&format!(
+                "\n[tool.rdist] ({action} it to `pyproject.toml`, in the diff below)\n"
+            ));
+        }
         Some(text) => {
             let action = if writing {
                 "writing"
@@ -188,6 +304,19 @@ fn preview(m: &Migration, writing: bool) -> String {
             }
         }
         None => out.push_str("\nrdist.toml: nothing to write\n"),
+    }
+    for e in edits {
+        let shown = show_path(&e.path, &m.cwd);
+        let action = if writing {
+            "editing"
+        } else {
+            "`rdist migrate --write` edits"
+        };
+        out.push_str(&format!("\nedits ({action} `{shown}`):\n"));
+        for line in e.unified_diff(&shown).lines() {
+            out.push_str(format!("    {line}").trim_end());
+            out.push('\n');
+        }
     }
     out.push_str(&format!("\nequivalent command line:\n    {}\n", m.run));
     if !m.notes.is_empty() {

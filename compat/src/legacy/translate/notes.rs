@@ -237,7 +237,7 @@ pub(super) fn collect(
         );
     }
 
-    // Leftovers in the legacy files.
+    // Leftovers `rdist migrate --write` does not edit.
     for g in &input.dead_globals {
         let origin = Origin::File {
             path: g.path.clone(),
@@ -248,41 +248,34 @@ pub(super) fn collect(
             Some(&origin),
             format!(
                 "`{}` in conftest.py is dead: pytest-xdist ignores conftest globals since 1.5 \
-                 (2010); delete it",
+                 (2010); delete it by hand (`--write` does not edit Python code, where the name \
+                 may still be used; `--check` does not count it)",
                 g.name
             ),
         );
     }
-    let in_addopts: Vec<&str> = found
+    let from_env: Vec<&str> = found
         .iter()
-        .filter(|f| matches!(f.origin, Origin::File { .. }))
-        .filter(|f| !matches!(f.opt, Opt::Other(_)))
+        .filter(|f| f.origin == Origin::Env && is_rsync(&f.opt))
         .map(|f| f.text.as_str())
         .collect();
-    let ini_keys: Vec<&str> = ["rsyncdirs", "rsyncignore"]
-        .into_iter()
-        .filter(|k| ctx.config.is_some_and(|c| c.get(k).is_some()))
-        .collect();
-    if let Some(cfg) = ctx.config
-        && (!in_addopts.is_empty() || !ini_keys.is_empty())
-    {
-        let mut what: Vec<String> = ini_keys.iter().map(|k| format!("`{k}`")).collect();
-        what.extend(in_addopts.iter().map(|t| format!("`{t}` from `addopts`")));
-        let name = cfg.path.file_name().unwrap_or_default().to_string_lossy();
-        let why = if in_addopts.is_empty() {
-            ""
-        } else {
-            " (rdist's workers run pytest, which still reads `addopts`)"
-        };
+    if !from_env.is_empty() {
         add(
             NoteLevel::Info,
-            None,
+            Some(&Origin::Env),
             format!(
-                "this version does not edit legacy files: once rdist runs your tests, remove {} \
-                 in `{name}` by hand{why}",
-                what.join(", ")
+                "`PYTEST_ADDOPTS` is not edited: remove `{}` where it is set",
+                from_env.join("`, `")
             ),
         );
     }
     notes
+}
+
+/// A deprecated option `rdist migrate --write` removes from `addopts`.
+fn is_rsync(opt: &Opt) -> bool {
+    matches!(
+        opt,
+        Opt::Tx(_) | Opt::Px(_) | Opt::RsyncDir(_) | Opt::RsyncIgnore(_) | Opt::Override { .. }
+    )
 }
