@@ -40,20 +40,53 @@ pub fn local_uname() -> String {
     format!("{os} {arch}")
 }
 
-/// `<version>-<12 hex of this executable's BLAKE3>`, computed once.
+/// `<version>-<12 hex of this executable's BLAKE3>`, computed once per process, and remembered
+/// across runs in rdist's cache keyed by the executable's stamp (hashing a 35 MiB binary on
+/// every ssh sync costs more than the rest of a no-op sync's local work).
 fn build_id() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ID.get_or_init(|| {
         let hash = std::env::current_exe()
-            .and_then(std::fs::File::open)
-            .and_then(|mut f| {
-                let mut h = blake3::Hasher::new();
-                std::io::copy(&mut f, &mut h)?;
-                Ok(h.finalize().to_hex()[..12].to_owned())
-            })
-            .unwrap_or_else(|_| "unknown".to_owned());
+            .ok()
+            .and_then(|exe| exe_hash(&exe, crate::settings::cache_dir().as_deref()))
+            .unwrap_or_else(|| "unknown".to_owned());
         format!("{VERSION}-{hash}")
     })
+}
+
+/// The first 12 hex digits of the BLAKE3 of `exe`, from `<cache>/build-id` when the stamp
+/// recorded there is still the executable's.
+fn exe_hash(exe: &std::path::Path, cache: Option<&std::path::Path>) -> Option<String> {
+    let meta = std::fs::metadata(exe).ok()?;
+    let stamp = sync_core::manifest::Stamp::of(&meta);
+    let key = format!(
+        "{} {} {} {} {}",
+        stamp.dev, stamp.ino, stamp.size, stamp.mtime_ns, stamp.ctime_ns
+    );
+    let file = cache.map(|c| c.join("build-id"));
+    if let Some(text) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok())
+        && let Some((k, h)) = text.trim_end().rsplit_once(' ')
+        && k == key
+        && h.len() == 12
+    {
+        return Some(h.to_owned());
+    }
+    let hash = sync_core::hash::hash_file(exe, stamp.size).ok()?;
+    let hex: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
+    // Only an optimisation: a cache that cannot be written is recomputed next time. Stamps
+    // too recent to trust (a binary being rebuilt) are not recorded.
+    if let Some(f) = file
+        && sync_core::hash::stamp_trustworthy(&stamp, sync_core::hash::now_ns())
+    {
+        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+        if f.parent()
+            .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+            && std::fs::write(&tmp, format!("{key} {hex}\n")).is_ok()
+        {
+            let _ = std::fs::rename(&tmp, &f);
+        }
+    }
+    Some(hex)
 }
 
 fn bin_dir() -> String {
@@ -220,6 +253,38 @@ fn explain(mut e: TargetError, host: &str) -> TargetError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exe_hash_is_remembered_by_stamp_and_redone_when_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("exe");
+        std::fs::write(&exe, b"one build").unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(10);
+        std::fs::File::options()
+            .write(true)
+            .open(&exe)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let cache = dir.path().join("cache");
+        let want = blake3::hash(b"one build").to_hex()[..12].to_owned();
+        // ctime is "now": not trusted yet, so computed but not recorded.
+        assert_eq!(exe_hash(&exe, Some(&cache)).unwrap(), want);
+        // A recorded stamp that matches is believed, a stale one is not.
+        let meta = std::fs::metadata(&exe).unwrap();
+        let s = sync_core::manifest::Stamp::of(&meta);
+        let key = format!(
+            "{} {} {} {} {}",
+            s.dev, s.ino, s.size, s.mtime_ns, s.ctime_ns
+        );
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::write(cache.join("build-id"), format!("{key} abcdefabcdef\n")).unwrap();
+        assert_eq!(exe_hash(&exe, Some(&cache)).unwrap(), "abcdefabcdef");
+        std::fs::write(&exe, b"another build").unwrap();
+        let want = blake3::hash(b"another build").to_hex()[..12].to_owned();
+        assert_eq!(exe_hash(&exe, Some(&cache)).unwrap(), want);
+        assert_eq!(exe_hash(&exe, None).unwrap(), want);
+    }
 
     #[test]
     fn scripts_are_single_quoted_posix_sh() {
