@@ -1101,6 +1101,27 @@ fn exitfirst_stops_the_run_and_says_so() {
     r.expect_code(1).expect_out("stopping after 1 failures");
 }
 
+#[test]
+fn exitfirst_drops_the_tests_already_queued_on_other_workers() {
+    if !have_pytest() {
+        return;
+    }
+    // Tests go out in chunks: the other worker has a dozen or more queued when the first fails.
+    let mut suite = String::from("import time\n\n\ndef test_fail():\n    assert 0\n");
+    for i in 0..100 {
+        suite.push_str(&format!("\n\ndef test_ok{i}():\n    time.sleep(0.05)\n"));
+    }
+    let sb = project(&[("tests/test_x.py", &suite)]);
+    let r = rdist_run(&sb, &["-n", "2", "-x"]);
+    r.expect_code(1).expect_out("stopping after 1 failures");
+    let closing = r.closing();
+    let passed: usize = closing
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" passed").and_then(|n| n.parse().ok()))
+        .unwrap_or(0);
+    assert!(passed < 10, "{passed} passed after the stop\n{}", r.show());
+}
+
 /// 20 instant tests, then one that sleeps: collection order puts the slow one last.
 fn longest_first_suite() -> String {
     let mut s = String::from("import time\n");

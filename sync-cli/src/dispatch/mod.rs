@@ -134,23 +134,6 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
     let mut interrupted = false;
     let mut stopped_after: Option<usize> = None;
 
-    let apply = |slots: &mut Vec<Slot>, actions: Vec<Action>| {
-        for a in actions {
-            match a {
-                Action::Run(w, v) => {
-                    if let Some(wk) = &mut slots[w].worker {
-                        wk.run(&v);
-                    }
-                }
-                Action::Shutdown(w) => {
-                    if let Some(wk) = &mut slots[w].worker {
-                        wk.shutdown();
-                    }
-                }
-            }
-        }
-    };
-
     let mut leftover_spawns = 0;
     loop {
         if slots
@@ -198,7 +181,16 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
             }
             break;
         }
-        let ev = match rx.recv_timeout(Duration::from_millis(200)) {
+        // Output is flushed whenever the dispatcher has caught up, not once per test.
+        let next = match rx.try_recv() {
+            Ok(ev) => Ok(ev),
+            Err(mpsc::TryRecvError::Empty) => {
+                rep.flush();
+                rx.recv_timeout(Duration::from_millis(200))
+            }
+            Err(mpsc::TryRecvError::Disconnected) => Err(mpsc::RecvTimeoutError::Disconnected),
+        };
+        let ev = match next {
             Ok(ev) => ev,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let now = Instant::now();
@@ -284,23 +276,32 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                 collect_errors.push((w, nodeid, longrepr));
             }
             Event::Msg(_, WorkerMsg::Report(r)) => {
-                rep.report(w, &r);
-                if cfg.maxfail > 0 && stopped_after.is_none() {
-                    let c = rep.counts();
-                    let bad = c.get("failed").copied().unwrap_or(0)
-                        + c.get("error").copied().unwrap_or(0);
-                    if bad >= cfg.maxfail {
-                        stopped_after = Some(bad);
-                        if let Some(s) = &mut sched {
-                            let actions = s.stop();
-                            apply(&mut slots, actions);
-                        }
-                    }
-                }
+                take_report(cfg, rep, w, &r, &mut stopped_after, &mut sched, &mut slots);
             }
-            Event::Msg(_, WorkerMsg::Ran { index, seconds }) => {
-                if let Some(id) = ids.get(index) {
-                    durations.insert(id.clone(), seconds);
+            Event::Msg(
+                _,
+                WorkerMsg::Ran {
+                    index,
+                    seconds,
+                    reports,
+                },
+            ) => {
+                let id = slots[w]
+                    .ids
+                    .as_ref()
+                    .and_then(|v| v.get(index))
+                    .or(ids.get(index))
+                    .cloned();
+                for mut r in reports {
+                    if r.nodeid.is_empty()
+                        && let Some(id) = &id
+                    {
+                        r.nodeid.clone_from(id);
+                    }
+                    take_report(cfg, rep, w, &r, &mut stopped_after, &mut sched, &mut slots);
+                }
+                if let Some(id) = id {
+                    durations.insert(id, seconds);
                 }
                 if let Some(s) = &mut sched {
                     let actions = s.ran(w, index);
@@ -511,6 +512,51 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
         ending,
         collected: ids.len(),
         durations,
+    }
+}
+
+fn apply(slots: &mut [Slot], actions: Vec<Action>) {
+    for a in actions {
+        match a {
+            Action::Run(w, v) => {
+                if let Some(wk) = &mut slots[w].worker {
+                    wk.run(&v);
+                }
+            }
+            Action::Shutdown(w) => {
+                if let Some(wk) = &mut slots[w].worker {
+                    wk.shutdown();
+                }
+            }
+            Action::Stop(w) => {
+                if let Some(wk) = &mut slots[w].worker {
+                    wk.stop();
+                }
+            }
+        }
+    }
+}
+
+/// One phase report: printed, counted, and `-x`/`--maxfail` applied.
+fn take_report(
+    cfg: &SessionConfig,
+    rep: &mut Reporter,
+    w: usize,
+    r: &worker::TestReport,
+    stopped_after: &mut Option<usize>,
+    sched: &mut Option<Scheduler>,
+    slots: &mut [Slot],
+) {
+    rep.report(w, r);
+    if cfg.maxfail > 0 && stopped_after.is_none() {
+        let bad = rep.bad();
+        if bad >= cfg.maxfail {
+            *stopped_after = Some(bad);
+            if let Some(s) = sched {
+                let actions = s.stop();
+                apply(slots, actions);
+            }
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::worker::TestReport;
 
@@ -53,8 +53,17 @@ pub struct Reporter {
     pub platforms: BTreeMap<usize, Platform>,
     pub outcomes: Vec<Outcome>,
     failures: Vec<Failure>,
+    /// Failed and errored outcomes so far (for `--maxfail`).
+    bad: usize,
+    /// Output not yet written to `out`: it goes out when the dispatcher has caught up, or
+    /// every [`FLUSH_EVERY`].
+    buf: Vec<u8>,
     out: Box<dyn Write>,
+    flushed: Instant,
 }
+
+/// The longest the progress output waits in the buffer while results keep coming.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 fn plural(n: usize, word: &str) -> String {
     match (n, word) {
@@ -100,8 +109,28 @@ impl Reporter {
             platforms: BTreeMap::new(),
             outcomes: Vec::new(),
             failures: Vec::new(),
+            bad: 0,
+            buf: Vec::with_capacity(16 << 10),
             out,
+            flushed: Instant::now(),
         }
+    }
+
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            let _ = self
+                .out
+                .write_all(&self.buf)
+                .and_then(|()| self.out.flush());
+            self.buf.clear();
+        }
+        self.flushed = Instant::now();
+    }
+
+    /// Failed and errored outcomes so far.
+    pub fn bad(&self) -> usize {
+        self.bad
     }
 
     /// How many test outcomes to expect, for the percentages.
@@ -136,6 +165,7 @@ impl Reporter {
     pub fn report(&mut self, w: usize, r: &TestReport) {
         let Some(cat) = Self::category(r) else { return };
         if matches!(cat, "failed" | "error") {
+            self.bad += 1;
             self.failures.push(Failure {
                 worker: w,
                 nodeid: r.nodeid.clone(),
@@ -200,6 +230,7 @@ impl Reporter {
             text: why.to_owned(),
             sections: Vec::new(),
         });
+        self.bad += 1;
         self.outcomes.push(Outcome {
             worker: w,
             nodeid: nodeid.to_owned(),
@@ -224,9 +255,16 @@ impl Reporter {
             } else {
                 word
             };
-            let _ = writeln!(self.out, "[gw{w}] [{pct:>3}%] {word} {nodeid}");
-            return;
+            let _ = writeln!(self.buf, "[gw{w}] [{pct:>3}%] {word} {nodeid}");
+        } else {
+            self.dot(cat, pct);
         }
+        if self.flushed.elapsed() >= FLUSH_EVERY {
+            self.flush();
+        }
+    }
+
+    fn dot(&mut self, cat: &str, pct: usize) {
         let ch = match cat {
             "passed" => '.',
             "failed" => 'F',
@@ -235,23 +273,22 @@ impl Reporter {
             "xfailed" => 'x',
             _ => 'X',
         };
-        let _ = write!(self.out, "{ch}");
+        let _ = write!(self.buf, "{ch}");
         self.col += 1;
         if self.col >= self.width - 7 || (self.done >= self.total && cat != "error") {
             let pad = (self.width - 7).saturating_sub(self.col);
-            let _ = writeln!(self.out, "{}[{pct:>3}%]", " ".repeat(pad));
+            let _ = writeln!(self.buf, "{}[{pct:>3}%]", " ".repeat(pad));
             self.col = 0;
         }
-        let _ = self.out.flush();
     }
 
     /// Prints text as is (headers, notes).
     pub fn line(&mut self, text: &str) {
         if self.col > 0 {
-            let _ = writeln!(self.out);
+            let _ = writeln!(self.buf);
             self.col = 0;
         }
-        let _ = writeln!(self.out, "{text}");
+        let _ = writeln!(self.buf, "{text}");
     }
 
     /// Counts per category.
@@ -266,7 +303,7 @@ impl Reporter {
     /// Failures, the short summary, and pytest's closing line.
     pub fn finish(&mut self, elapsed: Duration, interrupted: Option<&str>) {
         if self.col > 0 {
-            let _ = writeln!(self.out);
+            let _ = writeln!(self.buf);
             self.col = 0;
         }
         let width = self.width;
@@ -379,8 +416,8 @@ impl Reporter {
             width,
         ));
         text.push('\n');
-        let _ = self.out.write_all(text.as_bytes());
-        let _ = self.out.flush();
+        self.buf.extend_from_slice(text.as_bytes());
+        self.flush();
     }
 }
 

@@ -3,13 +3,31 @@
 //! actions; the dispatcher owns the processes and the I/O.
 //!
 //! A worker runs a test only once it knows the next one (so module and class fixtures tear down
-//! at the right moment) or has been told to shut down, so every live worker is kept at
+//! at the right moment) or has been told to shut down, so every live worker is kept at least at
 //! [`PREFETCH`] queued tests while there is work, and is sent `Shutdown` once there is none.
+//!
+//! Tests go out in chunks, as xdist's do, so that a worker never waits for the controller's
+//! answer between two quick tests and the controller sends one message per chunk, not per test:
+//! a worker's queue is filled up to its share, a quarter of the remaining tests per worker
+//! ([`target`], at most [`MAX_CHUNK`], at least [`PREFETCH`]), and refilled once half of it has
+//! run. Shares shrink as the work runs out, so the last tests are still spread evenly
+//! (guided self-scheduling); `each` has nothing to balance and always uses the largest chunk.
 
 use std::collections::{HashMap, VecDeque};
 
-/// Tests queued per worker.
+/// The fewest tests a worker with work left has queued.
 pub const PREFETCH: usize = 2;
+
+/// The most tests queued on one worker.
+pub const MAX_CHUNK: usize = 64;
+
+/// How many tests a worker's queue is filled up to, with `remaining` tests not handed out yet
+/// and `live` workers taking them.
+pub fn target(remaining: usize, live: usize) -> usize {
+    remaining
+        .div_ceil(2 * live.max(1))
+        .clamp(PREFETCH, MAX_CHUNK)
+}
 
 /// How tests are distributed (pytest-xdist's `--dist` modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,7 +52,10 @@ pub enum Mode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Run(usize, Vec<usize>),
+    /// Nothing more is coming: run what is queued, then exit.
     Shutdown(usize),
+    /// Drop what is queued, then exit (`-x`/`--maxfail` reached).
+    Stop(usize),
 }
 
 /// The scheduler's state.
@@ -43,6 +64,8 @@ pub struct Scheduler {
     mode: Mode,
     /// Work not yet handed out: units of tests that go to one worker together.
     shared: VecDeque<Vec<usize>>,
+    /// How many tests `shared` holds.
+    shared_tests: usize,
     /// `each`: every worker's own remaining tests.
     own: Vec<VecDeque<usize>>,
     in_flight: Vec<VecDeque<usize>>,
@@ -115,6 +138,7 @@ impl Scheduler {
         }
         Scheduler {
             mode,
+            shared_tests: shared.iter().map(Vec::len).sum(),
             shared,
             own,
             in_flight: vec![VecDeque::new(); workers],
@@ -152,7 +176,15 @@ impl Scheduler {
                 self.own[w].push_front(i);
             }
         } else if !queued.is_empty() {
-            self.shared.push_front(queued.into_iter().collect());
+            self.shared_tests += queued.len();
+            if matches!(self.mode, Mode::Load | Mode::Worksteal) {
+                // Single tests again, so they spread over the workers left.
+                for i in queued.into_iter().rev() {
+                    self.shared.push_front(vec![i]);
+                }
+            } else {
+                self.shared.push_front(queued.into_iter().collect());
+            }
         }
         running
     }
@@ -187,17 +219,19 @@ impl Scheduler {
         self.shared.iter().flatten().copied().collect()
     }
 
-    /// Hands out nothing more (`-x`/`--maxfail` reached); returns the shutdowns to send.
+    /// Hands out nothing more and drops what is queued (`-x`/`--maxfail` reached); returns the
+    /// stops to send, to every live worker with tests queued or not yet told to shut down.
     pub fn stop(&mut self) -> Vec<Action> {
         self.shared.clear();
+        self.shared_tests = 0;
         for q in &mut self.own {
             q.clear();
         }
         let mut actions = Vec::new();
         for w in 0..self.workers() {
-            if self.alive[w] && !self.shutdown[w] {
+            if self.alive[w] && (!self.shutdown[w] || !self.in_flight[w].is_empty()) {
                 self.shutdown[w] = true;
-                actions.push(Action::Shutdown(w));
+                actions.push(Action::Stop(w));
             }
         }
         actions
@@ -207,17 +241,31 @@ impl Scheduler {
         if !self.alive[w] || self.shutdown[w] {
             return Vec::new();
         }
+        let want = if self.mode == Mode::Each {
+            MAX_CHUNK
+        } else {
+            let live = (0..self.workers())
+                .filter(|&k| self.alive[k] && !self.shutdown[k])
+                .count();
+            target(self.shared_tests, live)
+        };
         let mut give = Vec::new();
-        while self.in_flight[w].len() + give.len() < PREFETCH {
-            if self.mode == Mode::Each {
-                match self.own[w].pop_front() {
-                    Some(i) => give.push(i),
-                    None => break,
-                }
-            } else {
-                match self.shared.pop_front() {
-                    Some(unit) => give.extend(unit),
-                    None => break,
+        // Refill only once half the queue has run: one message per half chunk.
+        if self.in_flight[w].len() < (want / 2).max(PREFETCH) {
+            while self.in_flight[w].len() + give.len() < want {
+                if self.mode == Mode::Each {
+                    match self.own[w].pop_front() {
+                        Some(i) => give.push(i),
+                        None => break,
+                    }
+                } else {
+                    match self.shared.pop_front() {
+                        Some(unit) => {
+                            self.shared_tests -= unit.len();
+                            give.extend(unit);
+                        }
+                        None => break,
+                    }
                 }
             }
         }
@@ -249,12 +297,19 @@ mod tests {
 
     /// Drives a schedule to the end with instant tests, returning which worker ran what.
     fn drain(s: &mut Scheduler) -> Vec<Vec<usize>> {
+        drain_counting(s).0
+    }
+
+    /// As `drain`, also counting the `Run` messages sent.
+    fn drain_counting(s: &mut Scheduler) -> (Vec<Vec<usize>>, usize) {
         let mut ran = vec![Vec::new(); s.workers()];
         let mut queue: Vec<VecDeque<usize>> = vec![VecDeque::new(); s.workers()];
         let mut actions = s.start();
+        let mut runs = 0;
         loop {
             for a in actions.drain(..) {
                 if let Action::Run(w, v) = a {
+                    runs += 1;
                     queue[w].extend(v);
                 }
             }
@@ -268,7 +323,7 @@ mod tests {
                 }
             }
             if !progressed && actions.is_empty() {
-                return ran;
+                return (ran, runs);
             }
         }
     }
@@ -385,12 +440,108 @@ mod tests {
     }
 
     #[test]
-    fn stop_shuts_every_live_worker_down_and_hands_out_nothing() {
+    fn stop_reaches_every_live_worker_with_work_and_hands_out_nothing() {
         let t = ids(&["a", "b", "c", "d", "e", "f"]);
         let mut s = Scheduler::new(Mode::Load, &t, &[], 2, &|_| 0.0);
         s.start();
-        assert_eq!(s.stop(), vec![Action::Shutdown(0), Action::Shutdown(1)]);
+        assert_eq!(s.stop(), vec![Action::Stop(0), Action::Stop(1)]);
         assert!(s.ran(0, 0).is_empty());
+        // Told to shut down already, but still with tests queued: stopped too.
+        let t = ids(&["a", "b", "c", "d"]);
+        let mut s = Scheduler::new(Mode::Load, &t, &[], 2, &|_| 0.0);
+        assert_eq!(
+            s.start(),
+            vec![
+                Action::Run(0, vec![0, 1]),
+                Action::Run(1, vec![2, 3]),
+                Action::Shutdown(1)
+            ]
+        );
+        s.ran(1, 2);
+        s.ran(1, 3);
+        assert_eq!(s.stop(), vec![Action::Stop(0)]);
+    }
+
+    #[test]
+    fn share_is_a_quarter_of_the_rest_per_worker_within_bounds() {
+        for (remaining, live, want) in [
+            (0, 2, PREFETCH),
+            (5, 2, PREFETCH),
+            (100, 2, 25),
+            (101, 2, 26),
+            (2000, 2, MAX_CHUNK),
+            (10, 0, 5),
+        ] {
+            assert_eq!(
+                target(remaining, live),
+                want,
+                "{remaining} tests, {live} workers"
+            );
+        }
+    }
+
+    #[test]
+    fn quick_tests_go_out_in_chunks_refilled_at_half() {
+        let t: Vec<String> = (0..1000).map(|i| format!("t{i}")).collect();
+        let mut s = Scheduler::new(Mode::Load, &t, &[], 2, &|_| 0.0);
+        let first = s.start();
+        assert!(
+            matches!(&first[..], [Action::Run(0, a), Action::Run(1, b)] if a.len() == MAX_CHUNK && b.len() == MAX_CHUNK),
+            "{first:?}"
+        );
+        let Action::Run(0, given) = &first[0] else {
+            unreachable!()
+        };
+        // Nothing more until half the chunk has run, then a top-up to the full share.
+        for &i in &given[..MAX_CHUNK / 2] {
+            assert!(s.ran(0, i).is_empty());
+        }
+        let refill = s.ran(0, given[MAX_CHUNK / 2]);
+        assert!(
+            matches!(&refill[..], [Action::Run(0, v)] if v.len() == MAX_CHUNK / 2 + 1),
+            "{refill:?}"
+        );
+        // A whole run takes a few dozen messages, not one per test.
+        let mut s = Scheduler::new(Mode::Load, &t, &[], 2, &|_| 0.0);
+        let (ran, runs) = drain_counting(&mut s);
+        assert_eq!(ran.concat().len(), 1000);
+        assert!(runs < 80, "{runs} run messages");
+    }
+
+    #[test]
+    fn the_last_tests_go_out_in_small_chunks() {
+        let t: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+        let mut s = Scheduler::new(Mode::Load, &t, &[], 2, &|_| 0.0);
+        let sizes: Vec<usize> = s
+            .start()
+            .iter()
+            .filter_map(|a| match a {
+                Action::Run(_, v) => Some(v.len()),
+                Action::Shutdown(_) | Action::Stop(_) => None,
+            })
+            .collect();
+        // 20 tests: 5 to the first worker, a quarter of the 15 left to the second.
+        assert_eq!(sizes, vec![5, 4]);
+    }
+
+    #[test]
+    fn a_crashed_workers_queue_is_spread_again_in_load_mode() {
+        let t: Vec<String> = (0..200).map(|i| format!("t{i}")).collect();
+        let mut s = Scheduler::new(Mode::Load, &t, &[], 2, &|_| 0.0);
+        s.start();
+        // Worker 0 had tests 0..50 queued and dies running test 0.
+        assert_eq!(s.crashed(0), Some(0));
+        // Worker 1 (tests 50..88) runs down to its refill point and then takes the returned
+        // tests first, as many as its share, not the 49 as one block.
+        let refill = (50..88)
+            .map(|i| s.ran(1, i))
+            .find(|a| !a.is_empty())
+            .expect("a refill");
+        let [Action::Run(1, v)] = &refill[..] else {
+            panic!("{refill:?}")
+        };
+        assert_eq!(v[..3], [1, 2, 3]);
+        assert!(v.len() < 49, "{v:?}");
     }
 
     #[test]
