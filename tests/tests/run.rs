@@ -1122,6 +1122,79 @@ fn exitfirst_drops_the_tests_already_queued_on_other_workers() {
     assert!(passed < 10, "{passed} passed after the stop\n{}", r.show());
 }
 
+/// `rdist run ARGS` on a pseudo-terminal (`script`), stdout and stderr together; `None` without
+/// `script`.
+fn run_on_terminal(sb: &Sandbox, args: &str, ci: bool) -> Option<Output> {
+    let mut c = Command::new("script");
+    c.args([
+        "-qec",
+        &format!("{} run {args}", rdist_tests::rdist_bin().display()),
+    ])
+    .arg("/dev/null")
+    .current_dir(sb.proj())
+    .env("RDIST_CACHE_DIR", sb.worker("cache"))
+    .env("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    .env_remove("PYTEST_ADDOPTS")
+    .env_remove("RDIST_HEARTBEAT_TIMEOUT")
+    .env_remove("CI");
+    if ci {
+        c.env("CI", "1");
+    }
+    let out = rdist_tests::sshd::output_within(&mut c, RUN_LIMIT);
+    // `script` missing or refusing (no pty support): nothing to test here.
+    let text = String::from_utf8_lossy(&out.stdout);
+    if out.status.code() == Some(127) || !text.contains("test session starts") {
+        eprintln!(
+            "note: no pseudo-terminal through `script`; skipped\n{}",
+            show(&out)
+        );
+        return None;
+    }
+    Some(out)
+}
+
+#[test]
+fn progress_bar_on_a_terminal_never_splits_a_line_of_dots() {
+    if !have_pytest() {
+        return;
+    }
+    let mut suite = String::from("import time\n");
+    for i in 0..120 {
+        suite.push_str(&format!("\n\ndef test_{i}():\n    time.sleep(0.01)\n"));
+    }
+    let sb = project(&[("tests/test_x.py", &suite)]);
+    let Some(o) = run_on_terminal(&sb, "-n 2", false) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&o.stdout).replace("\r\n", "\n");
+    const CLEAR: &str = "\x1b[2K";
+    assert!(
+        text.contains(" tests") && text.contains(CLEAR),
+        "no bar drawn\n{text}"
+    );
+    let dot_lines: Vec<&str> = text.lines().filter(|l| l.ends_with("%]")).collect();
+    assert_eq!(dot_lines.len(), 2, "{text}");
+    for l in dot_lines {
+        // The bar is cleared before a line of dots is written, and the line is written whole.
+        let after_bar = l.rsplit(CLEAR).next().unwrap_or(l);
+        assert!(
+            after_bar.starts_with('.') && !after_bar.contains('\r'),
+            "a dot line shares its line with the bar: {l:?}"
+        );
+    }
+    assert!(
+        text.trim_end().ends_with("=")
+            && text.lines().last().unwrap_or("").contains("120 passed in "),
+        "{text}"
+    );
+    // In CI, no bar: the output is what a pipe gets.
+    let Some(o) = run_on_terminal(&sb, "-n 2", true) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(!text.contains(CLEAR) && !text.contains(" tests"), "{text}");
+}
+
 /// 20 instant tests, then one that sleeps: collection order puts the slow one last.
 fn longest_first_suite() -> String {
     let mut s = String::from("import time\n");

@@ -13,6 +13,7 @@ use compat::xspec::{Gateway, XSpec};
 use serde_json::json;
 
 use crate::cli::{Layout, RunArgs, SyncArgs};
+use crate::dispatch::bar::{BarMode, RunBar};
 use crate::dispatch::report::{Reporter, rule};
 use crate::dispatch::worker::{Place, RemoteHost, WorkerSpec, install_plugin};
 use crate::dispatch::{Ending, SessionConfig, run_session};
@@ -191,6 +192,10 @@ fn run_workers(
     };
     let mut rep = Reporter::new(args.verbose, 0, out);
     rep.per_worker = args.dist == crate::dispatch::schedule::Mode::Each;
+    match BarMode::detect(args.json) {
+        BarMode::Off => {}
+        mode => rep.set_bar(RunBar::stderr(), mode == BarMode::Shared),
+    }
     rep.line(&rule('=', "test session starts", 80));
     let specs: Vec<String> = cfg
         .workers

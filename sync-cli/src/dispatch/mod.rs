@@ -2,6 +2,7 @@
 //! style report (`report`), and the dispatcher loop here: one thread owns the run state and turns
 //! events (plugin messages, closed workers, the clock, Ctrl-C) into actions.
 
+pub mod bar;
 pub mod junit;
 pub mod report;
 pub mod schedule;
