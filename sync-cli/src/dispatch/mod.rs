@@ -305,6 +305,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     durations.insert(id, seconds);
                 }
                 if let Some(s) = &mut sched {
+                    s.observed(seconds);
                     let actions = s.ran(w, index);
                     apply(&mut slots, actions);
                 }

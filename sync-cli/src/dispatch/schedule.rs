@@ -11,22 +11,35 @@
 //! a worker's queue is filled up to its share, a quarter of the remaining tests per worker
 //! ([`target`], at most [`MAX_CHUNK`], at least [`PREFETCH`]), and refilled once half of it has
 //! run. Shares shrink as the work runs out, so the last tests are still spread evenly
-//! (guided self-scheduling); `each` has nothing to balance and always uses the largest chunk.
+//! (guided self-scheduling). A queue also holds at most [`QUEUE_TIME`] of expected work (known
+//! durations, or the mean of the tests run so far): a worker cannot give queued tests back, so
+//! when the others run out of work, what it still has queued decides the end of the run. `each`
+//! has nothing to balance and always uses the largest chunk.
 
 use std::collections::{HashMap, VecDeque};
 
-/// The fewest tests a worker with work left has queued.
+/// The fewest tests a worker with work left has queued: the one running and the next (known
+/// before the running one ends, for the fixtures' teardown).
 pub const PREFETCH: usize = 2;
+
+/// The most expected work (seconds) queued on one worker, beyond [`PREFETCH`] tests.
+pub const QUEUE_TIME: f64 = 0.05;
 
 /// The most tests queued on one worker.
 pub const MAX_CHUNK: usize = 64;
 
-/// How many tests a worker's queue is filled up to, with `remaining` tests not handed out yet
-/// and `live` workers taking them.
-pub fn target(remaining: usize, live: usize) -> usize {
-    remaining
-        .div_ceil(2 * live.max(1))
-        .clamp(PREFETCH, MAX_CHUNK)
+/// How many tests a worker's queue is filled up to, with `remaining` tests not handed out yet,
+/// `live` workers taking them, and `per_test` seconds expected for each of the next ones (0:
+/// unknown).
+pub fn target(remaining: usize, live: usize, per_test: f64) -> usize {
+    let share = remaining.div_ceil(2 * live.max(1));
+    // One more than the time allows, so that short tests never wait for a refill.
+    let by_time = if per_test > 0.0 {
+        (QUEUE_TIME / per_test).ceil() as usize + 1
+    } else {
+        MAX_CHUNK
+    };
+    share.min(by_time).clamp(PREFETCH, MAX_CHUNK)
 }
 
 /// How tests are distributed (pytest-xdist's `--dist` modes).
@@ -71,6 +84,10 @@ pub struct Scheduler {
     in_flight: Vec<VecDeque<usize>>,
     shutdown: Vec<bool>,
     alive: Vec<bool>,
+    /// Expected seconds of each test (0: unknown).
+    cost: Vec<f64>,
+    /// Seconds and count of the tests run so far, for tests of unknown duration.
+    observed: (f64, usize),
 }
 
 /// The unit a test belongs to under `mode`: its file, its module or class, its group.
@@ -91,7 +108,8 @@ fn unit_key(mode: Mode, nodeid: &str, group: Option<&str>, index: usize) -> Stri
 
 impl Scheduler {
     /// A schedule for `ids` (with their `xdist_group` names) over `workers` workers. `order`
-    /// ranks tests: higher first (known durations); ties keep collection order.
+    /// gives each test's expected seconds (0: unknown), and ranks tests: higher first; ties keep
+    /// collection order.
     pub fn new(
         mode: Mode,
         ids: &[String],
@@ -138,6 +156,8 @@ impl Scheduler {
         }
         Scheduler {
             mode,
+            cost: (0..ids.len()).map(order).collect(),
+            observed: (0.0, 0),
             shared_tests: shared.iter().map(Vec::len).sum(),
             shared,
             own,
@@ -154,7 +174,25 @@ impl Scheduler {
 
     /// The first actions, once every worker has collected.
     pub fn start(&mut self) -> Vec<Action> {
-        (0..self.workers()).flat_map(|w| self.top_up(w)).collect()
+        self.deal()
+    }
+
+    /// A test took `seconds`: the estimate for tests of unknown duration.
+    pub fn observed(&mut self, seconds: f64) {
+        self.observed.0 += seconds.max(0.0);
+        self.observed.1 += 1;
+    }
+
+    /// Expected seconds per test of the next unit to hand out (0: unknown).
+    fn next_cost(&self) -> f64 {
+        let known = self.shared.front().map_or(0.0, |u| {
+            u.iter().map(|&i| self.cost[i]).sum::<f64>() / u.len().max(1) as f64
+        });
+        match self.observed {
+            _ if known > 0.0 => known,
+            (sum, n) if n > 0 => sum / n as f64,
+            _ => 0.0,
+        }
     }
 
     /// Worker `w` finished test `index`.
@@ -237,53 +275,99 @@ impl Scheduler {
         actions
     }
 
-    fn top_up(&mut self, w: usize) -> Vec<Action> {
-        if !self.alive[w] || self.shutdown[w] {
-            return Vec::new();
+    /// How many tests a worker's queue is filled up to now.
+    fn want(&self) -> usize {
+        if self.mode == Mode::Each {
+            return MAX_CHUNK;
         }
-        let want = if self.mode == Mode::Each {
-            MAX_CHUNK
+        let live = (0..self.workers())
+            .filter(|&k| self.alive[k] && !self.shutdown[k])
+            .count();
+        target(self.shared_tests, live, self.next_cost())
+    }
+
+    /// Moves the next unit of work into worker `w`'s queue; returns it.
+    fn take(&mut self, w: usize) -> Option<Vec<usize>> {
+        let unit = if self.mode == Mode::Each {
+            vec![self.own[w].pop_front()?]
         } else {
-            let live = (0..self.workers())
-                .filter(|&k| self.alive[k] && !self.shutdown[k])
-                .count();
-            target(self.shared_tests, live)
+            let unit = self.shared.pop_front()?;
+            self.shared_tests -= unit.len();
+            unit
         };
-        let mut give = Vec::new();
-        // Refill only once half the queue has run: one message per half chunk.
-        if self.in_flight[w].len() < (want / 2).max(PREFETCH) {
-            while self.in_flight[w].len() + give.len() < want {
-                if self.mode == Mode::Each {
-                    match self.own[w].pop_front() {
-                        Some(i) => give.push(i),
-                        None => break,
-                    }
-                } else {
-                    match self.shared.pop_front() {
-                        Some(unit) => {
-                            self.shared_tests -= unit.len();
-                            give.extend(unit);
-                        }
-                        None => break,
-                    }
-                }
-            }
-        }
-        let mut actions = Vec::new();
-        if !give.is_empty() {
-            self.in_flight[w].extend(give.iter().copied());
-            actions.push(Action::Run(w, give));
-        }
-        let more = if self.mode == Mode::Each {
+        self.in_flight[w].extend(unit.iter().copied());
+        Some(unit)
+    }
+
+    /// Whether work is left for worker `w`.
+    fn more(&self, w: usize) -> bool {
+        if self.mode == Mode::Each {
             !self.own[w].is_empty()
         } else {
             !self.shared.is_empty()
-        };
-        if !more {
+        }
+    }
+
+    /// `Run` for what `w` was given, `Shutdown` if nothing is left for it.
+    fn actions(&mut self, w: usize, give: Vec<usize>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if !give.is_empty() {
+            actions.push(Action::Run(w, give));
+        }
+        if !self.more(w) {
             self.shutdown[w] = true;
             actions.push(Action::Shutdown(w));
         }
         actions
+    }
+
+    /// The first hand-out: units dealt one at a time to each worker in turn (so that the longest
+    /// tests go to different workers) until every queue has its share.
+    fn deal(&mut self) -> Vec<Action> {
+        let n = self.workers();
+        let mut give = vec![Vec::new(); n];
+        loop {
+            let mut dealt = false;
+            for (w, g) in give.iter_mut().enumerate() {
+                if self.alive[w]
+                    && !self.shutdown[w]
+                    && self.in_flight[w].len() < self.want()
+                    && let Some(unit) = self.take(w)
+                {
+                    g.extend(unit);
+                    dealt = true;
+                }
+            }
+            if !dealt {
+                break;
+            }
+        }
+        let mut actions = Vec::new();
+        for (w, g) in give.into_iter().enumerate() {
+            if self.alive[w] && !self.shutdown[w] {
+                actions.extend(self.actions(w, g));
+            }
+        }
+        actions
+    }
+
+    fn top_up(&mut self, w: usize) -> Vec<Action> {
+        if !self.alive[w] || self.shutdown[w] {
+            return Vec::new();
+        }
+        let want = self.want();
+        let mut give = Vec::new();
+        // Refill once half the queue has run (one message per half chunk), and while the worker
+        // still has a test to go on with after the one it is running.
+        if self.in_flight[w].len() < (want / 2).max(PREFETCH + 1) {
+            while self.in_flight[w].len() < want {
+                match self.take(w) {
+                    Some(unit) => give.extend(unit),
+                    None => break,
+                }
+            }
+        }
+        self.actions(w, give)
     }
 }
 
@@ -333,9 +417,10 @@ mod tests {
         let t = ids(&["a", "b", "c", "d", "e"]);
         let dur = [0.1, 5.0, 0.1, 3.0, 0.1];
         let mut s = Scheduler::new(Mode::Load, &t, &[], 2, &|i| dur[i]);
+        // The two longest tests go to different workers.
         assert_eq!(
             s.start(),
-            vec![Action::Run(0, vec![1, 3]), Action::Run(1, vec![0, 2])]
+            vec![Action::Run(0, vec![1, 0]), Action::Run(1, vec![3, 2])]
         );
         let mut s = Scheduler::new(Mode::Load, &t, &[], 2, &|i| dur[i]);
         let ran = drain(&mut s);
@@ -430,13 +515,14 @@ mod tests {
         let t = ids(&["a", "b", "c", "d"]);
         let mut s = Scheduler::new(Mode::Load, &t, &[], 2, &|_| 0.0);
         s.start();
-        // Worker 1 finishes everything it had and is told to shut down.
-        s.ran(1, 2);
+        // Dealt: `a`, `c` to worker 0 and `b`, `d` to worker 1; both told to shut down. Worker 1
+        // finishes everything it had.
+        s.ran(1, 1);
         s.ran(1, 3);
         assert!(s.shutdown[1]);
-        // Worker 0 crashes while running `a`, with `b` queued: `b` has nowhere to go.
+        // Worker 0 crashes while running `a`, with `c` queued: `c` has nowhere to go.
         assert_eq!(s.crashed(0), Some(0));
-        assert_eq!(s.stranded(), vec![1]);
+        assert_eq!(s.stranded(), vec![2]);
     }
 
     #[test]
@@ -452,30 +538,37 @@ mod tests {
         assert_eq!(
             s.start(),
             vec![
-                Action::Run(0, vec![0, 1]),
-                Action::Run(1, vec![2, 3]),
+                Action::Run(0, vec![0, 2]),
+                Action::Shutdown(0),
+                Action::Run(1, vec![1, 3]),
                 Action::Shutdown(1)
             ]
         );
-        s.ran(1, 2);
+        s.ran(1, 1);
         s.ran(1, 3);
         assert_eq!(s.stop(), vec![Action::Stop(0)]);
     }
 
     #[test]
-    fn share_is_a_quarter_of_the_rest_per_worker_within_bounds() {
-        for (remaining, live, want) in [
-            (0, 2, PREFETCH),
-            (5, 2, PREFETCH),
-            (100, 2, 25),
-            (101, 2, 26),
-            (2000, 2, MAX_CHUNK),
-            (10, 0, 5),
+    fn share_is_a_quarter_of_the_rest_per_worker_within_count_and_time_bounds() {
+        // (tests left, live workers, expected seconds per test, queue size)
+        for (remaining, live, per_test, want) in [
+            (0, 2, 0.0, PREFETCH),
+            (5, 2, 0.0, PREFETCH),
+            (100, 2, 0.0, 25),
+            (101, 2, 0.0, 26),
+            (2000, 2, 0.0, MAX_CHUNK),
+            (10, 0, 0.0, 5),
+            // At most QUEUE_TIME of expected work, and never fewer than PREFETCH tests.
+            (2000, 2, 0.0005, MAX_CHUNK),
+            (2000, 2, 0.001, 51),
+            (2000, 2, 0.02, 4),
+            (200, 2, 0.4, PREFETCH),
         ] {
             assert_eq!(
-                target(remaining, live),
+                target(remaining, live, per_test),
                 want,
-                "{remaining} tests, {live} workers"
+                "{remaining} tests, {live} workers, {per_test} s each"
             );
         }
     }
@@ -520,8 +613,9 @@ mod tests {
                 Action::Shutdown(_) | Action::Stop(_) => None,
             })
             .collect();
-        // 20 tests: 5 to the first worker, a quarter of the 15 left to the second.
-        assert_eq!(sizes, vec![5, 4]);
+        // 20 tests dealt one at a time to each worker in turn, while a worker has fewer than a
+        // quarter of the tests left per worker: 4 each.
+        assert_eq!(sizes, vec![4, 4]);
     }
 
     #[test]
@@ -529,19 +623,24 @@ mod tests {
         let t: Vec<String> = (0..200).map(|i| format!("t{i}")).collect();
         let mut s = Scheduler::new(Mode::Load, &t, &[], 2, &|_| 0.0);
         s.start();
-        // Worker 0 had tests 0..50 queued and dies running test 0.
+        // Dealt in turn: worker 0 has the even tests queued, worker 1 the odd ones. Worker 0
+        // dies running test 0.
+        let mine = s.in_flight[1].clone();
+        let returned = s.in_flight[0].len() - 1;
+        let units = s.shared.len();
         assert_eq!(s.crashed(0), Some(0));
-        // Worker 1 (tests 50..88) runs down to its refill point and then takes the returned
-        // tests first, as many as its share, not the 49 as one block.
-        let refill = (50..88)
-            .map(|i| s.ran(1, i))
+        // Back as single tests, not as one block that would go to one worker whole.
+        assert_eq!(s.shared.len(), units + returned);
+        // Worker 1 runs down to its refill point and then takes the returned tests first.
+        let refill = mine
+            .iter()
+            .map(|&i| s.ran(1, i))
             .find(|a| !a.is_empty())
             .expect("a refill");
         let [Action::Run(1, v)] = &refill[..] else {
             panic!("{refill:?}")
         };
-        assert_eq!(v[..3], [1, 2, 3]);
-        assert!(v.len() < 49, "{v:?}");
+        assert_eq!(v[..3], [2, 4, 6]);
     }
 
     #[test]
@@ -554,6 +653,6 @@ mod tests {
         s.crashed(1);
         let mut left = s.stranded();
         left.sort();
-        assert_eq!(left, vec![1, 3, 4]);
+        assert_eq!(left, vec![2, 3, 4]);
     }
 }
