@@ -388,6 +388,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     rep.collect_error(*w, nodeid, text);
                 }
                 print_collect_errors(rep, &collect_errors);
+                rep.flush();
                 stop_all(&mut slots);
                 return SessionResult {
                     ending: Ending::CollectionErrors,
@@ -418,6 +419,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     other,
                     slots[other].ids.as_deref().unwrap_or(&[]),
                 );
+                rep.flush();
                 stop_all(&mut slots);
                 return SessionResult {
                     ending: Ending::CollectionMismatch,
@@ -427,6 +429,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
             }
             rep.line(&format!("{} workers [{} items]", ready.len(), ids.len()));
             if ids.is_empty() {
+                rep.flush();
                 stop_all(&mut slots);
                 // pytest reports bad arguments (a test path that does not exist) after an empty
                 // collection, and exits 4.
@@ -486,6 +489,8 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
             rep.crashed(0, &ids[i], "not run: no worker left to run it");
         }
     }
+    // The last results show while the workers finish their sessions and exit.
+    rep.flush();
     for s in &mut slots {
         if let Some(wk) = &mut s.worker {
             if interrupted {
