@@ -1195,6 +1195,43 @@ fn progress_bar_on_a_terminal_never_splits_a_line_of_dots() {
     assert!(!text.contains(CLEAR) && !text.contains(" tests"), "{text}");
 }
 
+#[test]
+fn lastfailed_cache_keeps_every_workers_failures_for_lf() {
+    if !have_pytest() {
+        return;
+    }
+    // Two failures that land on different workers (one per file, tests dealt in turn), among
+    // passing tests: each worker alone knows one failure.
+    let mut a = String::from("import time\n\n\ndef test_a_fails():\n    assert 0\n");
+    let mut b = String::from("import time\n\n\ndef test_b_fails():\n    assert 0\n");
+    for i in 0..10 {
+        a.push_str(&format!("\n\ndef test_a{i}():\n    time.sleep(0.01)\n"));
+        b.push_str(&format!("\n\ndef test_b{i}():\n    time.sleep(0.01)\n"));
+    }
+    let sb = project(&[("tests/test_a.py", &a), ("tests/test_b.py", &b)]);
+    let lastfailed = |sb: &Sandbox| -> Vec<String> {
+        let text = std::fs::read_to_string(sb.proj().join(".pytest_cache/v/cache/lastfailed"))
+            .unwrap_or_default();
+        let map: BTreeMap<String, bool> = serde_json::from_str(&text).unwrap_or_default();
+        map.into_keys().collect()
+    };
+    let both = [
+        "tests/test_a.py::test_a_fails",
+        "tests/test_b.py::test_b_fails",
+    ];
+    let r = rdist_run(&sb, &["-n", "2"]);
+    assert_counts(&r.closing(), "2 failed, 20 passed", &r.show());
+    assert_eq!(lastfailed(&sb), both, "{}", r.show());
+    // `--lf` runs exactly those two.
+    let r = rdist_run(&sb, &["-n", "2", "--lf"]);
+    assert_counts(&r.closing(), "2 failed", &r.show());
+    // One fixed: it leaves the cache, the other stays.
+    sb.write("tests/test_a.py", a.replace("assert 0", "assert 1"));
+    let r = rdist_run(&sb, &["-n", "2", "--lf"]);
+    assert_counts(&r.closing(), "1 failed, 1 passed", &r.show());
+    assert_eq!(lastfailed(&sb), [both[1]], "{}", r.show());
+}
+
 /// 20 instant tests, then one that sleeps: collection order puts the slow one last.
 fn longest_first_suite() -> String {
     let mut s = String::from("import time\n");

@@ -238,6 +238,18 @@ fn run_workers(
         }
     };
     rep.finish(elapsed, why);
+    // pytest's cache here: in the worker's rootdir when the worker ran in this project (in
+    // place), else at the same place under the project root (as xdist's controller keeps its own).
+    if let Some((rootdir, rel)) = &result.cache_dir {
+        let base = if Path::new(rootdir).starts_with(project_root) {
+            PathBuf::from(rootdir)
+        } else {
+            project_root.to_owned()
+        };
+        if let Err(e) = crate::dispatch::lastfailed::update(&base.join(rel), &rep.outcomes) {
+            crate::output::warn(&format!("cannot update pytest's `cache/lastfailed`: {e}"));
+        }
+    }
     let mut merged = durations;
     merged.extend(result.durations);
     if let Some(dir) = durations_file.parent()

@@ -4,6 +4,7 @@
 
 pub mod bar;
 pub mod junit;
+pub mod lastfailed;
 pub mod report;
 pub mod schedule;
 pub mod worker;
@@ -58,6 +59,8 @@ pub struct SessionResult {
     pub collected: usize,
     /// Durations of the tests that ran, for the next run's ordering.
     pub durations: HashMap<String, f64>,
+    /// pytest's rootdir on a worker, and its cache directory relative to it.
+    pub cache_dir: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +135,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
     let mut sched: Option<Scheduler> = None;
     let mut ids: Vec<String> = Vec::new();
     let mut durations: HashMap<String, f64> = HashMap::new();
+    let mut cache_dir: Option<(String, String)> = None;
     let mut interrupted = false;
     let mut stopped_after: Option<usize> = None;
 
@@ -236,8 +240,13 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     python,
                     implementation,
                     executable,
+                    rootdir,
+                    cache_dir: reported,
                 },
             ) => {
+                if cache_dir.is_none() {
+                    cache_dir = reported.map(|rel| (rootdir, rel));
+                }
                 rep.platforms.insert(
                     w,
                     Platform {
@@ -394,6 +403,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     ending: Ending::CollectionErrors,
                     collected: 0,
                     durations,
+                    cache_dir,
                 };
             }
             if ready.is_empty() {
@@ -405,6 +415,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     ending,
                     collected: 0,
                     durations,
+                    cache_dir,
                 };
             }
             let first = ready[0];
@@ -425,6 +436,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     ending: Ending::CollectionMismatch,
                     collected: ids.len(),
                     durations,
+                    cache_dir,
                 };
             }
             rep.line(&format!("{} workers [{} items]", ready.len(), ids.len()));
@@ -441,6 +453,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     ending,
                     collected: 0,
                     durations,
+                    cache_dir,
                 };
             }
             let known: Vec<f64> = ids
@@ -519,6 +532,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
         ending,
         collected: ids.len(),
         durations,
+        cache_dir,
     }
 }
 

@@ -93,7 +93,20 @@ def pytest_collection_finish(session):
         implementation=platform.python_implementation(),
         executable=sys.executable,
         rootdir=str(session.config.rootpath),
+        cache_dir=_cache_dir(session.config),
     )
+
+
+def _cache_dir(config):
+    """pytest's cache directory relative to the rootdir (None: no cache, or elsewhere): the
+    controller keeps `cache/lastfailed` there up to date from every worker's results."""
+    cachedir = getattr(getattr(config, "cache", None), "_cachedir", None)
+    if cachedir is None:
+        return None
+    try:
+        return str(cachedir.relative_to(config.rootpath))
+    except ValueError:
+        return None
 
 
 def _report(report, nodeid):
@@ -145,13 +158,19 @@ def pytest_sessionstart(session):
         return
     pm = session.config.pluginmanager
     reporter = pm.getplugin("terminalreporter")
-    if reporter is None:
-        return
-    pm.unregister(reporter)
-    for name in ("pytest_runtest_logreport", "pytest_runtest_logstart", "pytest_runtest_logfinish"):
-        if hasattr(reporter, name):
-            setattr(reporter, name, _quiet)
-    pm.register(reporter, "terminalreporter")
+    if reporter is not None:
+        pm.unregister(reporter)
+        for name in ("pytest_runtest_logreport", "pytest_runtest_logstart", "pytest_runtest_logfinish"):
+            if hasattr(reporter, name):
+                setattr(reporter, name, _quiet)
+        pm.register(reporter, "terminalreporter")
+    # Each worker sees only its share of the results: were it to write `cache/lastfailed`, the
+    # last worker to finish would drop the others' failures. The controller writes it.
+    lastfailed = pm.getplugin("lfplugin")
+    if lastfailed is not None and hasattr(lastfailed, "pytest_sessionfinish"):
+        pm.unregister(lastfailed)
+        lastfailed.pytest_sessionfinish = _quiet
+        pm.register(lastfailed, "lfplugin")
 
 
 def _quiet(*args, **kwargs):

@@ -75,6 +75,12 @@ pub enum WorkerMsg {
         python: String,
         implementation: String,
         executable: String,
+        /// pytest's rootdir on the worker.
+        #[serde(default)]
+        rootdir: String,
+        /// pytest's cache directory, relative to the rootdir (none: no cache plugin).
+        #[serde(default)]
+        cache_dir: Option<String>,
     },
     CollectError {
         nodeid: String,
