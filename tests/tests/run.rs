@@ -1101,6 +1101,137 @@ fn exitfirst_stops_the_run_and_says_so() {
     r.expect_code(1).expect_out("stopping after 1 failures");
 }
 
+#[test]
+fn exitfirst_drops_the_tests_already_queued_on_other_workers() {
+    if !have_pytest() {
+        return;
+    }
+    // Tests go out in chunks: the other worker has a dozen or more queued when the first fails.
+    let mut suite = String::from("import time\n\n\ndef test_fail():\n    assert 0\n");
+    for i in 0..100 {
+        suite.push_str(&format!("\n\ndef test_ok{i}():\n    time.sleep(0.05)\n"));
+    }
+    let sb = project(&[("tests/test_x.py", &suite)]);
+    let r = rdist_run(&sb, &["-n", "2", "-x"]);
+    r.expect_code(1).expect_out("stopping after 1 failures");
+    let closing = r.closing();
+    let passed: usize = closing
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" passed").and_then(|n| n.parse().ok()))
+        .unwrap_or(0);
+    assert!(passed < 10, "{passed} passed after the stop\n{}", r.show());
+}
+
+/// `rdist run ARGS` on a pseudo-terminal (`script`), stdout and stderr together; `None` without
+/// `script`.
+fn run_on_terminal(sb: &Sandbox, args: &str, ci: bool) -> Option<Output> {
+    let mut c = Command::new("script");
+    c.args([
+        "-qec",
+        &format!("{} run {args}", rdist_tests::rdist_bin().display()),
+    ])
+    .arg("/dev/null")
+    .current_dir(sb.proj())
+    .env("RDIST_CACHE_DIR", sb.worker("cache"))
+    .env("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    .env_remove("PYTEST_ADDOPTS")
+    .env_remove("RDIST_HEARTBEAT_TIMEOUT")
+    .env_remove("CI");
+    if ci {
+        c.env("CI", "1");
+    }
+    let out = rdist_tests::sshd::output_within(&mut c, RUN_LIMIT);
+    // `script` missing or refusing (no pty support): nothing to test here.
+    let text = String::from_utf8_lossy(&out.stdout);
+    if out.status.code() == Some(127) || !text.contains("test session starts") {
+        eprintln!(
+            "note: no pseudo-terminal through `script`; skipped\n{}",
+            show(&out)
+        );
+        return None;
+    }
+    Some(out)
+}
+
+#[test]
+fn progress_bar_on_a_terminal_never_splits_a_line_of_dots() {
+    if !have_pytest() {
+        return;
+    }
+    let mut suite = String::from("import time\n");
+    for i in 0..120 {
+        suite.push_str(&format!("\n\ndef test_{i}():\n    time.sleep(0.01)\n"));
+    }
+    let sb = project(&[("tests/test_x.py", &suite)]);
+    let Some(o) = run_on_terminal(&sb, "-n 2", false) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&o.stdout).replace("\r\n", "\n");
+    const CLEAR: &str = "\x1b[2K";
+    assert!(
+        text.contains(" tests") && text.contains(CLEAR),
+        "no bar drawn\n{text}"
+    );
+    let dot_lines: Vec<&str> = text.lines().filter(|l| l.ends_with("%]")).collect();
+    assert_eq!(dot_lines.len(), 2, "{text}");
+    for l in dot_lines {
+        // The bar is cleared before a line of dots is written, and the line is written whole.
+        let after_bar = l.rsplit(CLEAR).next().unwrap_or(l);
+        assert!(
+            after_bar.starts_with('.') && !after_bar.contains('\r'),
+            "a dot line shares its line with the bar: {l:?}"
+        );
+    }
+    assert!(
+        text.trim_end().ends_with("=")
+            && text.lines().last().unwrap_or("").contains("120 passed in "),
+        "{text}"
+    );
+    // In CI, no bar: the output is what a pipe gets.
+    let Some(o) = run_on_terminal(&sb, "-n 2", true) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(!text.contains(CLEAR) && !text.contains(" tests"), "{text}");
+}
+
+#[test]
+fn lastfailed_cache_keeps_every_workers_failures_for_lf() {
+    if !have_pytest() {
+        return;
+    }
+    // Two failures that land on different workers (one per file, tests dealt in turn), among
+    // passing tests: each worker alone knows one failure.
+    let mut a = String::from("import time\n\n\ndef test_a_fails():\n    assert 0\n");
+    let mut b = String::from("import time\n\n\ndef test_b_fails():\n    assert 0\n");
+    for i in 0..10 {
+        a.push_str(&format!("\n\ndef test_a{i}():\n    time.sleep(0.01)\n"));
+        b.push_str(&format!("\n\ndef test_b{i}():\n    time.sleep(0.01)\n"));
+    }
+    let sb = project(&[("tests/test_a.py", &a), ("tests/test_b.py", &b)]);
+    let lastfailed = |sb: &Sandbox| -> Vec<String> {
+        let text = std::fs::read_to_string(sb.proj().join(".pytest_cache/v/cache/lastfailed"))
+            .unwrap_or_default();
+        let map: BTreeMap<String, bool> = serde_json::from_str(&text).unwrap_or_default();
+        map.into_keys().collect()
+    };
+    let both = [
+        "tests/test_a.py::test_a_fails",
+        "tests/test_b.py::test_b_fails",
+    ];
+    let r = rdist_run(&sb, &["-n", "2"]);
+    assert_counts(&r.closing(), "2 failed, 20 passed", &r.show());
+    assert_eq!(lastfailed(&sb), both, "{}", r.show());
+    // `--lf` runs exactly those two.
+    let r = rdist_run(&sb, &["-n", "2", "--lf"]);
+    assert_counts(&r.closing(), "2 failed", &r.show());
+    // One fixed: it leaves the cache, the other stays.
+    sb.write("tests/test_a.py", a.replace("assert 0", "assert 1"));
+    let r = rdist_run(&sb, &["-n", "2", "--lf"]);
+    assert_counts(&r.closing(), "1 failed, 1 passed", &r.show());
+    assert_eq!(lastfailed(&sb), [both[1]], "{}", r.show());
+}
+
 /// 20 instant tests, then one that sleeps: collection order puts the slow one last.
 fn longest_first_suite() -> String {
     let mut s = String::from("import time\n");

@@ -1,5 +1,7 @@
-//! `rdist run` on remote workers: the project is synced over ssh (a per-run sshd on loopback)
-//! or to `rdist serve`, and the same connection then carries the pytest workers.
+//! `rdist run` on remote workers: the project is synced over ssh (a per-run sshd on loopback, at
+//! 127.0.0.1 and 127.0.0.2) or to `rdist serve`, and the same connection then carries the pytest
+//! workers. Covered on both transports: a passing and failing suite in load mode, `--dist each`
+//! (two ssh hosts, with the per-worker table), and a worker that kills itself over ssh.
 
 use std::process::Output;
 use std::time::Duration;
@@ -98,5 +100,160 @@ fn every_test_runs_on_every_socket_worker_with_dist_each() {
         String::from_utf8_lossy(&o.stdout).contains("outcomes per worker"),
         "{}",
         show(&o)
+    );
+}
+
+#[test]
+fn tests_pass_and_fail_on_socket_workers_in_load_mode() {
+    if !have_pytest() {
+        return;
+    }
+    let sb = project();
+    let serve = Serve::start(&sb.worker("serve"));
+    let mut c = sb.rdist();
+    c.env_remove("RDIST_TOKEN")
+        .args(["run", "-v", "--tx", &format!("2*socket={}", serve.addr())])
+        .arg("--token-file")
+        .arg(serve.token_file());
+    let o = output_within(&mut c, LIMIT);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        closing(&o).starts_with("1 failed, 2 passed in "),
+        "{}",
+        show(&o)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    // Each test once, in load mode; the failure section names the worker and its platform.
+    for id in ["test_add", "test_worker_env", "test_fails"] {
+        let runs = out
+            .lines()
+            .filter(|l| l.starts_with("[gw") && l.ends_with(&format!("::{id}")))
+            .count();
+        assert_eq!(runs, 1, "{id} ran {runs} times\n{}", show(&o));
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("[gw") && l.contains(" -- Python ")),
+        "no worker header in the failure section\n{}",
+        show(&o)
+    );
+    assert!(
+        !out.contains("outcomes per worker"),
+        "the per-worker table is for --dist each\n{}",
+        show(&o)
+    );
+}
+
+#[test]
+fn dist_each_over_two_ssh_hosts_reports_every_platform() {
+    if !have_pytest() {
+        return;
+    }
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = project();
+    let (a, b) = (sb.worker("host-a"), sb.worker("host-b"));
+    let mut c = sshd.rdist(&sb);
+    c.args([
+        "run",
+        "--dist",
+        "each",
+        "--tx",
+        &format!("ssh=rdist-a//chdir={}", a.display()),
+        "--tx",
+        &format!("ssh=rdist-b//chdir={}", b.display()),
+    ]);
+    let o = output_within(&mut c, LIMIT);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    // Every test on both hosts: outcomes counted per worker, as xdist does.
+    assert!(
+        closing(&o).starts_with("2 failed, 4 passed in "),
+        "{}",
+        show(&o)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let table: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.contains("outcomes per worker"))
+        .skip(1)
+        .take_while(|l| !l.starts_with('='))
+        .collect();
+    assert_eq!(table.len(), 2, "{}", show(&o));
+    for (w, row) in table.iter().enumerate() {
+        assert!(
+            row.starts_with(&format!("gw{w} "))
+                && row.contains("Python")
+                && row.ends_with("1 failed, 2 passed"),
+            "row {w}: {row:?}\n{}",
+            show(&o)
+        );
+    }
+    for w in 0..2 {
+        // The failure on each host, headed with that worker, and in the short summary.
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("[gw{w}] ")) && l.contains(" -- Python ")),
+            "no failure section from gw{w}\n{}",
+            show(&o)
+        );
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("[gw{w} "))
+                && l.contains("] FAILED tests/test_calc.py::test_fails")),
+            "no short summary line from gw{w}\n{}",
+            show(&o)
+        );
+    }
+    for dest in [&a, &b] {
+        assert!(
+            dest.join("pkg/calc.py").is_file(),
+            "{} not synced",
+            dest.display()
+        );
+    }
+}
+
+#[test]
+fn worker_killed_over_ssh_is_restarted_and_its_test_reported() {
+    if !have_pytest() {
+        return;
+    }
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    // test_crash kills its worker (SIGKILL) the first time: it is reported failed, not run again,
+    // and the other tests run on the replacement the agent starts.
+    let mut suite = String::from(
+        "import os\nimport pathlib\nimport signal\nimport time\n\n\
+         MARK = pathlib.Path(__file__).parent / 'crashed_once'\n\n\n\
+         def test_crash():\n    if not MARK.exists():\n        MARK.write_text('x')\n        \
+         os.kill(os.getpid(), signal.SIGKILL)\n",
+    );
+    for i in 0..6 {
+        suite.push_str(&format!("\n\ndef test_ok{i}():\n    time.sleep(0.05)\n"));
+    }
+    sb.write("tests/test_crash.py", &suite);
+    let dest = sb.worker("remote-crash");
+    let mut c = sshd.rdist(&sb);
+    c.args([
+        "run",
+        "--tx",
+        &format!("ssh=rdist-a//chdir={}", dest.display()),
+    ]);
+    let o = output_within(&mut c, LIMIT);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        closing(&o).starts_with("1 failed, 6 passed in "),
+        "{}",
+        show(&o)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "[gw0] restarting worker (1 of 4)",
+        "worker gw0 crashed while running this test (killed by a signal)",
+        "] FAILED tests/test_crash.py::test_crash - worker crashed",
+    ] {
+        assert!(out.contains(needle), "no {needle:?}\n{}", show(&o));
+    }
+    assert!(
+        dest.join("tests/crashed_once").is_file(),
+        "the test did not run on the synced copy"
     );
 }

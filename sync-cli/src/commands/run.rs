@@ -13,6 +13,7 @@ use compat::xspec::{Gateway, XSpec};
 use serde_json::json;
 
 use crate::cli::{Layout, RunArgs, SyncArgs};
+use crate::dispatch::bar::{BarMode, RunBar};
 use crate::dispatch::report::{Reporter, rule};
 use crate::dispatch::worker::{Place, RemoteHost, WorkerSpec, install_plugin};
 use crate::dispatch::{Ending, SessionConfig, run_session};
@@ -216,6 +217,10 @@ fn run_workers(
     };
     let mut rep = Reporter::new(args.verbose, 0, out);
     rep.per_worker = args.dist == crate::dispatch::schedule::Mode::Each;
+    match BarMode::detect(args.json) {
+        BarMode::Off => {}
+        mode => rep.set_bar(RunBar::stderr(), mode == BarMode::Shared),
+    }
     rep.line(&rule('=', "test session starts", 80));
     let specs: Vec<String> = cfg
         .workers
@@ -258,6 +263,18 @@ fn run_workers(
         }
     };
     rep.finish(elapsed, why);
+    // pytest's cache here: in the worker's rootdir when the worker ran in this project (in
+    // place), else at the same place under the project root (as xdist's controller keeps its own).
+    if let Some((rootdir, rel)) = &result.cache_dir {
+        let base = if Path::new(rootdir).starts_with(project_root) {
+            PathBuf::from(rootdir)
+        } else {
+            project_root.to_owned()
+        };
+        if let Err(e) = crate::dispatch::lastfailed::update(&base.join(rel), &rep.outcomes) {
+            crate::output::warn(&format!("cannot update pytest's `cache/lastfailed`: {e}"));
+        }
+    }
     let mut merged = durations;
     merged.extend(result.durations);
     if let Some(dir) = durations_file.parent()

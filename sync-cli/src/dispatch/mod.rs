@@ -2,7 +2,9 @@
 //! style report (`report`), and the dispatcher loop here: one thread owns the run state and turns
 //! events (plugin messages, closed workers, the clock, Ctrl-C) into actions.
 
+pub mod bar;
 pub mod junit;
+pub mod lastfailed;
 pub mod report;
 pub mod schedule;
 pub mod worker;
@@ -57,6 +59,8 @@ pub struct SessionResult {
     pub collected: usize,
     /// Durations of the tests that ran, for the next run's ordering.
     pub durations: HashMap<String, f64>,
+    /// pytest's rootdir on a worker, and its cache directory relative to it.
+    pub cache_dir: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,25 +135,9 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
     let mut sched: Option<Scheduler> = None;
     let mut ids: Vec<String> = Vec::new();
     let mut durations: HashMap<String, f64> = HashMap::new();
+    let mut cache_dir: Option<(String, String)> = None;
     let mut interrupted = false;
     let mut stopped_after: Option<usize> = None;
-
-    let apply = |slots: &mut Vec<Slot>, actions: Vec<Action>| {
-        for a in actions {
-            match a {
-                Action::Run(w, v) => {
-                    if let Some(wk) = &mut slots[w].worker {
-                        wk.run(&v);
-                    }
-                }
-                Action::Shutdown(w) => {
-                    if let Some(wk) = &mut slots[w].worker {
-                        wk.shutdown();
-                    }
-                }
-            }
-        }
-    };
 
     let mut leftover_spawns = 0;
     loop {
@@ -198,7 +186,16 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
             }
             break;
         }
-        let ev = match rx.recv_timeout(Duration::from_millis(200)) {
+        // Output is flushed whenever the dispatcher has caught up, not once per test.
+        let next = match rx.try_recv() {
+            Ok(ev) => Ok(ev),
+            Err(mpsc::TryRecvError::Empty) => {
+                rep.flush();
+                rx.recv_timeout(Duration::from_millis(200))
+            }
+            Err(mpsc::TryRecvError::Disconnected) => Err(mpsc::RecvTimeoutError::Disconnected),
+        };
+        let ev = match next {
             Ok(ev) => ev,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let now = Instant::now();
@@ -243,8 +240,13 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     python,
                     implementation,
                     executable,
+                    rootdir,
+                    cache_dir: reported,
                 },
             ) => {
+                if cache_dir.is_none() {
+                    cache_dir = reported.map(|rel| (rootdir, rel));
+                }
                 rep.platforms.insert(
                     w,
                     Platform {
@@ -284,25 +286,35 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                 collect_errors.push((w, nodeid, longrepr));
             }
             Event::Msg(_, WorkerMsg::Report(r)) => {
-                rep.report(w, &r);
-                if cfg.maxfail > 0 && stopped_after.is_none() {
-                    let c = rep.counts();
-                    let bad = c.get("failed").copied().unwrap_or(0)
-                        + c.get("error").copied().unwrap_or(0);
-                    if bad >= cfg.maxfail {
-                        stopped_after = Some(bad);
-                        if let Some(s) = &mut sched {
-                            let actions = s.stop();
-                            apply(&mut slots, actions);
-                        }
-                    }
-                }
+                take_report(cfg, rep, w, &r, &mut stopped_after, &mut sched, &mut slots);
             }
-            Event::Msg(_, WorkerMsg::Ran { index, seconds }) => {
-                if let Some(id) = ids.get(index) {
-                    durations.insert(id.clone(), seconds);
+            Event::Msg(
+                _,
+                WorkerMsg::Ran {
+                    index,
+                    seconds,
+                    reports,
+                },
+            ) => {
+                let id = slots[w]
+                    .ids
+                    .as_ref()
+                    .and_then(|v| v.get(index))
+                    .or(ids.get(index))
+                    .cloned();
+                for mut r in reports {
+                    if r.nodeid.is_empty()
+                        && let Some(id) = &id
+                    {
+                        r.nodeid.clone_from(id);
+                    }
+                    take_report(cfg, rep, w, &r, &mut stopped_after, &mut sched, &mut slots);
+                }
+                if let Some(id) = id {
+                    durations.insert(id, seconds);
                 }
                 if let Some(s) = &mut sched {
+                    s.observed(seconds);
                     let actions = s.ran(w, index);
                     apply(&mut slots, actions);
                 }
@@ -385,11 +397,13 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     rep.collect_error(*w, nodeid, text);
                 }
                 print_collect_errors(rep, &collect_errors);
+                rep.flush();
                 stop_all(&mut slots);
                 return SessionResult {
                     ending: Ending::CollectionErrors,
                     collected: 0,
                     durations,
+                    cache_dir,
                 };
             }
             if ready.is_empty() {
@@ -401,6 +415,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     ending,
                     collected: 0,
                     durations,
+                    cache_dir,
                 };
             }
             let first = ready[0];
@@ -415,15 +430,18 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     other,
                     slots[other].ids.as_deref().unwrap_or(&[]),
                 );
+                rep.flush();
                 stop_all(&mut slots);
                 return SessionResult {
                     ending: Ending::CollectionMismatch,
                     collected: ids.len(),
                     durations,
+                    cache_dir,
                 };
             }
             rep.line(&format!("{} workers [{} items]", ready.len(), ids.len()));
             if ids.is_empty() {
+                rep.flush();
                 stop_all(&mut slots);
                 // pytest reports bad arguments (a test path that does not exist) after an empty
                 // collection, and exits 4.
@@ -435,6 +453,7 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     ending,
                     collected: 0,
                     durations,
+                    cache_dir,
                 };
             }
             let known: Vec<f64> = ids
@@ -483,6 +502,8 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
             rep.crashed(0, &ids[i], "not run: no worker left to run it");
         }
     }
+    // The last results show while the workers finish their sessions and exit.
+    rep.flush();
     for s in &mut slots {
         if let Some(wk) = &mut s.worker {
             if interrupted {
@@ -511,6 +532,52 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
         ending,
         collected: ids.len(),
         durations,
+        cache_dir,
+    }
+}
+
+fn apply(slots: &mut [Slot], actions: Vec<Action>) {
+    for a in actions {
+        match a {
+            Action::Run(w, v) => {
+                if let Some(wk) = &mut slots[w].worker {
+                    wk.run(&v);
+                }
+            }
+            Action::Shutdown(w) => {
+                if let Some(wk) = &mut slots[w].worker {
+                    wk.shutdown();
+                }
+            }
+            Action::Stop(w) => {
+                if let Some(wk) = &mut slots[w].worker {
+                    wk.stop();
+                }
+            }
+        }
+    }
+}
+
+/// One phase report: printed, counted, and `-x`/`--maxfail` applied.
+fn take_report(
+    cfg: &SessionConfig,
+    rep: &mut Reporter,
+    w: usize,
+    r: &worker::TestReport,
+    stopped_after: &mut Option<usize>,
+    sched: &mut Option<Scheduler>,
+    slots: &mut [Slot],
+) {
+    rep.report(w, r);
+    if cfg.maxfail > 0 && stopped_after.is_none() {
+        let bad = rep.bad();
+        if bad >= cfg.maxfail {
+            *stopped_after = Some(bad);
+            if let Some(s) = sched {
+                let actions = s.stop();
+                apply(slots, actions);
+            }
+        }
     }
 }
 

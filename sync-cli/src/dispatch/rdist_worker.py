@@ -2,17 +2,20 @@
 
 Loaded with ``-p rdist_worker`` in a worker started by rdist (``RDIST_WORKER=1``); inert
 otherwise. It collects as a plain ``pytest`` run in the synced directory would, reports the
-collected node ids, then runs tests by index as the controller sends them and streams one report
-per test phase.
+collected node ids, then runs tests by index as the controller sends them and sends one message
+per test when it has run: its index, its time, and the reports of the phases that carry something
+(the call phase, and any phase that did not pass; a passed setup or teardown carries nothing).
 
 Channel: the process's original stdin and stdout, taken over at import time, before pytest's
 capture plugin redirects file descriptors 0 and 1. Messages are JSON, one per line. Anything else
 written to stdout (the terminal reporter, a stray print) goes to stderr instead.
 """
 
+import collections
 import json
 import os
 import platform
+import queue as _queue
 import sys
 import threading
 import time
@@ -90,18 +93,31 @@ def pytest_collection_finish(session):
         implementation=platform.python_implementation(),
         executable=sys.executable,
         rootdir=str(session.config.rootpath),
+        cache_dir=_cache_dir(session.config),
     )
 
 
-def _report(report):
+def _cache_dir(config):
+    """pytest's cache directory relative to the rootdir (None: no cache, or elsewhere): the
+    controller keeps `cache/lastfailed` there up to date from every worker's results."""
+    cachedir = getattr(getattr(config, "cache", None), "_cachedir", None)
+    if cachedir is None:
+        return None
+    try:
+        return str(cachedir.relative_to(config.rootpath))
+    except ValueError:
+        return None
+
+
+def _report(report, nodeid):
+    """The fields the controller uses, those with their default value left out."""
+    msg = dict(when=report.when, outcome=report.outcome, duration=report.duration)
+    if report.nodeid != nodeid:
+        msg["nodeid"] = report.nodeid
     longrepr = report.longrepr
-    skip_reason = None
     if report.skipped and isinstance(longrepr, tuple) and len(longrepr) == 3:
-        skip_reason = str(longrepr[2])
-        longrepr_text = ""
-    elif longrepr is None:
-        longrepr_text = ""
-    else:
+        msg["skip_reason"] = str(longrepr[2])
+    elif longrepr is not None:
         # As `report.longreprtext`, without stripping the first line's indentation.
         import io
 
@@ -111,57 +127,107 @@ def _report(report):
         tw = TerminalWriter(file=buf)
         tw.hasmarkup = False
         report.toterminal(tw)
-        longrepr_text = buf.getvalue().rstrip()
-    crash = getattr(longrepr, "reprcrash", None)
-    crash_message = crash.message.splitlines()[0] if crash is not None and crash.message else None
-    return dict(
-        type="report",
-        crash_message=crash_message,
-        nodeid=report.nodeid,
-        when=report.when,
-        outcome=report.outcome,
-        duration=report.duration,
-        location=list(report.location) if report.location else None,
-        longrepr=longrepr_text,
-        sections=[[name, text] for name, text in report.sections],
-        skip_reason=skip_reason,
-        wasxfail=getattr(report, "wasxfail", None),
-    )
+        msg["longrepr"] = buf.getvalue().rstrip()
+        crash = getattr(longrepr, "reprcrash", None)
+        if crash is not None and crash.message:
+            msg["crash_message"] = crash.message.splitlines()[0]
+    if report.sections and not report.passed:
+        msg["sections"] = [[name, text] for name, text in report.sections]
+    wasxfail = getattr(report, "wasxfail", None)
+    if wasxfail is not None:
+        msg["wasxfail"] = wasxfail
+    return msg
+
+
+# The running test's node id, and the reports of its phases that carry something.
+_RUNNING = [None]
+_PHASES = []
 
 
 def pytest_runtest_logreport(report):
-    if _OUT is not None:
-        _send(**_report(report))
+    if _OUT is None or (report.passed and report.when != "call"):
+        return
+    _PHASES.append(_report(report, _RUNNING[0]))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session):
+    """The worker's own terminal report is never shown (only the tail of its stderr, to explain a
+    crash): its per-test progress is turned off, which saves a hook call and a write per phase."""
+    if _OUT is None:
+        return
+    pm = session.config.pluginmanager
+    reporter = pm.getplugin("terminalreporter")
+    if reporter is not None:
+        pm.unregister(reporter)
+        for name in ("pytest_runtest_logreport", "pytest_runtest_logstart", "pytest_runtest_logfinish"):
+            if hasattr(reporter, name):
+                setattr(reporter, name, _quiet)
+        pm.register(reporter, "terminalreporter")
+    # Each worker sees only its share of the results: were it to write `cache/lastfailed`, the
+    # last worker to finish would drop the others' failures. The controller writes it.
+    lastfailed = pm.getplugin("lfplugin")
+    if lastfailed is not None and hasattr(lastfailed, "pytest_sessionfinish"):
+        pm.unregister(lastfailed)
+        lastfailed.pytest_sessionfinish = _quiet
+        pm.register(lastfailed, "lfplugin")
+
+
+def _quiet(*args, **kwargs):
+    return None
+
+
+def _read_inbox(inbox):
+    # The controller's messages are read as they come, so that a `stop` is seen between two tests
+    # even while many are queued.
+    for line in _IN:
+        inbox.put(json.loads(line))
+    # The controller is gone: nobody takes results any more.
+    inbox.put({"stop": True, "shutdown": True})
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session):
-    """Run tests by index until told to stop. An index runs once the next one is known (or on
-    shutdown), so that fixtures scoped to a module or class are torn down at the right time."""
+    """Run tests by index until told to shut down. An index runs once the next one is known (or
+    on shutdown), so that fixtures scoped to a module or class are torn down at the right time.
+    `stop` drops the queued tests (`-x` on another worker); pytest tears their fixtures down at
+    the end of the session."""
     if _OUT is None:
         return None
     if session.testsfailed and not session.config.option.continue_on_collection_errors:
         _send(type="done", reason="collection errors")
         return True
     items = session.items
-    queue = []
+    queue = collections.deque()
     shutdown = False
-    for line in _IN:
-        msg = json.loads(line)
-        if "run" in msg:
-            queue.extend(msg["run"])
-        if msg.get("shutdown"):
-            shutdown = True
-        while len(queue) >= 2 or (shutdown and queue):
-            index = queue.pop(0)
-            nextitem = items[queue[0]] if queue else None
-            start = time.time()
-            items[index].config.hook.pytest_runtest_protocol(item=items[index], nextitem=nextitem)
-            _send(type="ran", index=index, seconds=time.time() - start)
-            if session.shouldfail or session.shouldstop:
-                shutdown = True
-                queue.clear()
-        if shutdown:
+    inbox = _queue.SimpleQueue()
+    threading.Thread(target=_read_inbox, args=(inbox,), name="rdist-inbox", daemon=True).start()
+    while True:
+        runnable = len(queue) >= 2 or (shutdown and queue)
+        if not runnable and shutdown:
             break
+        try:
+            msg = inbox.get(block=not runnable)
+        except _queue.Empty:
+            msg = None
+        if msg is not None:
+            if msg.get("stop"):
+                queue.clear()
+            queue.extend(msg.get("run", ()))
+            shutdown = shutdown or bool(msg.get("shutdown"))
+            continue
+        index = queue.popleft()
+        nextitem = items[queue[0]] if queue else None
+        item = items[index]
+        _RUNNING[0] = item.nodeid
+        start = time.perf_counter()
+        item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+        seconds = time.perf_counter() - start
+        # One write per test, as soon as it has run: a crash loses nothing already reported.
+        _send(type="ran", index=index, seconds=seconds, reports=_PHASES[:])
+        _PHASES.clear()
+        if session.shouldfail or session.shouldstop:
+            shutdown = True
+            queue.clear()
     _send(type="done", reason="shutdown")
     return True

@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::bar::RunBar;
 use super::worker::TestReport;
 
 /// What a worker runs on, from its collection message.
@@ -53,8 +54,22 @@ pub struct Reporter {
     pub platforms: BTreeMap<usize, Platform>,
     pub outcomes: Vec<Outcome>,
     failures: Vec<Failure>,
+    /// Failed and errored outcomes so far (for `--maxfail`).
+    bad: usize,
+    /// Output not yet written to `out`: it goes out when the dispatcher has caught up, or
+    /// every [`FLUSH_EVERY`] (with the bar cleared meanwhile, if there is one).
+    buf: Vec<u8>,
     out: Box<dyn Write>,
+    flushed: Instant,
+    bar: Option<RunBar>,
+    /// The bar shares the report's terminal: a line of progress dots is held back until it is
+    /// complete, so that the bar never has to be drawn after half a line.
+    hold: bool,
+    held: String,
 }
+
+/// The longest the progress output waits in the buffer while results keep coming.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 fn plural(n: usize, word: &str) -> String {
     match (n, word) {
@@ -100,13 +115,49 @@ impl Reporter {
             platforms: BTreeMap::new(),
             outcomes: Vec::new(),
             failures: Vec::new(),
+            bad: 0,
+            buf: Vec::with_capacity(16 << 10),
             out,
+            flushed: Instant::now(),
+            bar: None,
+            hold: false,
+            held: String::new(),
         }
     }
 
-    /// How many test outcomes to expect, for the percentages.
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            let (buf, out) = (&mut self.buf, &mut self.out);
+            let mut write = || {
+                let _ = out.write_all(buf).and_then(|()| out.flush());
+            };
+            match &self.bar {
+                Some(bar) if self.hold => bar.suspend(write),
+                _ => write(),
+            }
+            self.buf.clear();
+        }
+        self.flushed = Instant::now();
+    }
+
+    /// Failed and errored outcomes so far.
+    pub fn bad(&self) -> usize {
+        self.bad
+    }
+
+    /// Shows `bar` below the report; `shared`: on the terminal the report goes to.
+    pub fn set_bar(&mut self, bar: RunBar, shared: bool) {
+        self.bar = Some(bar);
+        self.hold = shared;
+    }
+
+    /// How many test outcomes to expect, for the percentages (and the bar).
     pub fn set_total(&mut self, total: usize) {
         self.total = total;
+        if let Some(bar) = &mut self.bar {
+            bar.set_total(total);
+        }
     }
 
     /// The header line for worker `w`'s sections: `[gw0] linux -- Python 3.11.7 /usr/bin/python3`.
@@ -136,6 +187,7 @@ impl Reporter {
     pub fn report(&mut self, w: usize, r: &TestReport) {
         let Some(cat) = Self::category(r) else { return };
         if matches!(cat, "failed" | "error") {
+            self.bad += 1;
             self.failures.push(Failure {
                 worker: w,
                 nodeid: r.nodeid.clone(),
@@ -200,6 +252,7 @@ impl Reporter {
             text: why.to_owned(),
             sections: Vec::new(),
         });
+        self.bad += 1;
         self.outcomes.push(Outcome {
             worker: w,
             nodeid: nodeid.to_owned(),
@@ -213,6 +266,9 @@ impl Reporter {
     }
 
     fn progress(&mut self, w: usize, cat: &str, nodeid: &str) {
+        if let Some(bar) = &mut self.bar {
+            bar.update(self.done, self.bad);
+        }
         let pct = (self.done * 100)
             .checked_div(self.total)
             .unwrap_or(100)
@@ -224,9 +280,16 @@ impl Reporter {
             } else {
                 word
             };
-            let _ = writeln!(self.out, "[gw{w}] [{pct:>3}%] {word} {nodeid}");
-            return;
+            let _ = writeln!(self.buf, "[gw{w}] [{pct:>3}%] {word} {nodeid}");
+        } else {
+            self.dot(cat, pct);
         }
+        if self.flushed.elapsed() >= FLUSH_EVERY {
+            self.flush();
+        }
+    }
+
+    fn dot(&mut self, cat: &str, pct: usize) {
         let ch = match cat {
             "passed" => '.',
             "failed" => 'F',
@@ -235,23 +298,36 @@ impl Reporter {
             "xfailed" => 'x',
             _ => 'X',
         };
-        let _ = write!(self.out, "{ch}");
+        if self.hold {
+            self.held.push(ch);
+        } else {
+            let _ = write!(self.buf, "{ch}");
+        }
         self.col += 1;
         if self.col >= self.width - 7 || (self.done >= self.total && cat != "error") {
             let pad = (self.width - 7).saturating_sub(self.col);
-            let _ = writeln!(self.out, "{}[{pct:>3}%]", " ".repeat(pad));
+            self.release_held();
+            let _ = writeln!(self.buf, "{}[{pct:>3}%]", " ".repeat(pad));
             self.col = 0;
         }
-        let _ = self.out.flush();
+    }
+
+    /// Moves a held-back line of dots into the output.
+    fn release_held(&mut self) {
+        if !self.held.is_empty() {
+            self.buf.extend_from_slice(self.held.as_bytes());
+            self.held.clear();
+        }
     }
 
     /// Prints text as is (headers, notes).
     pub fn line(&mut self, text: &str) {
         if self.col > 0 {
-            let _ = writeln!(self.out);
+            self.release_held();
+            let _ = writeln!(self.buf);
             self.col = 0;
         }
-        let _ = writeln!(self.out, "{text}");
+        let _ = writeln!(self.buf, "{text}");
     }
 
     /// Counts per category.
@@ -265,8 +341,14 @@ impl Reporter {
 
     /// Failures, the short summary, and pytest's closing line.
     pub fn finish(&mut self, elapsed: Duration, interrupted: Option<&str>) {
+        // What is buffered goes out above the bar, which then goes for good.
+        self.flush();
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
         if self.col > 0 {
-            let _ = writeln!(self.out);
+            self.release_held();
+            let _ = writeln!(self.buf);
             self.col = 0;
         }
         let width = self.width;
@@ -379,8 +461,8 @@ impl Reporter {
             width,
         ));
         text.push('\n');
-        let _ = self.out.write_all(text.as_bytes());
-        let _ = self.out.flush();
+        self.buf.extend_from_slice(text.as_bytes());
+        self.flush();
     }
 }
 
@@ -395,6 +477,144 @@ mod tests {
             "===== 1 failed, 2 passed in 0.10s ======"
         );
         assert_eq!(rule('=', "", 5), "=====");
+    }
+
+    use std::sync::{Arc, Mutex};
+
+    use indicatif::{ProgressDrawTarget, TermLike};
+
+    /// What reached the terminal, in order: report output, and what the bar drew.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Ev {
+        Out(String),
+        Bar(String),
+    }
+
+    #[derive(Debug, Clone, Default)]
+    struct Screen(Arc<Mutex<Vec<Ev>>>);
+
+    impl Screen {
+        fn events(&self) -> Vec<Ev> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl Write for Screen {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let text = String::from_utf8_lossy(b).into_owned();
+            self.0.lock().unwrap().push(Ev::Out(text));
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl TermLike for Screen {
+        fn width(&self) -> u16 {
+            80
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(Ev::Bar(s.to_owned()));
+            Ok(())
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(Ev::Bar(s.to_owned()));
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn report(nodeid: &str, outcome: &str) -> TestReport {
+        TestReport {
+            nodeid: nodeid.to_owned(),
+            when: "call".to_owned(),
+            outcome: outcome.to_owned(),
+            duration: 0.01,
+            longrepr: if outcome == "failed" {
+                "E   assert 0".to_owned()
+            } else {
+                String::new()
+            },
+            sections: Vec::new(),
+            skip_reason: None,
+            wasxfail: None,
+            crash_message: None,
+        }
+    }
+
+    /// Feeds a run of `n` tests (the third fails) to a reporter, flushing after each.
+    fn feed(rep: &mut Reporter, n: usize) {
+        rep.line("header");
+        rep.set_total(n);
+        for i in 0..n {
+            let outcome = if i == 2 { "failed" } else { "passed" };
+            rep.report(i % 2, &report(&format!("t.py::test_{i}"), outcome));
+            rep.flush();
+        }
+        rep.finish(Duration::from_millis(1500), None);
+    }
+
+    #[test]
+    fn bar_on_the_report_terminal_sees_only_whole_lines_and_changes_no_byte() {
+        // 100 tests: one full line of dots and a partial one.
+        let plain = Screen::default();
+        let mut rep = Reporter::new(0, 0, Box::new(plain.clone()));
+        feed(&mut rep, 100);
+        let text = |evs: &[Ev]| -> String {
+            evs.iter()
+                .filter_map(|e| match e {
+                    Ev::Out(t) => Some(t.as_str()),
+                    Ev::Bar(_) => None,
+                })
+                .collect()
+        };
+        let expected = text(&plain.events());
+        assert!(expected.contains("F....."), "{expected}");
+
+        let screen = Screen::default();
+        let mut rep = Reporter::new(0, 0, Box::new(screen.clone()));
+        let target = ProgressDrawTarget::term_like(Box::new(screen.clone()));
+        rep.set_bar(super::super::bar::RunBar::with_target(target), true);
+        feed(&mut rep, 100);
+        let events = screen.events();
+        assert_eq!(text(&events), expected, "the bar changed the report");
+        for e in &events {
+            if let Ev::Out(t) = e {
+                assert!(
+                    t.ends_with('\n'),
+                    "half a line written under the bar: {t:?}"
+                );
+            }
+        }
+        let drawn: Vec<&String> = events
+            .iter()
+            .filter_map(|e| match e {
+                Ev::Bar(t) => Some(t),
+                Ev::Out(_) => None,
+            })
+            .collect();
+        assert!(
+            drawn.iter().any(|t| t.contains("/100 tests, 1 failed")),
+            "{drawn:?}"
+        );
     }
 
     #[test]

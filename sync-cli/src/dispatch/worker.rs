@@ -4,7 +4,7 @@
 //! explain a crash.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin};
 use std::sync::mpsc::Sender;
@@ -41,9 +41,11 @@ pub enum Place {
     },
 }
 
-/// One phase's report from the plugin.
+/// One phase's report from the plugin. Fields at their default value are left out by the
+/// plugin; an empty `nodeid` is the test's own (the index's).
 #[derive(Debug, Clone, Deserialize)]
 pub struct TestReport {
+    #[serde(default)]
     pub nodeid: String,
     pub when: String,
     pub outcome: String,
@@ -52,7 +54,9 @@ pub struct TestReport {
     pub longrepr: String,
     #[serde(default)]
     pub sections: Vec<(String, String)>,
+    #[serde(default)]
     pub skip_reason: Option<String>,
+    #[serde(default)]
     pub wasxfail: Option<String>,
     /// The first line of the exception, for the short summary.
     #[serde(default)]
@@ -71,15 +75,25 @@ pub enum WorkerMsg {
         python: String,
         implementation: String,
         executable: String,
+        /// pytest's rootdir on the worker.
+        #[serde(default)]
+        rootdir: String,
+        /// pytest's cache directory, relative to the rootdir (none: no cache plugin).
+        #[serde(default)]
+        cache_dir: Option<String>,
     },
     CollectError {
         nodeid: String,
         longrepr: String,
     },
+    /// One phase (plugins of earlier builds; now folded into `Ran`).
     Report(TestReport),
+    /// A test has run: the phases that carry something (the call, and any that did not pass).
     Ran {
         index: usize,
         seconds: f64,
+        #[serde(default)]
+        reports: Vec<TestReport>,
     },
     Done {
         reason: String,
@@ -164,6 +178,12 @@ impl Worker {
     /// Tells the worker that nothing more is coming.
     pub fn shutdown(&mut self) {
         self.line(&serde_json::json!({ "shutdown": true }).to_string());
+    }
+
+    /// Tells the worker to drop its queued tests and exit (`shutdown` too, for plugins of
+    /// earlier builds, which then run their few queued tests first).
+    pub fn stop(&mut self) {
+        self.line(r#"{"stop":true,"shutdown":true}"#);
     }
 
     fn line(&mut self, line: &str) {
@@ -332,16 +352,14 @@ impl LocalWorker {
         let stdout = child.stdout.take().expect("piped");
         let (stderr, _) = StderrTail::follow(child.stderr.take().expect("piped"));
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let ev = match serde_json::from_str::<WorkerMsg>(&line) {
+            let mut r = BufReader::with_capacity(64 << 10, stdout);
+            let _ = sync_core::agent::workers::coalesced_lines(&mut r, |line| {
+                let ev = match serde_json::from_str::<WorkerMsg>(line) {
                     Ok(m) => Event::Msg(id, m),
-                    Err(_) => Event::Garbage(id, line),
+                    Err(_) => Event::Garbage(id, line.to_owned()),
                 };
-                if events.send(ev).is_err() {
-                    return;
-                }
-            }
+                events.send(ev).is_ok()
+            });
             let _ = events.send(Event::Closed(id));
         });
         Ok(LocalWorker {

@@ -15,6 +15,56 @@ use crate::proto::{Message, ProtoError, WorkerStart, read_frame, write_frame};
 /// How much of a worker's stderr is kept for its exit report.
 const TAIL: usize = 8 << 10;
 
+/// How long a reader of a worker's messages pauses after catching up. A worker writes one line
+/// per test as soon as it has run (so a crash loses nothing), and a write that finds the reader
+/// waiting wakes it: with quick tests that is a context switch per test on both sides. A reader
+/// that pauses a little lets lines gather in the pipe and takes them in one read.
+pub const COALESCE: std::time::Duration = std::time::Duration::from_millis(3);
+
+/// Calls `each` with every line `r` yields (without its newline; invalid UTF-8 replaced) until
+/// the end of the input, an error, or `each` returning `false`. Whenever the buffered lines are
+/// used up, `caught_up` runs (`false` stops), then the reader pauses for [`COALESCE`] before the
+/// next read.
+///
+/// # Errors
+/// A read error.
+pub fn coalesced_lines_then<R: Read>(
+    r: &mut BufReader<R>,
+    mut each: impl FnMut(&str) -> bool,
+    mut caught_up: impl FnMut() -> bool,
+) -> std::io::Result<()> {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        if !each(&String::from_utf8_lossy(&line)) {
+            return Ok(());
+        }
+        if r.buffer().is_empty() {
+            if !caught_up() {
+                return Ok(());
+            }
+            std::thread::sleep(COALESCE);
+        }
+    }
+}
+
+/// [`coalesced_lines_then`] with nothing to do on catching up.
+///
+/// # Errors
+/// A read error.
+pub fn coalesced_lines<R: Read>(
+    r: &mut BufReader<R>,
+    each: impl FnMut(&str) -> bool,
+) -> std::io::Result<()> {
+    coalesced_lines_then(r, each, || true)
+}
+
 struct Running {
     child: Arc<Mutex<Child>>,
     stdin: Option<ChildStdin>,
@@ -221,14 +271,19 @@ fn relay<W: Write>(
     tail: &Mutex<Vec<u8>>,
     out: &Mutex<&mut W>,
 ) {
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { break };
-        let mut o = out.lock().unwrap();
-        if write_frame(&mut **o, &Message::WorkerOutput { id, line }).is_err() || o.flush().is_err()
-        {
-            return;
-        }
-    }
+    // Frames go out as lines come in; the connection is flushed once the lines read are used up.
+    let mut r = BufReader::with_capacity(64 << 10, stdout);
+    let _ = coalesced_lines_then(
+        &mut r,
+        |line| {
+            let msg = Message::WorkerOutput {
+                id,
+                line: line.to_owned(),
+            };
+            write_frame(&mut **out.lock().unwrap(), &msg).is_ok()
+        },
+        || out.lock().unwrap().flush().is_ok(),
+    );
     let code = child.lock().unwrap().wait().ok().and_then(|s| s.code());
     // Give the stderr reader a moment to take the last words.
     std::thread::sleep(std::time::Duration::from_millis(50));
