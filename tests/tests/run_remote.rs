@@ -257,3 +257,72 @@ fn worker_killed_over_ssh_is_restarted_and_its_test_reported() {
         "the test did not run on the synced copy"
     );
 }
+
+/// The closing line without its duration: `1 failed, 2 passed` from `== 1 failed, 2 passed in
+/// 0.12s ==`.
+fn tally(closing: &str) -> String {
+    closing.split(" in ").next().unwrap_or("").to_owned()
+}
+
+/// Every load-type mode over both remote transports, on a suite with every kind of outcome:
+/// the tally is plain pytest's (run here as the oracle), and so is the exit code.
+#[test]
+fn every_load_mode_over_ssh_and_socket_tallies_like_pytest() {
+    if !have_pytest() {
+        return;
+    }
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = project();
+    sb.write(
+        "tests/test_kinds.py",
+        "import pytest\n\n\
+         @pytest.fixture\ndef broken():\n    raise RuntimeError('setup fails')\n\n\
+         def test_setup_error(broken):\n    pass\n\n\
+         @pytest.mark.skip(reason='not here')\ndef test_skipped():\n    pass\n\n\
+         @pytest.mark.xfail(reason='known')\ndef test_xfail():\n    assert False\n\n\
+         @pytest.mark.xfail(reason='fixed?')\ndef test_xpass():\n    pass\n\n\
+         class TestScope:\n    def test_a(self):\n        pass\n\n    def test_b(self):\n        pass\n\n\
+         @pytest.mark.xdist_group('g')\ndef test_group_1():\n    pass\n\n\
+         @pytest.mark.xdist_group('g')\ndef test_group_2():\n    pass\n\n\
+         def test_warns():\n    import warnings\n    warnings.warn(UserWarning('careful'))\n",
+    );
+    // The oracle runs without xdist: register its marker and set the variable a test reads.
+    sb.write(
+        "conftest.py",
+        "def pytest_configure(config):\n    \
+         config.addinivalue_line('markers', 'xdist_group(name): run together')\n",
+    );
+    let mut plain = std::process::Command::new("python3");
+    plain
+        .args(["-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist"])
+        .env("PYTEST_XDIST_WORKER", "gw0")
+        .current_dir(sb.proj());
+    let p = output_within(&mut plain, LIMIT);
+    let want = tally(&closing(&p));
+    assert!(want.contains("1 error"), "oracle: {}", show(&p));
+    let serve = Serve::start(&sb.worker("serve"));
+    for mode in ["load", "loadscope", "loadfile", "loadgroup", "worksteal"] {
+        let dest = sb.worker(&format!("ssh-{mode}"));
+        let mut c = sshd.rdist(&sb);
+        c.args(["run", "--dist", mode, "--tx"])
+            .arg(format!("2*ssh=rdist-a//chdir={}", dest.display()));
+        let o = output_within(&mut c, LIMIT);
+        assert_eq!(o.status.code(), p.status.code(), "ssh {mode}: {}", show(&o));
+        assert_eq!(tally(&closing(&o)), want, "ssh {mode}: {}", show(&o));
+
+        let mut c = sb.rdist();
+        c.env_remove("RDIST_TOKEN")
+            .args(["run", "--dist", mode, "--tx"])
+            .arg(format!("2*socket={}", serve.addr()))
+            .arg("--token-file")
+            .arg(serve.token_file());
+        let o = output_within(&mut c, LIMIT);
+        assert_eq!(
+            o.status.code(),
+            p.status.code(),
+            "socket {mode}: {}",
+            show(&o)
+        );
+        assert_eq!(tally(&closing(&o)), want, "socket {mode}: {}", show(&o));
+    }
+}

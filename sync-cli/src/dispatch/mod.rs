@@ -319,6 +319,9 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
                     apply(&mut slots, actions);
                 }
             }
+            Event::Msg(_, WorkerMsg::Warning { when, nodeid, text }) => {
+                rep.warning(&when, &nodeid, &text);
+            }
             Event::Msg(_, WorkerMsg::Done { .. }) => {
                 slots[w].state = State::Done;
             }

@@ -19,6 +19,7 @@ import queue as _queue
 import sys
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -142,6 +143,20 @@ def _report(report, nodeid):
 # The running test's node id, and the reports of its phases that carry something.
 _RUNNING = [None]
 _PHASES = []
+
+
+def pytest_warning_recorded(warning_message, when, nodeid, location):
+    """Warnings go to the controller, which counts them and prints pytest's summary of them."""
+    if _OUT is None:
+        return
+    text = warnings.formatwarning(
+        str(warning_message.message),
+        warning_message.category,
+        warning_message.filename,
+        warning_message.lineno,
+        warning_message.line,
+    )
+    _send(type="warning", when=when, nodeid=nodeid, text=text)
 
 
 def pytest_runtest_logreport(report):

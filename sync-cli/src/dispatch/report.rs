@@ -54,6 +54,13 @@ pub struct Reporter {
     pub platforms: BTreeMap<usize, Platform>,
     pub outcomes: Vec<Outcome>,
     failures: Vec<Failure>,
+    /// Warnings as pytest groups them: each text with the node ids that raised it, in order.
+    warnings: Vec<(String, Vec<String>)>,
+    /// How many warnings (pytest counts each occurrence).
+    warned: usize,
+    /// Collection and configuration warnings already counted: every worker collects, but
+    /// pytest would have seen each once.
+    seen_early: std::collections::HashSet<(String, String)>,
     /// Failed and errored outcomes so far (for `--maxfail`).
     bad: usize,
     /// Output not yet written to `out`: it goes out when the dispatcher has caught up, or
@@ -115,6 +122,9 @@ impl Reporter {
             platforms: BTreeMap::new(),
             outcomes: Vec::new(),
             failures: Vec::new(),
+            warnings: Vec::new(),
+            warned: 0,
+            seen_early: std::collections::HashSet::new(),
             bad: 0,
             buf: Vec::with_capacity(16 << 10),
             out,
@@ -331,6 +341,21 @@ impl Reporter {
     }
 
     /// Counts per category.
+    /// A warning from a worker; ones raised while collecting or configuring count once, as in
+    /// a single pytest process.
+    pub fn warning(&mut self, when: &str, nodeid: &str, text: &str) {
+        if when != "runtest" && !self.seen_early.insert((nodeid.to_owned(), text.to_owned())) {
+            return;
+        }
+        self.warned += 1;
+        match self.warnings.iter_mut().find(|(t, _)| t == text) {
+            Some((_, ids)) => ids.push(nodeid.to_owned()),
+            None => self
+                .warnings
+                .push((text.to_owned(), vec![nodeid.to_owned()])),
+        }
+    }
+
     pub fn counts(&self) -> BTreeMap<&'static str, usize> {
         let mut c = BTreeMap::new();
         for o in &self.outcomes {
@@ -380,6 +405,25 @@ impl Reporter {
                     text.push('\n');
                 }
             }
+        }
+        if !self.warnings.is_empty() {
+            text.push_str(&rule('=', "warnings summary", width));
+            text.push('\n');
+            for (warning, ids) in &self.warnings {
+                for id in ids {
+                    text.push_str(if id.is_empty() { "<config>" } else { id });
+                    text.push('\n');
+                }
+                for line in warning.trim_end().lines() {
+                    text.push_str("  ");
+                    text.push_str(line);
+                    text.push('\n');
+                }
+                text.push('\n');
+            }
+            text.push_str(
+                "-- Docs: https://docs.pytest.org/en/stable/how-to/capture-warnings.html\n",
+            );
         }
         let summary: Vec<&Outcome> = self
             .outcomes
@@ -445,6 +489,16 @@ impl Reporter {
             .iter()
             .filter_map(|c| counts.get(c).map(|&n| plural(n, c)))
             .collect();
+        // pytest's order: ... xfailed, xpassed, warnings, errors.
+        if self.warned > 0 {
+            let at = parts.len() - usize::from(counts.contains_key("error"));
+            let word = if self.warned == 1 {
+                "warning"
+            } else {
+                "warnings"
+            };
+            parts.insert(at, format!("{} {word}", self.warned));
+        }
         if parts.is_empty() {
             parts.push("no tests ran".to_owned());
         }
@@ -570,6 +624,50 @@ mod tests {
             rep.flush();
         }
         rep.finish(Duration::from_millis(1500), None);
+    }
+
+    #[test]
+    fn warnings_are_summarised_grouped_and_counted_before_errors() {
+        let screen = Screen::default();
+        let mut rep = Reporter::new(0, 0, Box::new(screen.clone()));
+        rep.set_total(2);
+        rep.report(0, &report("t.py::test_a", "passed"));
+        let mut err = report("t.py::test_b", "failed");
+        err.when = "setup".to_owned();
+        rep.report(1, &err);
+        let w = "t.py:3: UserWarning: careful\n  warnings.warn(UserWarning('careful'))\n";
+        rep.warning("runtest", "t.py::test_a", w);
+        rep.warning("runtest", "t.py::test_b", w);
+        // Both workers collect: a collection warning counts once.
+        let c = "conftest.py:1: DeprecationWarning: old\n";
+        rep.warning("collect", "", c);
+        rep.warning("collect", "", c);
+        rep.finish(Duration::from_millis(10), None);
+        let out: String = screen
+            .events()
+            .iter()
+            .filter_map(|e| match e {
+                Ev::Out(t) => Some(t.clone()),
+                Ev::Bar(_) => None,
+            })
+            .collect();
+        let section = out
+            .split_once("warnings summary")
+            .map(|(_, rest)| rest)
+            .expect("a warnings summary");
+        assert!(
+            section.contains(
+                "\nt.py::test_a\nt.py::test_b\n  t.py:3: UserWarning: careful\n    \
+                 warnings.warn(UserWarning('careful'))\n\n<config>\n  conftest.py:1: \
+                 DeprecationWarning: old\n\n-- Docs: "
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("1 passed, 3 warnings, 1 error in 0.01s"),
+            "{out}"
+        );
+        assert!(out.find("warnings summary") < out.find("short test summary info"));
     }
 
     #[test]

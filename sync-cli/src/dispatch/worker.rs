@@ -99,6 +99,15 @@ pub enum WorkerMsg {
         reason: String,
     },
     Beat,
+    /// A warning pytest recorded (`when`: `config`, `collect` or `runtest`), formatted as
+    /// `warnings.formatwarning` does.
+    Warning {
+        #[serde(default)]
+        when: String,
+        #[serde(default)]
+        nodeid: String,
+        text: String,
+    },
 }
 
 /// What the dispatcher hears from its workers (and the clock).
