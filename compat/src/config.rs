@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{Item, TableLike, Value};
 
+use crate::legacy::discover::{key_line, line_of};
 use crate::legacy::options::DIST_MODES;
 use crate::xspec::{XSpec, closest};
 
@@ -613,19 +614,12 @@ impl Typed<'_> {
                 raw.parse::<XSpec>().map(drop)
             };
             if let Err(e) = parsed {
-                // `render` repeats the message and hint around the caret lines; keep the carets.
-                let rendered = e.render(raw);
-                let carets: Vec<&str> = rendered
-                    .lines()
-                    .skip(1)
-                    .filter(|l| !l.starts_with("hint:"))
-                    .collect();
                 return Err(self.reader.error(
                     Some(self.line),
                     ErrorKind::Spec {
                         key: self.key.to_owned(),
                         what: if px { "proxy spec" } else { "worker spec" },
-                        rendered: format!("{e}\n{}", carets.join("\n")),
+                        rendered: format!("{e}\n{}", e.carets(raw)),
                         hint: e.hint(),
                     },
                 ));
@@ -650,22 +644,4 @@ fn type_name(item: &Item) -> &'static str {
             Value::InlineTable(_) => "a table",
         },
     }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    let offset = offset.min(text.len());
-    text.as_bytes()[..offset]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-fn key_line(text: &str, table: &dyn TableLike, key: &str) -> usize {
-    let span = table.get_key_value(key).and_then(|(k, item)| {
-        k.span()
-            .or_else(|| item.span())
-            .or_else(|| item.as_value().and_then(Value::span))
-    });
-    span.map_or(1, |s| line_of(text, s.start))
 }

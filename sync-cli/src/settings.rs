@@ -371,15 +371,8 @@ fn parse_spec(raw: &str, px: bool) -> Result<XSpec, Failure> {
     };
     parsed.map_err(|e: compat::xspec::ParseError| {
         let hint = e.hint();
-        // `render` repeats the message and hint around the caret lines; keep only the carets.
-        let rendered = e.render(raw);
-        let carets: Vec<&str> = rendered
-            .lines()
-            .skip(1)
-            .filter(|l| !l.starts_with("hint:"))
-            .collect();
         let what = if px { "proxy spec" } else { "worker spec" };
-        let mut f = Failure::usage(anyhow!("invalid {what}: {e}\n{}", carets.join("\n")));
+        let mut f = Failure::usage(anyhow!("invalid {what}: {e}\n{}", e.carets(raw)));
         if let Some(h) = hint {
             f = f.with_hint(h);
         }

@@ -21,6 +21,20 @@ fn options(root: &Path) -> AgentOptions {
     }
 }
 
+/// A plain sync into `dest` (relative to the agent's root).
+fn begin(dest: &str) -> Message {
+    Message::Begin(Begin {
+        dest: dest.to_owned(),
+        ignore: vec![],
+        dry_run: false,
+        fsync: false,
+        adopt: false,
+        lock_wait_ms: 0,
+        base: DestBase::Cwd,
+        delta_min: 1 << 16,
+    })
+}
+
 /// Every path below `dir`, sorted.
 fn listing(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -71,17 +85,7 @@ proptest! {
         std::fs::write(top.path().join("canary"), b"untouched").unwrap();
         let mut input = Vec::new();
         send_hello(&mut input, "0.0.0-fuzz").unwrap();
-        let begin = Begin {
-            dest: dest.clone(),
-            ignore: vec![],
-            dry_run: false,
-            fsync: false,
-            adopt: false,
-            lock_wait_ms: 0,
-            base: DestBase::Cwd,
-            delta_min: 1 << 16,
-        };
-        write_frame(&mut input, &Message::Begin(begin)).unwrap();
+        write_frame(&mut input, &begin(&dest)).unwrap();
         for (variant, body) in frames {
             // A variant tag first, so most frames reach the decoder of a real message.
             input.extend_from_slice(&(body.len() as u32 + 1).to_be_bytes());
@@ -115,17 +119,7 @@ fn the_generated_session_reaches_the_agent() {
     std::fs::create_dir(&root).unwrap();
     let mut input = Vec::new();
     send_hello(&mut input, "0.0.0-fuzz").unwrap();
-    let begin = Begin {
-        dest: "d".to_owned(),
-        ignore: vec![],
-        dry_run: false,
-        fsync: false,
-        adopt: false,
-        lock_wait_ms: 0,
-        base: DestBase::Cwd,
-        delta_min: 1 << 16,
-    };
-    write_frame(&mut input, &Message::Begin(begin)).unwrap();
+    write_frame(&mut input, &begin("d")).unwrap();
     let offer = Message::Offer {
         digest: [7; 32],
         entries: 3,

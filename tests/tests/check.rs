@@ -78,6 +78,24 @@ impl Via {
         }
     }
 
+    /// `rdist check --json --tx SPEC` in the sandbox with one more environment variable: the
+    /// output, its JSON document, and the context for assertion messages.
+    fn check_json(
+        &self,
+        sb: &Sandbox,
+        spec: &str,
+        env: Option<(&str, &std::ffi::OsStr)>,
+    ) -> (Output, serde_json::Value, String) {
+        let mut c = self.rdist(sb);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        let o = c.args(["check", "--json", "--tx", spec]).output().unwrap();
+        let ctx = format!("{}: {}", self.name(), show(&o));
+        let doc = rdist_tests::json_of(&o);
+        (o, doc, ctx)
+    }
+
     /// `rdist` in the sandbox (through the sshd's client files for ssh).
     fn rdist(&self, sb: &Sandbox) -> Command {
         match self {
@@ -269,15 +287,12 @@ fn a_worker_venv_lacking_an_imported_package_and_a_plugin_fails_with_collection_
         let there = Venv::new(&sb.path().join("venv-there"));
         there.add("otherlib", "2.0", "otherlib", false);
         let spec = via.spec(&sb.worker("w"), &format!("//python={}", there.python()));
-        let o = via
-            .rdist(&sb)
-            .env("RDIST_LOCAL_PYTHON", here.python())
-            .args(["check", "--json", "--tx", &spec])
-            .output()
-            .unwrap();
-        let ctx = format!("{}: {}", via.name(), show(&o));
+        let (o, doc, ctx) = via.check_json(
+            &sb,
+            &spec,
+            Some(("RDIST_LOCAL_PYTHON", here.python().as_ref())),
+        );
         assert_eq!(o.status.code(), Some(1), "{ctx}");
-        let doc = rdist_tests::json_of(&o);
         assert_eq!(
             verdict(&doc, 0, "pytest plugins"),
             (
@@ -340,15 +355,12 @@ fn other_package_versions_only_warn() {
             .add("otherlib", "2.1", "otherlib", false)
             .add("pytest-extra", "0.1", "pytest_extra", true);
         let spec = via.spec(&sb.worker("w"), &format!("//python={}", there.python()));
-        let o = via
-            .rdist(&sb)
-            .env("RDIST_LOCAL_PYTHON", here.python())
-            .args(["check", "--json", "--tx", &spec])
-            .output()
-            .unwrap();
-        let ctx = format!("{}: {}", via.name(), show(&o));
+        let (o, doc, ctx) = via.check_json(
+            &sb,
+            &spec,
+            Some(("RDIST_LOCAL_PYTHON", here.python().as_ref())),
+        );
         assert_eq!(o.status.code(), Some(0), "{ctx}");
-        let doc = rdist_tests::json_of(&o);
         assert_eq!(
             verdict(&doc, 0, "packages"),
             (
@@ -391,14 +403,8 @@ fn a_worker_that_collects_other_tests_is_an_error_with_a_short_diff() {
         sb.write("tests/test_a.py", "def test_a():\n    pass\n");
         sb.write("tests/test_b.py", "def test_b():\n    pass\n");
         let spec = via.spec(&sb.worker("w"), "//env:FLAVOUR=lite");
-        let o = via
-            .rdist(&sb)
-            .args(["check", "--json", "--tx", &spec])
-            .output()
-            .unwrap();
-        let ctx = format!("{}: {}", via.name(), show(&o));
+        let (o, doc, ctx) = via.check_json(&sb, &spec, None);
         assert_eq!(o.status.code(), Some(1), "{ctx}");
-        let doc = rdist_tests::json_of(&o);
         let (level, value, hint) = verdict(&doc, 0, "collection");
         assert_eq!(
             (level.as_str(), value.as_str()),
@@ -444,14 +450,8 @@ fn a_read_only_destination_is_an_error() {
             }
         };
         let spec = via.spec(&dir, "");
-        let o = via
-            .rdist(&sb)
-            .args(["check", "--json", "--tx", &spec])
-            .output()
-            .unwrap();
-        let ctx = format!("{}: {}", via.name(), show(&o));
+        let (o, doc, ctx) = via.check_json(&sb, &spec, None);
         assert_eq!(o.status.code(), Some(1), "{ctx}");
-        let doc = rdist_tests::json_of(&o);
         assert_eq!(
             verdict(&doc, 0, "destination"),
             (
@@ -494,14 +494,8 @@ fn a_destination_without_room_for_the_tree_is_an_error() {
             }
         };
         let spec = via.spec(&dir, "");
-        let o = via
-            .rdist(&sb)
-            .args(["check", "--json", "--tx", &spec])
-            .output()
-            .unwrap();
-        let ctx = format!("{}: {}", via.name(), show(&o));
+        let (o, doc, ctx) = via.check_json(&sb, &spec, None);
         assert_eq!(o.status.code(), Some(1), "{ctx}");
-        let doc = rdist_tests::json_of(&o);
         assert_eq!(
             verdict(&doc, 0, "disk"),
             (
@@ -581,13 +575,7 @@ fn another_python_version_is_shown_and_its_missing_pytest_fails() {
         let sb = Sandbox::new();
         sb.write("tests/test_a.py", "def test_a():\n    pass\n");
         let spec = via.spec(&sb.worker("w"), &format!("//python={python}"));
-        let o = via
-            .rdist(&sb)
-            .args(["check", "--json", "--tx", &spec])
-            .output()
-            .unwrap();
-        let ctx = format!("{}: {}", via.name(), show(&o));
-        let doc = rdist_tests::json_of(&o);
+        let (o, doc, ctx) = via.check_json(&sb, &spec, None);
         let (level, value, hint) = verdict(&doc, 0, "python");
         assert_eq!(level, "warn", "{ctx}");
         assert!(value.starts_with("CPython 3."), "{ctx}");

@@ -48,12 +48,7 @@ fn tests_run_over_ssh_on_the_synced_copy() {
     let mut c = sshd.rdist(&sb);
     c.args(["run", "--tx", &spec, "-v"]);
     let o = output_within(&mut c, LIMIT);
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-    assert!(
-        closing(&o).starts_with("1 failed, 2 passed in "),
-        "{}",
-        show(&o)
-    );
+    assert_ended(&o, 1, "1 failed, 2 passed in ");
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains("[gw0]") && out.contains("[gw1]"),
@@ -90,12 +85,7 @@ fn every_test_runs_on_every_socket_worker_with_dist_each() {
         .arg("--token-file")
         .arg(serve.token_file());
     let o = output_within(&mut c, LIMIT);
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-    assert!(
-        closing(&o).starts_with("2 failed, 4 passed in "),
-        "{}",
-        show(&o)
-    );
+    assert_ended(&o, 1, "2 failed, 4 passed in ");
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("outcomes per worker"),
         "{}",
@@ -116,12 +106,7 @@ fn tests_pass_and_fail_on_socket_workers_in_load_mode() {
         .arg("--token-file")
         .arg(serve.token_file());
     let o = output_within(&mut c, LIMIT);
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-    assert!(
-        closing(&o).starts_with("1 failed, 2 passed in "),
-        "{}",
-        show(&o)
-    );
+    assert_ended(&o, 1, "1 failed, 2 passed in ");
     let out = String::from_utf8_lossy(&o.stdout);
     // Each test once, in load mode; the failure section names the worker and its platform.
     for id in ["test_add", "test_worker_env", "test_fails"] {
@@ -163,13 +148,7 @@ fn dist_each_over_two_ssh_hosts_reports_every_platform() {
         &format!("ssh=rdist-b//chdir={}", b.display()),
     ]);
     let o = output_within(&mut c, LIMIT);
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-    // Every test on both hosts: outcomes counted per worker, as xdist does.
-    assert!(
-        closing(&o).starts_with("2 failed, 4 passed in "),
-        "{}",
-        show(&o)
-    );
+    assert_ended(&o, 1, "2 failed, 4 passed in ");
     let out = String::from_utf8_lossy(&o.stdout);
     let table: Vec<&str> = out
         .lines()
@@ -238,12 +217,7 @@ fn worker_killed_over_ssh_is_restarted_and_its_test_reported() {
         &format!("ssh=rdist-a//chdir={}", dest.display()),
     ]);
     let o = output_within(&mut c, LIMIT);
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-    assert!(
-        closing(&o).starts_with("1 failed, 6 passed in "),
-        "{}",
-        show(&o)
-    );
+    assert_ended(&o, 1, "1 failed, 6 passed in ");
     let out = String::from_utf8_lossy(&o.stdout);
     for needle in [
         "[gw0] restarting worker (1 of 4)",
@@ -256,6 +230,13 @@ fn worker_killed_over_ssh_is_restarted_and_its_test_reported() {
         dest.join("tests/crashed_once").is_file(),
         "the test did not run on the synced copy"
     );
+}
+
+/// Asserts the exit code and the start of pytest's closing line.
+#[track_caller]
+fn assert_ended(o: &Output, code: i32, starts: &str) {
+    assert_eq!(o.status.code(), Some(code), "{}", show(o));
+    assert!(closing(o).starts_with(starts), "{}", show(o));
 }
 
 /// The closing line without its duration: `1 failed, 2 passed` from `== 1 failed, 2 passed in

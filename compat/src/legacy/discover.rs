@@ -256,7 +256,8 @@ fn parse_toml(text: &str) -> Result<toml_edit::Document<&str>, (usize, String)> 
     })
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+/// The 1-based line of byte `offset` in `text`.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     let offset = offset.min(text.len());
     text.as_bytes()[..offset]
         .iter()
@@ -265,7 +266,8 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-fn key_line(text: &str, table: &dyn TableLike, key: &str) -> usize {
+/// The line of `key` in `table` (of the TOML `text`), 1 when it has no span.
+pub(crate) fn key_line(text: &str, table: &dyn TableLike, key: &str) -> usize {
     let span = table.get_key_value(key).and_then(|(k, item)| {
         k.span()
             .or_else(|| item.span())

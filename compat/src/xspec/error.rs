@@ -181,4 +181,15 @@ impl ParseError {
         }
         out
     }
+
+    /// Just the two lines of [`ParseError::render`] that show the input and the carets under
+    /// the span, for callers that print the message and the hint themselves.
+    pub fn carets(&self, input: &str) -> String {
+        self.render(input)
+            .lines()
+            .skip(1)
+            .filter(|l| !l.starts_with("hint:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
