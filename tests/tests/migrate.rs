@@ -427,6 +427,12 @@ fn write_creates_rdist_toml_and_edits_once_and_refuses_a_different_one() {
         std::fs::read_to_string(project.dir.join("setup.cfg")).unwrap(),
         cfg
     );
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("nothing to write: rdist's settings are in `rdist.toml`"),
+        "{}",
+        show(&o)
+    );
 
     // A different rdist.toml: refused before anything is written.
     let project = Project::new("setup-cfg");

@@ -192,7 +192,12 @@ fn write_all(m: &Migration, edits: &[legacy::FileEdit], into: ConfigTarget) -> R
     }
     if changes.is_empty() {
         if m.rdist_toml().is_none() {
-            eprintln!("nothing to write: no rdist settings in the legacy configuration");
+            match existing_config(&m.project_root) {
+                Some(where_) => eprintln!("nothing to write: rdist's settings are in {where_}"),
+                None => {
+                    eprintln!("nothing to write: no rdist settings in the legacy configuration")
+                }
+            }
         }
         return Ok(());
     }
@@ -246,6 +251,16 @@ fn check_report(m: &Migration) -> String {
 }
 
 /// The default output: everything a migration would do.
+/// Where rdist's own settings already are (after an earlier `--write`), for messages.
+fn existing_config(project_root: &Path) -> Option<String> {
+    let loaded = compat::config::discover(project_root).ok()??;
+    Some(if loaded.in_pyproject {
+        "`[tool.rdist]` of `pyproject.toml`".to_owned()
+    } else {
+        "`rdist.toml`".to_owned()
+    })
+}
+
 fn preview(m: &Migration, edits: &[legacy::FileEdit], args: &MigrateArgs) -> String {
     let writing = args.write;
     let mut out = String::new();
@@ -303,7 +318,12 @@ fn preview(m: &Migration, edits: &[legacy::FileEdit], args: &MigrateArgs) -> Str
                 out.push_str(&format!("    {line}\n").replace("    \n", "\n"));
             }
         }
-        None => out.push_str("\nrdist.toml: nothing to write\n"),
+        None => match existing_config(&m.project_root) {
+            Some(where_) => out.push_str(&format!(
+                "\nrdist.toml: nothing to write (rdist's settings are in {where_})\n"
+            )),
+            None => out.push_str("\nrdist.toml: nothing to write\n"),
+        },
     }
     for e in edits {
         let shown = show_path(&e.path, &m.cwd);
