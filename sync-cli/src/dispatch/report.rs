@@ -97,14 +97,16 @@ fn last_e_line(text: &str) -> String {
 
 /// A line of `ch` around `title`, as pytest draws section headers.
 pub fn rule(ch: char, title: &str, width: usize) -> String {
-    if title.is_empty() {
-        return ch.to_string().repeat(width);
-    }
-    let inner = format!(" {title} ");
-    let side = width.saturating_sub(inner.chars().count()) / 2;
-    let mut s = ch.to_string().repeat(side.max(1));
-    s.push_str(&inner);
-    while s.chars().count() < width {
+    // pytest's `TerminalWriter.sep`: at least one fill character on each side, however long
+    // the title, and one more on the right when it fits.
+    let mut s = if title.is_empty() {
+        ch.to_string().repeat(width)
+    } else {
+        let n = (width.saturating_sub(title.chars().count() + 2) / 2).max(1);
+        let fill = ch.to_string().repeat(n);
+        format!("{fill} {title} {fill}")
+    };
+    if s.chars().count() < width {
         s.push(ch);
     }
     s
@@ -531,6 +533,9 @@ mod tests {
             "===== 1 failed, 2 passed in 0.10s ======"
         );
         assert_eq!(rule('=', "", 5), "=====");
+        // Wider than the terminal: one `=` on each side, as pytest's `sep` writes it.
+        assert_eq!(rule('=', "a long title", 10), "= a long title =");
+        assert_eq!(rule('=', "12345", 10), "= 12345 ==");
     }
 
     use std::sync::{Arc, Mutex};
