@@ -59,9 +59,11 @@ import sys
 import threading
 import time
 
+# Process-tree helpers shared with the sync benchmark (same directory).
+from timecmd import PR_SET_CHILD_SUBREAPER, descendants
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHES = os.path.dirname(HERE)
-PR_SET_CHILD_SUBREAPER = 36
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VARIANTS = ["serial", "xdist", "rdist", "xdist-tx", "rdist-tx"]
 LABEL = {
@@ -81,25 +83,6 @@ def log(msg):
 
 class Failed(Exception):
     pass
-
-
-def descendants(root_pid):
-    out, todo = [], [root_pid]
-    while todo:
-        pid = todo.pop()
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children") as f:
-                    kids = [int(x) for x in f.read().split()]
-            except OSError:
-                continue
-            out.extend(kids)
-            todo.extend(kids)
-    return out
 
 
 def cpu_of_zombie(pid):

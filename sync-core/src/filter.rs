@@ -94,10 +94,13 @@ impl Filter {
     /// [`Filter::is_ignored`] for a project-relative `path` given as text, whose last component
     /// is `name` (the walk's hot path: no `RelPath` is built for ignored entries).
     pub fn is_ignored_str(&self, path: &str, name: &str, is_dir: bool) -> bool {
-        if self.is_name_ignored(name, is_dir) || match_nonempty(&self.paths, path) {
-            return true;
-        }
-        is_dir && match_nonempty(&self.dir_paths, path)
+        self.is_name_ignored(name, is_dir) || self.is_path_ignored(path, is_dir)
+    }
+
+    /// Whether a pattern with `/` matches the project-relative `path` (the name-only rules are
+    /// [`Filter::is_name_ignored`]).
+    pub fn is_path_ignored(&self, path: &str, is_dir: bool) -> bool {
+        match_nonempty(&self.paths, path) || (is_dir && match_nonempty(&self.dir_paths, path))
     }
 
     /// Whether any pattern looks at more than an entry's name.

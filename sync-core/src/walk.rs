@@ -138,18 +138,6 @@ impl Ctx<'_> {
     }
 }
 
-/// `dir/name`, built in one allocation (`Path::join` grows the buffer and re-examines
-/// separators; this runs for every walked entry).
-fn child_path(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
-    let mut s = std::ffi::OsString::with_capacity(dir.as_os_str().len() + 1 + name.len());
-    s.push(dir.as_os_str());
-    if !dir.as_os_str().as_encoded_bytes().ends_with(b"/") {
-        s.push("/");
-    }
-    s.push(name);
-    PathBuf::from(s)
-}
-
 fn visit_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s Ctx<'s>, dir: PathBuf, sub: Option<RelPath>) {
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
@@ -192,16 +180,17 @@ fn visit_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s Ctx<'s>, dir: PathBuf, sub: Opti
         };
         if ctx.filter.has_path_patterns() {
             let ignored = match &ctx.root.filter_rel {
+                // The name rules were applied above; only the `/` ones are left.
                 Some(prefix) => ctx
                     .filter
-                    .is_ignored_str(&format!("{prefix}/{rel}"), n, is_dir),
-                None => ctx.filter.is_ignored_str(rel.as_str(), n, is_dir),
+                    .is_path_ignored(&format!("{prefix}/{rel}"), is_dir),
+                None => ctx.filter.is_path_ignored(rel.as_str(), is_dir),
             };
             if ignored {
                 continue;
             }
         }
-        let abs = child_path(&dir, &name);
+        let abs = ent.path();
         let meta = match ent.metadata() {
             Ok(m) => m,
             Err(e) => {

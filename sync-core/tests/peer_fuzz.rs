@@ -2,6 +2,8 @@
 //! agent answers with an error or a result, never panics, and writes nothing outside the root
 //! it is confined to.
 
+mod common;
+
 use std::io::Cursor;
 use std::path::Path;
 
@@ -35,19 +37,13 @@ fn begin(dest: &str) -> Message {
     })
 }
 
-/// Every path below `dir`, sorted.
+/// Every path below `dir`, relative to it, sorted.
 fn listing(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            }
-        }
-    }
+    let mut out: Vec<String> = common::walkdir(dir)
+        .iter()
+        .skip(1)
+        .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
+        .collect();
     out.sort();
     out
 }

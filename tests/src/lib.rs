@@ -92,6 +92,22 @@ pub fn write(p: &Path, data: impl AsRef<[u8]>) {
     std::fs::write(p, data).unwrap();
 }
 
+/// pytest's closing line without its rule (`1 failed, 2 passed in 0.12s`): the report's last
+/// non-empty line, which must be that rule.
+#[track_caller]
+pub fn closing_line(report: &str) -> String {
+    let last = report
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    assert!(
+        last.starts_with('=') && last.ends_with('='),
+        "the report does not end with a closing rule: {last:?}\n{report}"
+    );
+    last.trim_matches(|c| c == '=' || c == ' ').to_owned()
+}
+
 /// stdout and stderr of `o`, for assertion messages.
 pub fn show(o: &Output) -> String {
     format!(

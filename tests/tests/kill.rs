@@ -347,6 +347,18 @@ fn prepared() -> (Setup, Version, Version, Duration) {
     (s, a, b, took)
 }
 
+/// Syncs again after the kill described by `when` (`what` says how it ended): it must succeed
+/// and leave a mirror. Returns how long it took.
+fn resync(s: &Setup, when: &str, what: &str) -> Duration {
+    let t = Instant::now();
+    let out = s.sync(when);
+    let took = t.elapsed();
+    eprintln!("{when}: {what}, resync took {took:?}");
+    assert_eq!(out.status.code(), Some(0), "{when}: {}", show(&out));
+    assert_mirrors(&s.sb, &s.dest, &format!("{when}, then synced"));
+    took
+}
+
 /// The kill point of iteration `i`: stratified over `[0, span)` so the iterations cover the
 /// whole sync, jittered by a generator seeded with the iteration.
 fn kill_point(i: usize, span: Duration) -> Duration {
@@ -385,16 +397,8 @@ fn killed_controller_leaves_every_file_old_or_new() {
         let when = format!("iteration {i}, controller killed after {delay:?}");
         assert_old_or_new(&s.dest, old, new, &when);
 
-        let t = Instant::now();
-        let out = s.sync(&when);
-        span = span.max(t.elapsed());
-        eprintln!(
-            "{when}: interrupted {}, resync took {:?}",
-            done.is_none(),
-            t.elapsed()
-        );
-        assert_eq!(out.status.code(), Some(0), "{when}: {}", show(&out));
-        assert_mirrors(&s.sb, &s.dest, &format!("{when}, then synced"));
+        let what = format!("interrupted {}", done.is_none());
+        span = span.max(resync(&s, &when, &what));
         (old, new) = (new, old);
     }
     assert!(
@@ -470,16 +474,8 @@ fn killed_agent_fails_the_sync_cleanly() {
             }
             assert_old_or_new(&s.dest, old, new, &when);
         }
-        let t = Instant::now();
-        let out = s.sync(&when);
-        span = span.max(t.elapsed());
-        eprintln!(
-            "{when}: exit {:?}, resync took {:?}",
-            o.status.code(),
-            t.elapsed()
-        );
-        assert_eq!(out.status.code(), Some(0), "{when}: {}", show(&out));
-        assert_mirrors(&s.sb, &s.dest, &format!("{when}, then synced"));
+        let what = format!("exit {:?}", o.status.code());
+        span = span.max(resync(&s, &when, &what));
         (old, new) = (new, old);
     }
     assert!(

@@ -78,26 +78,13 @@ impl Run {
 
     /// The text of pytest's closing line (`1 failed, 2 passed in 0.12s`), without the `=` rule.
     fn closing(&self) -> String {
-        closing_of(&self.stdout())
+        rdist_tests::closing_line(&self.stdout())
     }
 
     /// The `-v` lines: (worker, outcome word, node id), in the order printed.
     fn verbose_lines(&self) -> Vec<(String, String, String)> {
         verbose_lines(&self.stdout())
     }
-}
-
-fn closing_of(report: &str) -> String {
-    let last = report
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default();
-    assert!(
-        last.starts_with('=') && last.ends_with('='),
-        "the report does not end with a closing rule: {last:?}\n{report}"
-    );
-    last.trim_matches(|c| c == '=' || c == ' ').to_owned()
 }
 
 /// Parses `[gw0] [ 33%] PASSED tests/test_a.py::test_a` lines.

@@ -27,13 +27,7 @@ fn project() -> Sandbox {
 }
 
 fn closing(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('='))
-        .unwrap_or("")
-        .trim_matches(|c| c == '=' || c == ' ')
-        .to_owned()
+    rdist_tests::closing_line(&String::from_utf8_lossy(&o.stdout))
 }
 
 #[test]

@@ -57,36 +57,27 @@ fn build_id() -> &'static str {
 /// The first 12 hex digits of the BLAKE3 of `exe`, from `<cache>/build-id` when the stamp
 /// recorded there is still the executable's.
 fn exe_hash(exe: &std::path::Path, cache: Option<&std::path::Path>) -> Option<String> {
+    use sync_core::hash::{HashCache, hash_file, now_ns};
     let meta = std::fs::metadata(exe).ok()?;
     let stamp = sync_core::manifest::Stamp::of(&meta);
-    let key = format!(
-        "{} {} {} {} {}",
-        stamp.dev, stamp.ino, stamp.size, stamp.mtime_ns, stamp.ctime_ns
-    );
-    let file = cache.map(|c| c.join("build-id"));
-    if let Some(text) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok())
-        && let Some((k, h)) = text.trim_end().rsplit_once(' ')
-        && k == key
-        && h.len() == 12
-    {
-        return Some(h.to_owned());
-    }
-    let hash = sync_core::hash::hash_file(exe, stamp.size).ok()?;
-    let hex: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
-    // Only an optimisation: a cache that cannot be written is recomputed next time. Stamps
-    // too recent to trust (a binary being rebuilt) are not recorded.
-    if let Some(f) = file
-        && sync_core::hash::stamp_trustworthy(&stamp, sync_core::hash::now_ns())
-    {
-        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
-        if f.parent()
-            .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
-            && std::fs::write(&tmp, format!("{key} {hex}\n")).is_ok()
-        {
-            let _ = std::fs::rename(&tmp, &f);
+    // The sync's own stamp -> hash cache, in a file of its own: it applies the racily-clean
+    // rule (a binary being rebuilt is not recorded) and writes atomically.
+    let mut known = match cache {
+        Some(c) => HashCache::load(c.join("build-id")),
+        None => HashCache::in_memory(),
+    };
+    let hash = match known.lookup(&stamp) {
+        Some(h) => h,
+        None => {
+            let taken = now_ns();
+            let h = hash_file(exe, stamp.size).ok()?;
+            known.record(stamp, h, taken);
+            // Only an optimisation: a cache that cannot be written is recomputed next time.
+            let _ = known.save();
+            h
         }
-    }
-    Some(hex)
+    };
+    Some(hash[..6].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn bin_dir() -> String {
@@ -273,13 +264,11 @@ mod tests {
         // A recorded stamp that matches is believed, a stale one is not.
         let meta = std::fs::metadata(&exe).unwrap();
         let s = sync_core::manifest::Stamp::of(&meta);
-        let key = format!(
-            "{} {} {} {} {}",
-            s.dev, s.ino, s.size, s.mtime_ns, s.ctime_ns
-        );
-        std::fs::create_dir_all(&cache).unwrap();
-        std::fs::write(cache.join("build-id"), format!("{key} abcdefabcdef\n")).unwrap();
-        assert_eq!(exe_hash(&exe, Some(&cache)).unwrap(), "abcdefabcdef");
+        let mut known = sync_core::hash::HashCache::load(cache.join("build-id"));
+        // As if hashed 10 s from now, when this stamp is old enough to trust.
+        known.record(s, [0xab; 32], sync_core::hash::now_ns() + 10_000_000_000);
+        known.save().unwrap();
+        assert_eq!(exe_hash(&exe, Some(&cache)).unwrap(), "abababababab");
         std::fs::write(&exe, b"another build").unwrap();
         let want = blake3::hash(b"another build").to_hex()[..12].to_owned();
         assert_eq!(exe_hash(&exe, Some(&cache)).unwrap(), want);

@@ -94,7 +94,8 @@ pub fn snapshot(dir: &Path) -> Vec<(String, String, u32, i64, Vec<u8>)> {
     out
 }
 
-fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+/// `dir` and every path below it, symlinks not followed.
+pub fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = vec![dir.to_owned()];
     let mut i = 0;
     while i < out.len() {
