@@ -15,3 +15,10 @@ pub mod push;
 pub mod scan;
 pub mod stage;
 pub mod walk;
+
+/// Drops `value` on a thread of its own. Freeing a tree's worth of entries takes milliseconds
+/// that the caller (about to answer its peer or exit) need not wait for.
+pub(crate) fn drop_in_background<T: Send + 'static>(value: T) {
+    // Without a thread to be had, the closure, and `value` with it, is dropped right here.
+    let _ = std::thread::Builder::new().spawn(move || drop(value));
+}

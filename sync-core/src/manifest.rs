@@ -146,17 +146,29 @@ impl Manifest {
         }
         let m = Manifest { entries };
         // Entries are checked in parallel; the first violation in path order is reported.
-        let orphan = m.entries.par_iter().position_first(|e| {
-            e.path.parent_str().is_some_and(|parent| {
-                !matches!(
-                    m.get_str(parent),
-                    Some(Entry {
-                        kind: Kind::Dir { .. },
-                        ..
-                    })
-                )
-            })
-        });
+        // Siblings mostly come one after another, so each run remembers the last parent found.
+        const RUN: usize = 1024;
+        let orphan = m
+            .entries
+            .par_chunks(RUN)
+            .enumerate()
+            .find_map_first(|(c, run)| {
+                let mut known: Option<&str> = None;
+                run.iter().enumerate().find_map(|(k, e)| {
+                    let parent = e.path.parent_str()?;
+                    if known == Some(parent) {
+                        return None;
+                    }
+                    known = Some(parent);
+                    match m.get_str(parent) {
+                        Some(Entry {
+                            kind: Kind::Dir { .. },
+                            ..
+                        }) => None,
+                        _ => Some(c * RUN + k),
+                    }
+                })
+            });
         if let Some(i) = orphan {
             let path = m.entries[i].path.clone();
             let parent = path.parent().expect("an orphan has a parent");

@@ -38,7 +38,12 @@ pub fn run(args: &SyncArgs) -> Result<Code, Failure> {
 /// # Errors
 /// A failed scan.
 pub fn sync_settings(settings: &SyncSettings) -> Result<Code, Failure> {
-    sync_settings_keep(settings, false).map(|(code, _, _)| code)
+    sync_settings_keep(settings, false).map(|(code, _, tree)| {
+        // The process exits next: freeing tens of thousands of entries one by one would only
+        // delay that by milliseconds.
+        std::mem::forget(tree);
+        code
+    })
 }
 
 /// The exit code, the connections kept open (one per remote host), and the scanned tree.

@@ -47,12 +47,12 @@ fn attrs(e: &Entry) -> Option<FileAttrs> {
 
 /// The regular files of `m` for the saved state, leaving out `failed` indices. Files of
 /// `m` that `current` has unchanged and this sync did not `touch` keep their known stamps.
-pub(super) fn file_list(
-    m: &Manifest,
+pub(super) fn file_list<'a>(
+    m: &'a Manifest,
     failed: &HashSet<usize>,
     current: &Current,
     touched: &HashSet<usize>,
-) -> Vec<state::SaveFile> {
+) -> Vec<state::SaveFile<'a>> {
     // Both manifests are sorted by path: walk them side by side instead of searching.
     let cur = current.manifest.entries();
     let mut k = 0;
@@ -75,7 +75,7 @@ pub(super) fn file_list(
                 .and_then(|_| current.stamps.get(&k).copied())
         };
         out.push(state::SaveFile {
-            path: e.path.clone(),
+            path: &e.path,
             size,
             hash,
             stamp,
@@ -115,20 +115,20 @@ impl Ctx<'_> {
 }
 
 /// Runs a whole sync after the manifest arrived.
-pub(super) fn run<R: BufRead, W: Write>(
+pub(super) fn run<R: BufRead, W: Write + Send>(
     r: &mut R,
     w: &mut W,
     dest: &Path,
     begin: &Begin,
     current: &Current,
-    want: Manifest,
+    want: &Manifest,
     opts: &AgentOptions,
 ) -> Result<(), AgentError> {
     let t0 = std::time::Instant::now();
     let timing = std::env::var_os("RDIST_TIMINGS").is_some();
     let actions = plan(
         &current.manifest,
-        &want,
+        want,
         begin.delta_min.max(crate::delta::MIN_BLOCK_SIZE),
     );
     let plan_msg = Plan {
@@ -154,7 +154,7 @@ pub(super) fn run<R: BufRead, W: Write>(
     })?;
     let ctx = Ctx {
         dest,
-        want: &want,
+        want,
         filter: crate::filter::Filter::new(&begin.ignore)?,
         stager,
         problems: Mutex::new(current.problems.clone()),
@@ -221,7 +221,7 @@ pub(super) fn run<R: BufRead, W: Write>(
         .collect();
     if let Err(e) = state::save(
         dest,
-        file_list(&want, &failed, current, &touched),
+        file_list(want, &failed, current, &touched),
         kept.clone(),
     ) {
         problems.push(Problem::new(
@@ -492,7 +492,7 @@ enum Expect {
     Delta,
 }
 
-fn receive<R: BufRead, W: Write>(
+fn receive<R: BufRead, W: Write + Send>(
     r: &mut R,
     w: &mut W,
     ctx: &Ctx<'_>,
@@ -518,9 +518,18 @@ fn receive<R: BufRead, W: Write>(
             scope.spawn(move || writer(ctx, rx));
         }
         while !round.is_empty() {
-            let mut pending = send_wants(w, ctx, &round)?;
-            let retry = receive_round(r, ctx, &mut pending, &tx)?;
-            for (index, _) in pending.drain() {
+            let pending = Mutex::new(HashMap::new());
+            // The wants go out from a thread of their own: while it signs old versions, this
+            // one already receives the files wanted whole.
+            let retry = std::thread::scope(|s| -> Result<Vec<usize>, AgentError> {
+                let sender = s.spawn(|| send_wants(&mut *w, ctx, &round, &pending));
+                let received = receive_round(r, ctx, &pending, &tx);
+                let sent = sender
+                    .join()
+                    .unwrap_or_else(|_| Err(invalid("the want sender panicked".to_owned())));
+                sent.and(received)
+            })?;
+            for (index, _) in pending.into_inner().unwrap().drain() {
                 ctx.problem(index, "controller did not send this file".to_owned());
             }
             round = retry
@@ -548,40 +557,57 @@ fn writer(ctx: &Ctx<'_>, rx: &Mutex<Receiver<Batch>>) {
     }
 }
 
-/// Sends the wants of one round (computing signatures in parallel) and returns what is pending.
+/// What has been asked for in this round and not yet received.
+type Pending = Mutex<HashMap<usize, Expect>>;
+
+/// Sends the wants of one round (computing signatures in parallel), each entered in `pending`
+/// before it is sent.
 fn send_wants<W: Write>(
     w: &mut W,
     ctx: &Ctx<'_>,
     round: &[(usize, Source)],
-) -> Result<HashMap<usize, Expect>, AgentError> {
-    let mut pending = HashMap::new();
-    for batch in round.chunks(WANT_BATCH) {
-        let wants: Vec<Option<Want>> = batch
+    pending: &Pending,
+) -> Result<(), AgentError> {
+    // Files wanted whole go first, before any signature is computed, so the controller reads and
+    // sends them while this side signs the old versions of the rest.
+    let (whole, rest): (Vec<_>, Vec<_>) = round
+        .iter()
+        .filter(|(_, src)| !matches!(src, Source::Local(_)))
+        .partition(|(_, src)| matches!(src, Source::Whole));
+    for batch in whole.chunks(WANT_BATCH) {
+        let wants: Vec<Want> = batch
+            .iter()
+            .map(|(j, _)| Want::Whole { index: *j as u32 })
+            .collect();
+        pending
+            .lock()
+            .unwrap()
+            .extend(batch.iter().map(|(j, _)| (*j, Expect::Whole)));
+        write_frame(w, &Message::Want(wants))?;
+    }
+    if !whole.is_empty() && !rest.is_empty() {
+        w.flush().map_err(ProtoError::from)?;
+    }
+    for batch in rest.chunks(WANT_BATCH) {
+        let wants: Vec<Want> = batch
             .par_iter()
-            .map(|(j, src)| {
+            .map(|(j, _)| {
                 let index = *j as u32;
-                match src {
-                    Source::Delta => {
-                        let p = ctx.path_of(*j);
-                        let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-                        match delta::file_signature(&p, len) {
-                            Ok(signature) => Some(Want::Delta { index, signature }),
-                            Err(_) => Some(Want::Whole { index }),
-                        }
-                    }
-                    Source::Whole => Some(Want::Whole { index }),
-                    Source::Local(_) => None,
+                let p = ctx.path_of(*j);
+                let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                match delta::file_signature(&p, len) {
+                    Ok(signature) => Want::Delta { index, signature },
+                    Err(_) => Want::Whole { index },
                 }
             })
             .collect();
-        let wants: Vec<Want> = wants.into_iter().flatten().collect();
-        for want in &wants {
-            let (index, e) = match want {
-                Want::Whole { index } => (*index, Expect::Whole),
-                Want::Delta { index, .. } => (*index, Expect::Delta),
-            };
-            pending.insert(index as usize, e);
-        }
+        pending
+            .lock()
+            .unwrap()
+            .extend(wants.iter().map(|want| match want {
+                Want::Whole { index } => (*index as usize, Expect::Whole),
+                Want::Delta { index, .. } => (*index as usize, Expect::Delta),
+            }));
         // Signatures can be large; keep each frame well under the limit.
         let mut frame = Vec::new();
         let mut bytes = 0;
@@ -603,7 +629,7 @@ fn send_wants<W: Write>(
     }
     write_frame(w, &Message::WantEnd)?;
     w.flush().map_err(ProtoError::from)?;
-    Ok(pending)
+    Ok(())
 }
 
 fn invalid(msg: String) -> AgentError {
@@ -614,15 +640,15 @@ fn invalid(msg: String) -> AgentError {
 fn receive_round<R: BufRead>(
     r: &mut R,
     ctx: &Ctx<'_>,
-    pending: &mut HashMap<usize, Expect>,
+    pending: &Pending,
     tx: &std::sync::mpsc::SyncSender<Batch>,
 ) -> Result<Vec<usize>, AgentError> {
     let mut stream: Option<Stream> = None;
     let mut retry = Vec::new();
     let (mut base, mut out) = (Vec::new(), Vec::new());
-    let take = |pending: &mut HashMap<usize, Expect>, index: u32, e: Expect| {
+    let take = |pending: &Pending, index: u32, e: Expect| {
         let i = index as usize;
-        match pending.remove(&i) {
+        match pending.lock().unwrap().remove(&i) {
             Some(got) if got == e => Ok(i),
             _ => Err(invalid(format!(
                 "data for file #{index} that was not asked for"
@@ -788,7 +814,7 @@ fn receive_round<R: BufRead>(
                         )));
                     }
                     None => {
-                        if pending.remove(&i).is_none() {
+                        if pending.lock().unwrap().remove(&i).is_none() {
                             return Err(invalid(format!(
                                 "skip of file #{index} that was not asked for"
                             )));

@@ -264,7 +264,7 @@ fn confined_dest(root: &Path, raw: &str) -> Result<PathBuf, AgentError> {
     Ok(p)
 }
 
-fn session<R: BufRead, W: Write>(
+fn session<R: BufRead, W: Write + Send>(
     r: &mut R,
     w: &mut W,
     begin: Begin,
@@ -306,6 +306,8 @@ fn session<R: BufRead, W: Write>(
             current.rehashed
         );
     }
+    // Computed before waiting: the controller is usually still scanning, so this is free time.
+    let ours = current.manifest.digest();
     let (digest, entries) = match read_frame(r)?.0 {
         Message::Offer { digest, entries } => (digest, entries),
         Message::Error(e) => return Err(ProtoError::Remote(e).into()),
@@ -317,7 +319,7 @@ fn session<R: BufRead, W: Write>(
             .into());
         }
     };
-    if current.manifest.digest() == digest {
+    if ours == digest {
         if current.rehashed > 0 && !begin.dry_run {
             let _ = state::save(
                 &dest,
@@ -346,7 +348,9 @@ fn session<R: BufRead, W: Write>(
     if std::env::var_os("RDIST_TIMINGS").is_some() {
         eprintln!("agent timings: manifest exchange {:.3?}", t1.elapsed());
     }
-    apply::run(r, w, &dest, &begin, &current, want, opts)
+    let done = apply::run(r, w, &dest, &begin, &current, &want, opts);
+    crate::drop_in_background((current, want));
+    done
 }
 
 /// Reads `Manifest` frames until `ManifestEnd`, at most `limit` entries.
@@ -431,6 +435,20 @@ fn receive_changed<R: BufRead, W: Write>(
     }
     write_frame(w, &Message::NeedSummary)?;
     w.flush().map_err(ProtoError::from)?;
+    // Ours is computed while the controller computes and sends its own.
+    let ours_dirs = current.dirs();
+    let ours: FxHashMap<[u8; 8], ([u8; 8], usize)> = current
+        .dir_summary_of(&ours_dirs)
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let (path, content) = k.split_at(8);
+            (
+                path.try_into().expect("8"),
+                (content.try_into().expect("8"), i),
+            )
+        })
+        .collect();
     let limit = entries_announced.min(MAX_ENTRIES) + 1;
     let mut theirs: Vec<[u8; 16]> = Vec::new();
     loop {
@@ -454,19 +472,6 @@ fn receive_changed<R: BufRead, W: Write>(
             }
         }
     }
-    let ours_dirs = current.dirs();
-    let ours: FxHashMap<[u8; 8], ([u8; 8], usize)> = current
-        .dir_summary_of(&ours_dirs)
-        .into_iter()
-        .enumerate()
-        .map(|(i, k)| {
-            let (path, content) = k.split_at(8);
-            (
-                path.try_into().expect("8"),
-                (content.try_into().expect("8"), i),
-            )
-        })
-        .collect();
     let mut need = Vec::new();
     let mut same = Vec::new();
     for (i, k) in theirs.iter().enumerate() {

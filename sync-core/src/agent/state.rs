@@ -18,11 +18,12 @@ use crate::walk::{Found, Problem, WalkRoot, walk};
 const STATE_VERSION: u32 = 2;
 const STATE_FILE: &str = "state";
 
-#[derive(Serialize, Deserialize)]
-struct SavedState {
+/// What [`save`] writes; read back as [`LoadedState`], with borrowed paths.
+#[derive(Serialize)]
+struct SavedState<'a> {
     version: u32,
     saved_ns: i64,
-    files: Vec<(RelPath, Stamp, Hash)>,
+    files: Vec<(&'a RelPath, Stamp, Hash)>,
     /// Worker-only directories kept because they hold only protected entries.
     kept: Vec<RelPath>,
 }
@@ -182,8 +183,8 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
 }
 
 /// A regular file of the destination as a sync left it.
-pub struct SaveFile {
-    pub path: RelPath,
+pub struct SaveFile<'a> {
+    pub path: &'a RelPath,
     pub size: u64,
     pub hash: Hash,
     /// Its stamp, when this sync did not touch it (otherwise it is read again).
@@ -196,8 +197,8 @@ pub struct SaveFile {
 ///
 /// # Errors
 /// When the state file cannot be written.
-pub fn save(dest: &Path, files: Vec<SaveFile>, kept: Vec<RelPath>) -> std::io::Result<()> {
-    let stamped: Vec<(RelPath, Stamp, Hash)> = files
+pub fn save(dest: &Path, files: Vec<SaveFile<'_>>, kept: Vec<RelPath>) -> std::io::Result<()> {
+    let stamped: Vec<(&RelPath, Stamp, Hash)> = files
         .into_par_iter()
         .filter_map(|f| match f.stamp {
             // Untouched by this sync: the stamp taken when its hash was checked still holds.
@@ -209,13 +210,13 @@ pub fn save(dest: &Path, files: Vec<SaveFile>, kept: Vec<RelPath>) -> std::io::R
             }
         })
         .collect();
-    let bytes = postcard::to_stdvec(&SavedState {
+    let state = SavedState {
         version: STATE_VERSION,
         saved_ns: now_ns(),
         files: stamped,
         kept,
-    })
-    .map_err(std::io::Error::other)?;
+    };
+    let bytes = postcard::to_stdvec(&state).map_err(std::io::Error::other)?;
     let path = state_path(dest);
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
