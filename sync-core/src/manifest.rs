@@ -272,10 +272,19 @@ impl Manifest {
                 out.push((Some(&e.path), Vec::new()));
             }
         }
+        // Siblings mostly come one after another: remember the last parent looked up.
+        let mut last: Option<(&str, Option<usize>)> = None;
         for (i, e) in self.entries.iter().enumerate() {
             let at = match e.path.parent_str() {
                 None => Some(0),
-                Some(p) => slot.get(p).copied(),
+                Some(p) => match last {
+                    Some((q, at)) if q == p => at,
+                    _ => {
+                        let at = slot.get(p).copied();
+                        last = Some((p, at));
+                        at
+                    }
+                },
             };
             if let Some(at) = at {
                 out[at].1.push(i);
