@@ -74,9 +74,19 @@ pub fn sync_settings_keep(settings: &SyncSettings, keep: bool) -> Result<Kept, F
             let keep = keep && settings.targets[group[0]].transport != Transport::Local;
             handles.push(scope.spawn(move || sync_group(rx, s, group, progress, keep)));
         }
-        let tree = scan_tree(settings).map(Arc::new);
+        let scanned = scan_tree(settings);
+        let (tree, cache) = match scanned {
+            Ok((tree, cache)) => (Ok(Arc::new(tree)), Some(cache)),
+            Err(e) => (Err(e), None),
+        };
         for feed in feeds {
             let _ = feed.send(tree.as_ref().ok().cloned());
+        }
+        // Saved while the agents work, not before they get the tree.
+        if let Some(Err(e)) = cache.map(HashCache::save) {
+            output::warn(&format!(
+                "cannot save the hash cache (next run rehashes): {e}"
+            ));
         }
         let mut results: Vec<Option<Result<PushReport, TargetError>>> =
             settings.targets.iter().map(|_| None).collect();
@@ -136,7 +146,8 @@ pub fn sync_settings_keep(settings: &SyncSettings, keep: bool) -> Result<Kept, F
     Ok((code, kept, tree))
 }
 
-fn scan_tree(settings: &SyncSettings) -> Result<SourceTree, Failure> {
+/// The scanned tree, and the hash cache to save.
+fn scan_tree(settings: &SyncSettings) -> Result<(SourceTree, HashCache), Failure> {
     let t0 = Instant::now();
     let mut cache = match &settings.cache_file {
         Some(f) => HashCache::load(f.clone()),
@@ -149,11 +160,6 @@ fn scan_tree(settings: &SyncSettings) -> Result<SourceTree, Failure> {
         &mut cache,
     )
     .map_err(Failure::failed)?;
-    if let Err(e) = cache.save() {
-        output::warn(&format!(
-            "cannot save the hash cache (next run rehashes): {e}"
-        ));
-    }
     if std::env::var_os("RDIST_TIMINGS").is_some() {
         eprintln!(
             "timings: scan {:.3?} ({} files hashed)",
@@ -161,7 +167,7 @@ fn scan_tree(settings: &SyncSettings) -> Result<SourceTree, Failure> {
             tree.hashed_files
         );
     }
-    Ok(tree)
+    Ok((tree, cache))
 }
 
 pub(crate) fn push_options(s: &SyncSettings, t: &Target) -> PushOptions {
