@@ -1,8 +1,12 @@
 //! Test harness shared by the integration tests in `tests/tests/`: where the `rdist` binary is,
-//! throwaway projects, running the binary with an isolated cache, and snapshots of trees for
-//! comparing a source with its mirror.
+//! throwaway projects, running the binary with an isolated cache, snapshots of trees for
+//! comparing a source with its mirror, the processes a run left behind, the Python the tests
+//! run pytest with ([`python`]) and the far ends of the remote transports ([`sshd`]).
 
+pub mod python;
 pub mod sshd;
+
+pub use python::{have_pytest, use_test_python};
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -250,29 +254,6 @@ pub fn assert_ok(o: &Output) {
     assert_eq!(o.status.code(), Some(0), "{}", show(o));
 }
 
-/// Whether `python3` can import pytest. Without it, tests that need it print a note and return;
-/// in CI (`CI` set) that is a failure instead, since CI installs pytest.
-pub fn have_pytest() -> bool {
-    static HAVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let have = *HAVE.get_or_init(|| {
-        let ok = Command::new("python3")
-            .args(["-c", "import pytest"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok && std::env::var_os("CI").is_none() {
-            eprintln!("note: `python3 -c 'import pytest'` fails; skipping tests that need pytest");
-        }
-        ok
-    });
-    assert!(
-        have || std::env::var_os("CI").is_none(),
-        "pytest is not installed for `python3` (CI must `pip install pytest`)"
-    );
-    have
-}
-
 /// The project as a worker must see it: fixed-ignored entries left out.
 pub fn source_snapshot(sb: &Sandbox) -> Vec<Snap> {
     snapshot_filtered(&sb.proj(), &fixed_ignored)
@@ -343,4 +324,36 @@ impl Drop for Tmpfs {
             let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
     }
+}
+
+/// Live (not zombie) processes working in `dir` or running a program from it: the current
+/// directory or the executable is at or below `dir`. Each as `pid: command line`, for
+/// assertions that a run left nothing behind (a worker runs in its worker directory; an
+/// uploaded agent runs from its cache).
+pub fn processes_in(dir: &Path) -> Vec<String> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for pid in procs.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let zombie = std::fs::read_to_string(proc.join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rfind(')')
+                    .map(|i| s[i + 1..].trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        let inside = ["cwd", "exe"]
+            .iter()
+            .filter_map(|l| std::fs::read_link(proc.join(l)).ok())
+            .any(|p| p.starts_with(dir));
+        if inside && !zombie {
+            let cmd = std::fs::read(proc.join("cmdline"))
+                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                .unwrap_or_default();
+            out.push(format!("{pid}: {}", cmd.trim_end()));
+        }
+    }
+    out
 }

@@ -9,6 +9,7 @@
 //! `RDIST_CACHE_DIR` on the host (sshd accepts `RDIST_*`), so uploaded binaries and default
 //! worker directories land in the sandbox, never in the real home.
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -365,6 +366,8 @@ pub struct Serve {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// `PATH` of the server, and so of the pytest workers it starts.
+    path: Option<OsString>,
 }
 
 /// The token [`Serve`] writes to its token file.
@@ -376,22 +379,32 @@ impl Serve {
     pub fn start(dir: &Path) -> Serve {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
-        Serve::launch(dir)
+        Serve::launch(dir, None)
+    }
+
+    /// Like [`Serve::start`], with the tests' Python first on the server's `PATH`, so that the
+    /// workers it starts (`python3`, rdist's default) run it: a server started from an activated
+    /// venv. Check [`crate::have_pytest`] first.
+    pub fn start_with_test_python(dir: &Path) -> Serve {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
+        Serve::launch(dir, Some(crate::python::path_with_python()))
     }
 
     /// Like [`Serve::start`], but with no token file: the server generates one there.
     pub fn start_generating_token(dir: &Path) -> Serve {
         std::fs::create_dir_all(dir).unwrap();
-        Serve::launch(dir)
+        Serve::launch(dir, None)
     }
 
-    fn launch(dir: &Path) -> Serve {
+    fn launch(dir: &Path, path: Option<OsString>) -> Serve {
         let mut last = String::new();
         for _attempt in 0..3 {
             let mut s = Serve {
                 child: None,
                 port: free_port(),
                 dir: dir.to_owned(),
+                path: path.clone(),
             };
             match s.spawn() {
                 Ok(()) => return s,
@@ -427,7 +440,11 @@ impl Serve {
             .append(true)
             .open(&log_path)
             .unwrap();
-        let mut child = Command::new(rdist_bin())
+        let mut cmd = Command::new(rdist_bin());
+        if let Some(path) = &self.path {
+            cmd.env("PATH", path);
+        }
+        let mut child = cmd
             .arg("serve")
             .arg("--listen")
             .arg(self.addr())

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use rdist_tests::sshd::Sshd;
-use rdist_tests::{Sandbox, have_pytest, show, write};
+use rdist_tests::{Sandbox, have_pytest, python, show, use_test_python, write};
 
 fn check(sb: &Sandbox, args: &[&str]) -> Output {
     let mut c = sb.rdist();
+    use_test_python(&mut c);
     c.arg("check").args(args).env_remove("RDIST_SSH");
     c.output().expect("run rdist check")
 }
@@ -70,11 +71,20 @@ impl Via {
         }
     }
 
-    /// The spec of a worker in `dir` with `extra` (`//python=...`) appended.
+    /// The spec of a worker in `dir` with `extra` (`//python=...`) appended. Without a
+    /// `python=` in `extra`, the worker runs the harness's Python: `python3` from `PATH` for
+    /// popen, `python=` for ssh (sshd's login has the system's default `PATH`).
     fn spec(&self, dir: &Path, extra: &str) -> String {
         match self {
             Via::Popen => format!("popen//chdir={}{extra}", dir.display()),
-            Via::Ssh(_) => format!("ssh=rdist-a//chdir={}{extra}", dir.display()),
+            Via::Ssh(_) if extra.contains("//python=") => {
+                format!("ssh=rdist-a//chdir={}{extra}", dir.display())
+            }
+            Via::Ssh(_) => format!(
+                "ssh=rdist-a//chdir={}{extra}{}",
+                dir.display(),
+                python::python_key()
+            ),
         }
     }
 
@@ -96,33 +106,47 @@ impl Via {
         (o, doc, ctx)
     }
 
-    /// `rdist` in the sandbox (through the sshd's client files for ssh).
+    /// `rdist` in the sandbox (through the sshd's client files for ssh), with the harness's
+    /// Python first on `PATH`: this machine's side of every comparison.
     fn rdist(&self, sb: &Sandbox) -> Command {
-        match self {
+        let mut c = match self {
             Via::Popen => {
                 let mut c = sb.rdist();
                 c.env_remove("RDIST_SSH");
                 c
             }
             Via::Ssh(d) => d.rdist(sb),
-        }
+        };
+        use_test_python(&mut c);
+        c
     }
 }
 
-/// A venv on this machine's `python3` that sees its packages (pytest) plus the distributions
-/// written into it by hand: `*.dist-info` with `METADATA`, `top_level.txt` and, for pytest
-/// plugins, `entry_points.txt`; and the importable module itself.
+/// A venv that sees the harness's Python's packages (pytest, through a `.pth` file naming its
+/// `site-packages`) plus the distributions written into it by hand: `*.dist-info` with
+/// `METADATA`, `top_level.txt` and, for pytest plugins, `entry_points.txt`; and the importable
+/// module itself.
 struct Venv(PathBuf);
 
 impl Venv {
     fn new(dir: &Path) -> Venv {
-        let st = Command::new("python3")
-            .args(["-m", "venv", "--without-pip", "--system-site-packages"])
+        let st = Command::new(python::python())
+            .args(["-m", "venv", "--without-pip"])
             .arg(dir)
             .status()
-            .expect("run python3 -m venv");
-        assert!(st.success(), "python3 -m venv failed");
-        Venv(dir.to_owned())
+            .expect("run python -m venv");
+        assert!(st.success(), "python -m venv failed");
+        let out = Command::new(python::python())
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+            ])
+            .output()
+            .expect("ask the harness's Python for its site-packages");
+        assert!(out.status.success(), "{}", show(&out));
+        let venv = Venv(dir.to_owned());
+        write(&venv.site().join("harness.pth"), out.stdout);
+        venv
     }
 
     fn python(&self) -> String {
@@ -521,7 +545,7 @@ fn a_destination_without_room_for_the_tree_is_an_error() {
     }
 }
 
-/// An interpreter on this machine with another minor version than `python3`'s, if any.
+/// An interpreter on this machine with another minor version than the harness's Python, if any.
 fn other_python() -> Option<(String, String)> {
     let version = |py: &str| -> Option<String> {
         let out = Command::new(py)
@@ -532,7 +556,7 @@ fn other_python() -> Option<(String, String)> {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     };
-    let mine = version("python3")?;
+    let mine = version(&python::python().display().to_string())?;
     let minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/bin")
         .into_iter()

@@ -31,8 +31,12 @@ fn project() -> Sandbox {
 /// Runs `rdist ARGS` in the project, with pytest's and rdist's environment knobs cleared, killed
 /// after a minute so a hang fails the test instead of blocking the suite.
 fn rdist(sb: &Sandbox, args: &[&str]) -> Output {
-    let mut child = sb
-        .rdist()
+    let mut cmd = sb.rdist();
+    if args.first() == Some(&"run") {
+        // Workers run `python3`: the harness's Python, first on PATH as in an activated venv.
+        rdist_tests::use_test_python(&mut cmd);
+    }
+    let mut child = cmd
         .args(args)
         .env_remove("RDIST_CONNECT_TIMEOUT")
         .env_remove("RDIST_HEARTBEAT_TIMEOUT")

@@ -6,13 +6,14 @@
 //! in `ANNOUNCED` with the note that announces it. Fixtures rdist refuses must be refused by pytest too. After
 //! `rdist migrate --write`, pytest must still read the edited file, and xdist find no roots
 //! and no `--tx` workers (`-n` workers stay).
-//! Skipped (with the reason printed) where `pytest-xdist` cannot be imported.
+//! pytest and xdist are the harness's ([`rdist_tests::python`]: pinned, in a venv); skipped
+//! with a note where it cannot be built, a failure in CI.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rdist_tests::{rdist_bin, show};
+use rdist_tests::{have_pytest, python, rdist_bin, show};
 use serde_json::Value;
 use sync_core::filter::Filter;
 
@@ -93,18 +94,6 @@ fn copy(from: &Path, to: &Path) {
     }
 }
 
-fn have_xdist() -> Result<(), String> {
-    let o = Command::new("python3")
-        .args(["-c", "import pytest, xdist, execnet"])
-        .output()
-        .map_err(|e| format!("cannot run python3: {e}"))?;
-    if o.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).trim().to_owned())
-    }
-}
-
 /// The files rdist syncs under its roots (relative to the project root), not entering ignored
 /// directories; a root itself is not filtered, as in xdist.
 fn rdist_files(project: &Path, roots: &[String], ignore: &[String]) -> BTreeSet<String> {
@@ -154,8 +143,8 @@ fn strings(v: &Value) -> Vec<String> {
 
 #[test]
 fn xdist_reads_every_fixture_as_rdist_migrate_does() {
-    if let Err(why) = have_xdist() {
-        eprintln!("skipped: pytest-xdist cannot be imported ({why})");
+    // The harness's Python has pinned pytest and pytest-xdist.
+    if !have_pytest() {
         return;
     }
     let plugin_dir = tempfile::tempdir().unwrap();
@@ -179,7 +168,7 @@ fn xdist_reads_every_fixture_as_rdist_migrate_does() {
         let out_file = tmp_path.join("oracle.json");
         let ask_xdist = || {
             let _ = std::fs::remove_file(&out_file);
-            Command::new("python3")
+            Command::new(python::python())
                 .arg(&run)
                 .args(["--collect-only", "-q", "-p", "no:cacheprovider"])
                 .args(["-p", "rdist_oracle", "-W", "ignore::DeprecationWarning"])

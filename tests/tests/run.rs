@@ -7,7 +7,8 @@
 //! timeout: rdist runs in its own process group (with its workers), and the whole group is
 //! killed when the run takes too long, so a hang fails instead of blocking the suite.
 //!
-//! pytest must be installed for `python3`. Without it the tests are skipped with a note, except
+//! Workers run the harness's Python (pinned pytest in a venv, [`rdist_tests::python`]), first on
+//! rdist's `PATH` as in an activated venv. Without it the tests are skipped with a note, except
 //! under CI (`CI` set), where they fail.
 
 use std::collections::BTreeMap;
@@ -25,13 +26,14 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 /// What the worker interpreter reports about itself: `sys.platform`, the Python version and
 /// `sys.executable`, as the report's section headers show them.
 fn python_identity() -> (String, String, String) {
-    let out = Command::new("python3")
+    // What the workers run: `python3` from the tests' Python, first on their PATH.
+    let out = Command::new(rdist_tests::python::python_dir().join("python3"))
         .args([
             "-c",
             "import platform, sys; print(sys.platform); print(platform.python_version()); print(sys.executable)",
         ])
         .output()
-        .expect("python3");
+        .expect("the tests' python3");
     let text = String::from_utf8(out.stdout).unwrap();
     let mut l = text.lines().map(str::to_owned);
     (l.next().unwrap(), l.next().unwrap(), l.next().unwrap())
@@ -147,6 +149,7 @@ fn rdist_run_in(sb: &Sandbox, dir: &Path, args: &[&str]) -> Run {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    rdist_tests::use_test_python(&mut cmd);
     let start = Instant::now();
     let mut child = cmd.spawn().expect("start rdist");
     let pgid = child.id();
@@ -1124,6 +1127,7 @@ fn run_on_terminal(sb: &Sandbox, args: &str, ci: bool) -> Option<Output> {
     .env_remove("PYTEST_ADDOPTS")
     .env_remove("RDIST_HEARTBEAT_TIMEOUT")
     .env_remove("CI");
+    rdist_tests::use_test_python(&mut c);
     if ci {
         c.env("CI", "1");
     }

@@ -1,13 +1,20 @@
 //! `rdist run` on remote workers: the project is synced over ssh (a per-run sshd on loopback, at
 //! 127.0.0.1 and 127.0.0.2) or to `rdist serve`, and the same connection then carries the pytest
 //! workers. Covered on both transports: a passing and failing suite in load mode, `--dist each`
-//! (two ssh hosts, with the per-worker table), and a worker that kills itself over ssh.
+//! (two ssh hosts, with the per-worker table), a worker that kills itself over ssh, and a frozen
+//! worker stopped by the heartbeat on both transports.
+//!
+//! Workers run the harness's Python ([`rdist_tests::python`]): over ssh through `python=` in the
+//! spec (sshd's login has the system's default `PATH`), over a socket because `rdist serve` runs
+//! with it first on its `PATH`, as a server started from an activated venv.
 
-use std::process::Output;
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
-use rdist_tests::sshd::{Serve, Sshd, output_within};
-use rdist_tests::{Sandbox, have_pytest, show};
+use rdist_tests::python::python_key;
+use rdist_tests::sshd::{Serve, Sshd, output_within, wait_until};
+use rdist_tests::{Sandbox, have_pytest, processes_in, show, use_test_python};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -26,6 +33,21 @@ fn project() -> Sandbox {
     sb
 }
 
+/// `rdist` for ssh workers, with the harness's Python first on `PATH`: the pre-flight check
+/// compares it with the workers'.
+fn over_ssh(sshd: &Sshd, sb: &Sandbox) -> Command {
+    let mut c = sshd.rdist(sb);
+    use_test_python(&mut c);
+    c
+}
+
+/// `rdist` for socket workers, with the harness's Python first on `PATH`.
+fn over_socket(sb: &Sandbox) -> Command {
+    let mut c = sb.rdist();
+    use_test_python(&mut c);
+    c
+}
+
 fn closing(o: &Output) -> String {
     rdist_tests::closing_line(&String::from_utf8_lossy(&o.stdout))
 }
@@ -38,8 +60,8 @@ fn tests_run_over_ssh_on_the_synced_copy() {
     let Some(sshd) = Sshd::start() else { return };
     let sb = project();
     let dest = sb.worker("remote-w");
-    let spec = format!("2*ssh=rdist-a//chdir={}", dest.display());
-    let mut c = sshd.rdist(&sb);
+    let spec = format!("2*ssh=rdist-a//chdir={}{}", dest.display(), python_key());
+    let mut c = over_ssh(&sshd, &sb);
     c.args(["run", "--tx", &spec, "-v"]);
     let o = output_within(&mut c, LIMIT);
     assert_ended(&o, 1, "1 failed, 2 passed in ");
@@ -66,8 +88,8 @@ fn every_test_runs_on_every_socket_worker_with_dist_each() {
         return;
     }
     let sb = project();
-    let serve = Serve::start(&sb.worker("serve"));
-    let mut c = sb.rdist();
+    let serve = Serve::start_with_test_python(&sb.worker("serve"));
+    let mut c = over_socket(&sb);
     c.env_remove("RDIST_TOKEN")
         .args([
             "run",
@@ -93,8 +115,8 @@ fn tests_pass_and_fail_on_socket_workers_in_load_mode() {
         return;
     }
     let sb = project();
-    let serve = Serve::start(&sb.worker("serve"));
-    let mut c = sb.rdist();
+    let serve = Serve::start_with_test_python(&sb.worker("serve"));
+    let mut c = over_socket(&sb);
     c.env_remove("RDIST_TOKEN")
         .args(["run", "-v", "--tx", &format!("2*socket={}", serve.addr())])
         .arg("--token-file")
@@ -131,15 +153,15 @@ fn dist_each_over_two_ssh_hosts_reports_every_platform() {
     let Some(sshd) = Sshd::start() else { return };
     let sb = project();
     let (a, b) = (sb.worker("host-a"), sb.worker("host-b"));
-    let mut c = sshd.rdist(&sb);
+    let mut c = over_ssh(&sshd, &sb);
     c.args([
         "run",
         "--dist",
         "each",
         "--tx",
-        &format!("ssh=rdist-a//chdir={}", a.display()),
+        &format!("ssh=rdist-a//chdir={}{}", a.display(), python_key()),
         "--tx",
-        &format!("ssh=rdist-b//chdir={}", b.display()),
+        &format!("ssh=rdist-b//chdir={}{}", b.display(), python_key()),
     ]);
     let o = output_within(&mut c, LIMIT);
     assert_ended(&o, 1, "2 failed, 4 passed in ");
@@ -204,11 +226,11 @@ fn worker_killed_over_ssh_is_restarted_and_its_test_reported() {
     }
     sb.write("tests/test_crash.py", &suite);
     let dest = sb.worker("remote-crash");
-    let mut c = sshd.rdist(&sb);
+    let mut c = over_ssh(&sshd, &sb);
     c.args([
         "run",
         "--tx",
-        &format!("ssh=rdist-a//chdir={}", dest.display()),
+        &format!("ssh=rdist-a//chdir={}{}", dest.display(), python_key()),
     ]);
     let o = output_within(&mut c, LIMIT);
     assert_ended(&o, 1, "1 failed, 6 passed in ");
@@ -267,7 +289,7 @@ fn every_load_mode_over_ssh_and_socket_tallies_like_pytest() {
         "def pytest_configure(config):\n    \
          config.addinivalue_line('markers', 'xdist_group(name): run together')\n",
     );
-    let mut plain = std::process::Command::new("python3");
+    let mut plain = std::process::Command::new(rdist_tests::python::python());
     plain
         .args(["-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist"])
         .env("PYTEST_XDIST_WORKER", "gw0")
@@ -275,17 +297,20 @@ fn every_load_mode_over_ssh_and_socket_tallies_like_pytest() {
     let p = output_within(&mut plain, LIMIT);
     let want = tally(&closing(&p));
     assert!(want.contains("1 error"), "oracle: {}", show(&p));
-    let serve = Serve::start(&sb.worker("serve"));
+    let serve = Serve::start_with_test_python(&sb.worker("serve"));
     for mode in ["load", "loadscope", "loadfile", "loadgroup", "worksteal"] {
         let dest = sb.worker(&format!("ssh-{mode}"));
-        let mut c = sshd.rdist(&sb);
-        c.args(["run", "--dist", mode, "--tx"])
-            .arg(format!("2*ssh=rdist-a//chdir={}", dest.display()));
+        let mut c = over_ssh(&sshd, &sb);
+        c.args(["run", "--dist", mode, "--tx"]).arg(format!(
+            "2*ssh=rdist-a//chdir={}{}",
+            dest.display(),
+            python_key()
+        ));
         let o = output_within(&mut c, LIMIT);
         assert_eq!(o.status.code(), p.status.code(), "ssh {mode}: {}", show(&o));
         assert_eq!(tally(&closing(&o)), want, "ssh {mode}: {}", show(&o));
 
-        let mut c = sb.rdist();
+        let mut c = over_socket(&sb);
         c.env_remove("RDIST_TOKEN")
             .args(["run", "--dist", mode, "--tx"])
             .arg(format!("2*socket={}", serve.addr()))
@@ -300,4 +325,103 @@ fn every_load_mode_over_ssh_and_socket_tallies_like_pytest() {
         );
         assert_eq!(tally(&closing(&o)), want, "socket {mode}: {}", show(&o));
     }
+}
+
+/// Five tests; `test_stop` freezes its worker (SIGSTOP), so its heartbeat stops too.
+const FREEZING: &str = "import os\nimport signal\n\n\n\
+    def test_a():\n    pass\n\n\ndef test_b():\n    pass\n\n\n\
+    def test_stop():\n    os.kill(os.getpid(), signal.SIGSTOP)\n\n\n\
+    def test_d():\n    pass\n\n\ndef test_e():\n    pass\n";
+
+/// The heartbeat timeout of the frozen-worker runs: 3 s, as over popen (`run.rs`): a loaded
+/// machine can take 2 s between beats of a worker that is merely starting a test.
+const HEARTBEAT: &str = "3";
+
+/// Asserts what a run of [`FREEZING`] reports: the frozen worker stopped by the heartbeat, its
+/// test failed as a crash, the other four run (on its replacement or the other worker), exit 1,
+/// well before a hang would end.
+#[track_caller]
+fn assert_frozen_worker_stopped(o: &Output, took: Duration) {
+    assert_ended(o, 1, "1 failed, 4 passed in ");
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        &format!("no sign of life for {HEARTBEAT} s: stopping it"),
+        "crashed while running this test",
+        "FAILED tests/test_h.py::test_stop",
+    ] {
+        assert!(out.contains(needle), "no {needle:?}\n{}", show(o));
+    }
+    for id in ["test_a", "test_b", "test_d", "test_e"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("[gw")
+                    && l.ends_with(&format!("PASSED tests/test_h.py::{id}"))),
+            "{id} did not pass\n{}",
+            show(o)
+        );
+    }
+    assert!(took < Duration::from_secs(40), "took {took:?}\n{}", show(o));
+}
+
+/// Asserts that, within a few seconds of the run's end, no process works in or runs from
+/// `dir`: the frozen worker was killed, not just abandoned, and nothing else lingers.
+#[track_caller]
+fn assert_nothing_left_in(dir: &Path, o: &Output) {
+    let gone = wait_until(Duration::from_secs(10), || processes_in(dir).is_empty());
+    assert!(
+        gone,
+        "left running in `{}`:\n{}\n{}",
+        dir.display(),
+        processes_in(dir).join("\n"),
+        show(o)
+    );
+}
+
+#[test]
+fn frozen_worker_over_ssh_is_stopped_by_the_heartbeat_and_nothing_is_left_on_the_host() {
+    if !have_pytest() {
+        return;
+    }
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    sb.write("tests/test_h.py", FREEZING);
+    let dest = sb.worker("remote-frozen");
+    let mut c = over_ssh(&sshd, &sb);
+    c.args(["run", "-v", "--heartbeat-timeout", HEARTBEAT, "--tx"])
+        .arg(format!(
+            "2*ssh=rdist-a//chdir={}{}",
+            dest.display(),
+            python_key()
+        ));
+    let start = Instant::now();
+    let o = output_within(&mut c, LIMIT);
+    assert_frozen_worker_stopped(&o, start.elapsed());
+    assert!(
+        dest.join("tests/test_h.py").is_file(),
+        "the tests did not run on the synced copy"
+    );
+    // Workers run in `dest`; the agent runs from the host's rdist cache.
+    assert_nothing_left_in(&dest, &o);
+    assert_nothing_left_in(&sshd.remote_cache("rdist-a"), &o);
+}
+
+#[test]
+fn frozen_worker_on_a_socket_server_is_stopped_by_the_heartbeat_and_nothing_is_left_there() {
+    if !have_pytest() {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write("tests/test_h.py", FREEZING);
+    let serve = Serve::start_with_test_python(&sb.worker("serve"));
+    let mut c = over_socket(&sb);
+    c.env_remove("RDIST_TOKEN")
+        .args(["run", "-v", "--heartbeat-timeout", HEARTBEAT, "--tx"])
+        .arg(format!("2*socket={}", serve.addr()))
+        .arg("--token-file")
+        .arg(serve.token_file());
+    let start = Instant::now();
+    let o = output_within(&mut c, LIMIT);
+    assert_frozen_worker_stopped(&o, start.elapsed());
+    // Workers run below the server's root.
+    assert_nothing_left_in(&serve.root(), &o);
 }
