@@ -5,7 +5,8 @@
 //! The master is started on its own, `ssh -N -o ControlMaster=yes -o ControlPersist=N ...`, with
 //! its stderr in a temp file: once authenticated it forks into the background and the foreground
 //! process exits, so nothing rdist waits on for EOF is held by the long-lived master (the trap of
-//! `ControlMaster=auto`, where the session that becomes master keeps its stderr pipe open).
+//! `ControlMaster=auto`, where the session that becomes master may keep its stderr pipe open).
+//! `-N` runs no remote command, so the first run pays the login but no extra shell start.
 //! Sessions then run with `-o ControlMaster=no -o ControlPath=P`, which falls back to a direct
 //! login if the master has gone meanwhile.
 //!
