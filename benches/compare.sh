@@ -23,7 +23,9 @@ usage: benches/compare.sh [options]
   --transport T    local (default), ssh or both: `--tx popen//chdir=DEST` vs
                    plain rsync, and/or `--tx ssh=benchhost//chdir=DEST` vs
                    `rsync -e SSH` through a private sshd on 127.0.0.1 that the
-                   script starts (plus rdist to 4 workers on that host)
+                   script starts (plus rdist to 4 workers on that host, and
+                   rsync through an OpenSSH master connection, as rdist's
+                   default connection reuse does)
   --ssh            same as --transport ssh
   --pytest         instead of syncs: time `rdist run` against `pytest -n 2`,
                    xdist's `-d --tx 2*popen//chdir=DIR --rsyncdir`, and serial
@@ -52,8 +54,14 @@ difference aborts the run.
 
 --transport ssh needs OpenSSH (sshd, ssh, ssh-keygen). The sshd runs as the
 current user on a free port of 127.0.0.1 with keys made in the run directory
-and is killed on exit. rdist uploads its binary into the run directory's
-remote cache during the first (untimed) warm-up.
+(benches/scripts/sshd.sh) and is killed on exit. rdist uploads its binary into
+the run directory's remote cache during the first (untimed) warm-up. rdist
+runs with its default ssh connection reuse: a first untimed sync per tree,
+outside the timing harness, leaves its master connection, which the timed runs
+use. rsync is timed twice: plain (one login per sync) and as `rsync+mux`,
+through a master the script starts once (`ssh -N -o ControlMaster=yes -o
+ControlPersist=yes`, `-e 'SSH -o ControlMaster=no -o ControlPath=P'`). All
+masters are stopped on exit.
 
 --pytest needs pytest and pytest-xdist for $PYTHON. Every parallel variant
 runs each suite once untimed first (rdist's durations cache then exists, as on
@@ -67,6 +75,8 @@ trap 'printf "compare.sh: failed (exit %s) at line %s: %s\n" "$?" "$LINENO" "$BA
 
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd -- "$HERE/.." && pwd)
+# shellcheck source=scripts/sshd.sh
+. "$HERE/scripts/sshd.sh"
 PY=${PYTHON:-python3}
 
 TREES="" RUNS="" QUICK=0 DISK=0 RSYNC_ONLY=0 KEEP=0 TRANSPORT="" PYTEST=0 SUITES=""
@@ -211,13 +221,13 @@ if ((!RSYNC_ONLY)); then
 fi
 
 MUTATED=""      # tree currently mutated (restored by the exit trap)
-SSHD_PID=""     # our sshd (killed by the exit trap)
 BENCH_PID=""    # the --pytest driver (stopped by the exit trap)
+# our sshd (sshd.sh's SSHD_PID) and the ssh master connections: stopped by the exit trap
 stop_sshd() {
-    [[ -n $SSHD_PID ]] || return 0
-    kill -TERM "$SSHD_PID" 2>/dev/null || true
-    wait "$SSHD_PID" 2>/dev/null || true
-    SSHD_PID=""
+    local c
+    for c in "$RUN"/cache-*/ssh; do ssh_masters_stop "$c"; done
+    ssh_masters_stop "$RUN/sshd/mux"
+    sshd_stop
 }
 MUTATE_STATE=$RUN/mutate-state.json
 cleanup() {
@@ -282,80 +292,25 @@ mutate_restore() {
 }
 
 # ---------------------------------------------------------------- sshd (--transport ssh)
-# A private sshd on 127.0.0.1:<free port>, as tests/src/sshd.rs starts it: keys
-# made here, only our user key accepted, RDIST_* accepted from the client. Both
-# tools reach it through the same wrapper ($SSH_WRAPPER = `ssh -F $RUN/sshd/ssh_config`),
+# A private sshd on 127.0.0.1:<free port> (benches/scripts/sshd.sh). Both tools
+# reach it through the same wrapper ($SSH_WRAPPER = `ssh -F $RUN/sshd/ssh_config`),
 # whose config defines the alias $SSH_HOST and sets RDIST_CACHE_DIR on the host
 # to $RUN/remote-cache, so the binary rdist uploads lands in the run directory.
+# rsync+mux goes through the master at $RSYNC_MUX, started here.
 SSH_HOST=benchhost
-SSH_WRAPPER="" SSH_PORT=""
+RSYNC_MUX=""
 start_sshd() {
-    local d=$RUN/sshd key user attempt i cfg
-    [[ $RUN != *[[:space:]]* ]] || die "--transport ssh: the run directory '$RUN' contains whitespace (sshd_config cannot take it); set DEST_BASE"
-    mkdir -p -- "$d" "$RUN/remote-cache"
-    for key in host_key user_key; do
-        "$KEYGEN_BIN" -q -t ed25519 -N '' -C "rdist-bench-$key" -f "$d/$key" </dev/null
-    done
-    cp -- "$d/user_key.pub" "$d/authorized_keys"
-    # sshd refuses to start without its privilege separation directory
-    [[ -d /run/sshd ]] || mkdir -p /run/sshd 2>/dev/null || log "warning: cannot create /run/sshd; sshd may refuse to start"
+    sshd_start "$RUN/sshd" "$RUN/remote-cache" "$SSH_HOST=127.0.0.1" || { KEEP=1; die "sshd did not start (run directory kept)"; }
+    local user
     user=$(id -un)
-    cfg=$d/sshd_config
-    for attempt in 1 2 3; do
-        SSH_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-        cat >"$cfg" <<EOF
-ListenAddress 127.0.0.1
-Port $SSH_PORT
-HostKey $d/host_key
-AuthorizedKeysFile $d/authorized_keys
-PidFile $d/sshd.pid
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-AcceptEnv RDIST_*
-EOF
-        : >"$d/sshd.log"
-        "$SSHD_BIN" -D -e -f "$cfg" </dev/null >/dev/null 2>>"$d/sshd.log" &
-        SSHD_PID=$!
-        for ((i = 0; i < 300; i++)); do # up to 15 s
-            grep -q "Server listening on 127.0.0.1 port $SSH_PORT" "$d/sshd.log" && break
-            kill -0 "$SSHD_PID" 2>/dev/null || break
-            sleep 0.05
-        done
-        grep -q "Server listening on 127.0.0.1 port $SSH_PORT" "$d/sshd.log" && break
-        log "sshd attempt $attempt on port $SSH_PORT failed: $(tail -n 3 "$d/sshd.log" | tr '\n' ' ')"
-        stop_sshd
-    done
-    if [[ -z $SSHD_PID ]]; then
-        KEEP=1
-        die "sshd did not start; its log: $d/sshd.log (run directory kept)"
-    fi
-    cat >"$d/ssh_config" <<EOF
-Host $SSH_HOST
-  HostName 127.0.0.1
-  Port $SSH_PORT
-  User $user
-  IdentityFile $d/user_key
-  IdentitiesOnly yes
-  BatchMode yes
-  StrictHostKeyChecking no
-  UserKnownHostsFile /dev/null
-  LogLevel ERROR
-  SetEnv RDIST_CACHE_DIR=$RUN/remote-cache
-EOF
-    SSH_WRAPPER=$d/ssh
-    printf '#!/bin/sh\nexec %s -F %s "$@"\n' "$SSH_BIN" "$d/ssh_config" >"$SSH_WRAPPER"
-    chmod 755 -- "$SSH_WRAPPER"
     local got
     got=$("$SSH_WRAPPER" "$SSH_HOST" 'printf "%s|" "$RDIST_CACHE_DIR"; command -v rsync' </dev/null 2>&1) ||
-        die "cannot log in through the private sshd: $got (sshd log: $d/sshd.log)"
+        die "cannot log in through the private sshd: $got (sshd log: $RUN/sshd/sshd.log)"
     [[ $got == "$RUN/remote-cache|"* ]] ||
         die "the private sshd does not pass RDIST_CACHE_DIR through (AcceptEnv/SetEnv): got '$got'"
     [[ $got == *"|/"* ]] || die "rsync is not on the ssh side's PATH: got '$got'"
     log "sshd: pid $SSHD_PID on 127.0.0.1:$SSH_PORT as $user; ssh wrapper $SSH_WRAPPER"
-    # what one bare connection costs (both tools pay it on every sync)
+    # what one bare connection costs (plain rsync pays it on every sync)
     SSH_BASELINE=$("$PY" -c '
 import statistics, subprocess, sys, time
 ts = []
@@ -366,6 +321,20 @@ for _ in range(5):
 print(f"{statistics.median(ts):.3f} s median, {min(ts):.3f} s min")
 ' "$SSH_WRAPPER" "$SSH_HOST" true)
     log "sshd: a bare \`ssh $SSH_HOST true\` takes $SSH_BASELINE"
+    mkdir -m 700 -- "$RUN/sshd/mux"
+    RSYNC_MUX=$RUN/sshd/mux/rsync
+    "$SSH_WRAPPER" -N -o ControlMaster=yes -o ControlPersist=yes -o "ControlPath=$RSYNC_MUX" "$SSH_HOST" </dev/null >/dev/null 2>"$RUN/sshd/mux.log" ||
+        die "cannot start the master connection for rsync+mux: $(cat "$RUN/sshd/mux.log")"
+}
+
+# rdist's first sync with a fresh cache starts its ssh master: run it here, outside
+# timecmd.py, whose subreaper would adopt the backgrounded master and wait for it.
+prime_ssh() {
+    ((!RSYNC_ONLY)) || return 0
+    (cd -- "$SRC" && env RDIST_CACHE_DIR="$CACHE" RDIST_SSH="$SSH_WRAPPER" \
+        "$RDIST" sync --rsyncdir . --tx "ssh=$SSH_HOST//chdir=$D_RDIST") >"$RUN/log/$T-prime.log" 2>&1 ||
+        die "rdist's first ssh sync failed: $(tail -n 5 "$RUN/log/$T-prime.log")"
+    compgen -G "$CACHE/ssh/*" >/dev/null || log "warning: rdist left no ssh master in $CACHE/ssh: the timed runs log in every time"
 }
 SSH_BASELINE=""
 
@@ -393,6 +362,11 @@ do_sync() {
         ssh/rsync)
             cwd=$RUN
             cmd=(rsync -a --delete "${EXCLUDES[@]}" --stats -e "$SSH_WRAPPER" "$SRC/" "$SSH_HOST:$dest/")
+            ;;
+        ssh/rsyncmux)
+            cwd=$RUN
+            cmd=(rsync -a --delete "${EXCLUDES[@]}" --stats -e "$SSH_WRAPPER -o ControlMaster=no -o ControlPath=$RSYNC_MUX"
+                "$SRC/" "$SSH_HOST:$dest/")
             ;;
         ssh/rdist | ssh/rdist4)
             cwd=$SRC
@@ -479,10 +453,14 @@ rdist_tools() { # the rdist variants of the current transport
     if [[ $XP == ssh ]]; then echo rdist rdist4; else echo rdist; fi
 }
 
+rsync_tools() { # the rsync variants of the current transport
+    if [[ $XP == ssh ]]; then echo rsync rsyncmux; else echo rsync; fi
+}
+
 # the tool order rotates between repetitions so none always goes first
 tools_for_rep() {
     local -a t
-    read -r -a t <<<"$(rdist_tools) rsync"
+    read -r -a t <<<"$(rdist_tools) $(rsync_tools)"
     local k=$((($1 - 1) % ${#t[@]}))
     echo "${t[@]:k}" "${t[@]:0:k}"
 }
@@ -490,6 +468,7 @@ tools_for_rep() {
 dest_of() {
     case $1 in
         rsync) echo "$D_RSYNC" ;;
+        rsyncmux) echo "$D_RSYNCMUX" ;;
         rdist) echo "$D_RDIST" ;;
         rdist4) echo "$D_RDIST4" ;;
     esac
@@ -542,10 +521,12 @@ for TREE in "${TREE_LIST[@]}"; do
         T="$XP-$TREE" # file tag
         CACHE=$RUN/cache-$T
         D_RSYNC=$RUN/dest-$T-rsync
+        D_RSYNCMUX=$RUN/dest-$T-rsyncmux
         D_RDIST=$RUN/dest-$T-rdist
         D_RDIST4=$RUN/dest-$T-rdist4
         mkdir -p -- "$CACHE"
 
+        [[ $XP == ssh ]] && prime_ssh
         log "$L: warm-up"
         for tool in $(tools_for_rep 1); do do_sync "$tool" "$(dest_of "$tool")" "$T-warmup"; done
         if [[ $XP == ssh ]] && ((!RSYNC_ONLY)) && [[ -z $UPLOADED ]]; then
@@ -593,7 +574,8 @@ for TREE in "${TREE_LIST[@]}"; do
         done
         verify "after resetting to the original tree"
 
-        rm -rf -- "$D_RSYNC" "$D_RDIST" "$D_RDIST4" "$CACHE"
+        ssh_masters_stop "$CACHE/ssh"
+        rm -rf -- "$D_RSYNC" "$D_RSYNCMUX" "$D_RDIST" "$D_RDIST4" "$CACHE"
     done
 done
 if [[ -n $UPLOADED ]]; then
@@ -611,8 +593,8 @@ notes=(
 )
 if ((WANT_SSH)); then
     notes+=(
-        "ssh: both tools run the same wrapper, \`$SSH_BIN -F CONFIG\` (alias $SSH_HOST = 127.0.0.1:PORT, ed25519 key, BatchMode, no ControlMaster, no compression), against a private \`$SSHD_BIN\` started by the script; $("$SSH_BIN" -V 2>&1 | sed -n 1p). rdist's 4-worker column is \`--tx 4*ssh=$SSH_HOST//chdir=DEST\`. Byte counts are the tools' own protocol bytes, without ssh's encryption and framing. CPU and RSS cover the local side only (the tool and its ssh client)."
-        "A bare \`ssh $SSH_HOST true\` through the same wrapper takes $SSH_BASELINE (5 connections at the start); both tools pay one such connection per sync."
+        "ssh: both tools run the same wrapper, \`$SSH_BIN -F CONFIG\` (alias $SSH_HOST = 127.0.0.1:PORT, ed25519 key, BatchMode, no compression), against a private \`$SSHD_BIN\` started by the script; $("$SSH_BIN" -V 2>&1 | sed -n 1p). rdist's 4-worker column is \`--tx 4*ssh=$SSH_HOST//chdir=DEST\`. Byte counts are the tools' own protocol bytes, without ssh's encryption and framing. CPU and RSS cover the local side only (the tool and its ssh client)."
+        "A bare \`ssh $SSH_HOST true\` through the same wrapper takes $SSH_BASELINE (5 connections at the start); plain rsync pays one such login per sync. rdist runs with its default connection reuse (an OpenSSH master per tree's cache, started by an untimed first sync), so its timed syncs do not log in; rsync+mux is rsync through a master the script started (\`-e 'SSH -o ControlMaster=no -o ControlPath=P'\`), the like-for-like comparison."
     )
     ((RSYNC_ONLY)) || notes+=("rdist uploads its binary to a fresh remote cache on its first ssh sync; that happened in the first (untimed) warm-up and the script checked that no timed run uploaded again.")
 fi

@@ -6,7 +6,8 @@
 #
 # The project is a generated suite (benches/gensuite.py, default `sleepy`: 200 tests). Three
 # destinations: `popen//chdir=` directories, and/or three ssh hosts 127.0.0.1-3 served by a
-# private sshd started here (keys made here, killed on exit). Each `rdist check` is run once
+# private sshd started here (benches/scripts/sshd.sh: keys made here, killed on exit; rdist's
+# ssh master connections, its default reuse, are stopped on exit too). Each `rdist check` is run once
 # untimed first (the initial sync, the binary upload for ssh), so the timed runs measure the
 # whole check after the sync (its own resync is then a no-op). `rdist run` is timed with and
 # without `--no-check`: `-n 2` in place, `--tx 2*popen//chdir=`, and `--tx 2*ssh=` to one host.
@@ -22,16 +23,18 @@ while (($#)); do
         --suite) SUITE=$2; shift 2 ;;
         --rdist) RDIST=$2; shift 2 ;;
         --transport) TRANSPORT=$2; shift 2 ;;
-        -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 4 ;;
     esac
 done
 [[ -x $RDIST ]] || { echo "no rdist binary at $RDIST (cargo build --release -p rdist)" >&2; exit 4; }
 PY=${PYTHON:-python3}
+# shellcheck source=sshd.sh
+. "$HERE/sshd.sh"
 RUN=$(mktemp -d /tmp/rdist-check3.XXXXXX)
-SSHD_PID=""
 cleanup() {
-    [[ -n $SSHD_PID ]] && kill "$SSHD_PID" 2>/dev/null || true
+    ssh_masters_stop "$RUN/cache/ssh"
+    sshd_stop
     rm -rf -- "$RUN"
 }
 trap cleanup EXIT
@@ -56,48 +59,10 @@ print(f"{time.perf_counter() - t:.3f}")' "$@")
 }
 
 start_sshd() {
-    local d=$RUN/sshd port
-    mkdir -p "$d" /run/sshd
-    for key in host_key user_key; do ssh-keygen -q -t ed25519 -N '' -f "$d/$key" </dev/null; done
-    cp "$d/user_key.pub" "$d/authorized_keys"
-    port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    cat >"$d/sshd_config" <<EOF
-ListenAddress 127.0.0.1
-ListenAddress 127.0.0.2
-ListenAddress 127.0.0.3
-Port $port
-HostKey $d/host_key
-AuthorizedKeysFile $d/authorized_keys
-PidFile $d/sshd.pid
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-AcceptEnv RDIST_*
-EOF
-    /usr/sbin/sshd -D -e -f "$d/sshd_config" </dev/null >/dev/null 2>"$d/sshd.log" &
-    SSHD_PID=$!
-    for i in 1 2 3; do
-        cat >>"$d/ssh_config" <<EOF
-Host h$i
-  HostName 127.0.0.$i
-  Port $port
-  User $(id -un)
-  IdentityFile $d/user_key
-  IdentitiesOnly yes
-  BatchMode yes
-  StrictHostKeyChecking no
-  UserKnownHostsFile /dev/null
-  LogLevel ERROR
-  SetEnv RDIST_CACHE_DIR=$RUN/remote-cache
-EOF
-    done
-    printf '#!/bin/sh\nexec ssh -F %s "$@"\n' "$d/ssh_config" >"$d/ssh"
-    chmod 755 "$d/ssh"
-    export RDIST_SSH=$d/ssh
-    for ((i = 0; i < 100; i++)); do "$d/ssh" h3 true </dev/null 2>/dev/null && return; sleep 0.1; done
-    echo "sshd did not start: $(tail -3 "$d/sshd.log")" >&2
+    sshd_start "$RUN/sshd" "$RUN/remote-cache" h1=127.0.0.1 h2=127.0.0.2 h3=127.0.0.3 || exit 3
+    export RDIST_SSH=$SSH_WRAPPER
+    for ((i = 0; i < 100; i++)); do "$RDIST_SSH" h3 true </dev/null 2>/dev/null && return; sleep 0.1; done
+    echo "cannot log in through the private sshd: $(tail -3 "$RUN/sshd/sshd.log")" >&2
     exit 3
 }
 
@@ -119,6 +84,7 @@ if [[ $TRANSPORT != popen ]]; then
     ssh=(--tx "ssh=h1//chdir=$RUN/s1" --tx "ssh=h2//chdir=$RUN/s2" --tx "ssh=h3//chdir=$RUN/s3")
     median 1 "$RDIST" check "${ssh[@]}" >/dev/null
     echo "| \`rdist check\`, 3 ssh hosts (127.0.0.1-3) | $(median "$RUNS" "$RDIST" check "${ssh[@]}") |"
+    echo "| \`rdist check\`, 3 ssh hosts, \`RDIST_SSH_REUSE=0\` (a login each) | $(median "$RUNS" env RDIST_SSH_REUSE=0 "$RDIST" check "${ssh[@]}") |"
     echo "| a bare \`ssh h1 true\` | $(median "$RUNS" "$RDIST_SSH" h1 true) |"
     a=(--tx "2*ssh=h1//chdir=$RUN/rs")
     median 1 "$RDIST" run "${a[@]}" >/dev/null

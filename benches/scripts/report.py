@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Result records and the Markdown report for benches/compare.sh.
 
-    report.py record --tree T --scenario S --tool rdist|rdist4|rsync --rep N \\
+    report.py record --tree T --scenario S --tool rdist|rdist4|rsync|rsyncmux --rep N \\
                      [--transport local|ssh] --timing REC.json --stdout TOOL_STDOUT
         Print one TSV result line (columns: COLUMNS) built from timecmd.py's
         record and the tool's own output: rsync --stats ("Total bytes
         sent/received", "Number of regular files transferred") or rdist --json
         (wire_bytes, files_sent; the other documented keys are checked too).
-        Tool rdist4 is rdist syncing to four workers on the same host.
+        Tool rdist4 is rdist syncing to four workers on the same host; rsyncmux
+        is rsync through an OpenSSH master connection (ssh only).
 
     report.py table RESULTS.tsv [NOTE...]
         Print Markdown tables of medians per (transport, tree, scenario), and
@@ -87,7 +88,7 @@ def record(a):
         t = json.load(f)
     with open(a.stdout, errors="replace") as f:
         out = f.read()
-    nbytes, sent = (rsync_stats if a.tool == "rsync" else rdist_stats)(out)
+    nbytes, sent = (rsync_stats if a.tool.startswith("rsync") else rdist_stats)(out)
     row = [a.tree, a.scenario, a.tool, a.rep, f"{t['wall']:.6f}", nbytes,
            "" if t["maxrss_kib"] is None else t["maxrss_kib"], t["tree_rss_kib"],
            f"{t['user'] + t['sys']:.3f}", sent, t["lingering"], a.transport]
@@ -155,13 +156,17 @@ def table(a):
     targets = []
     for tr in transports:
         fan = any("rdist4" in g for k, g in groups.items() if k[0] == tr)
+        mux = any("rsyncmux" in g for k, g in groups.items() if k[0] == tr)
         keys = sorted((k for k in groups if k[0] == tr), key=order)
         if len(transports) > 1 or tr != "local":
             out += [f"**{TRANSPORT_TITLE.get(tr, tr)}**", ""]
-        main = ["| tree | scenario | rdist s | rsync s | rdist/rsync | rdist bytes | rsync bytes "
+        main = ["| tree | scenario | rdist s | rsync s | rdist/rsync "
+                + ("| rsync+mux s | rdist/rsync+mux " if mux else "")
+                + "| rdist bytes | rsync bytes "
                 + ("| rdist 4 workers s | 4 workers/1 " if fan else "")
                 + "| rdist peak RSS | rsync peak RSS |",
-                "|---|---|--:|--:|--:|--:|--:|" + ("--:|--:|" if fan else "") + "--:|--:|"]
+                "|---|---|--:|--:|--:|" + ("--:|--:|" if mux else "") + "--:|--:|"
+                + ("--:|--:|" if fan else "") + "--:|--:|"]
         detail = ["| tree | scenario | runs | rdist s min-max | rsync s min-max "
                   + ("| rdist 4w s min-max " if fan else "")
                   + "| rdist CPU s | rsync CPU s | rdist Σ RSS | rsync Σ RSS | rdist files sent | rsync files sent |",
@@ -171,12 +176,18 @@ def table(a):
             d, r, d4 = g.get("rdist", []), g.get("rsync", []), g.get("rdist4", [])
             dw, rw, d4w = med(d, "wall"), med(r, "wall"), med(d4, "wall")
             ratio = f"{dw / rw:.2f}×" if dw is not None and rw else "-"
+            mux_cols = ""
+            if mux:
+                mw = med(g.get("rsyncmux", []), "wall")
+                mr = f"{dw / mw:.2f}×" if dw is not None and mw else "-"
+                mux_cols = f"| {fmt_s(mw)} | {mr} "
             fan_cols = ""
             if fan:
                 fr = f"{d4w / dw:.2f}×" if d4w is not None and dw else "-"
                 fan_cols = f"| {fmt_s(d4w)} | {fr} "
             main.append(f"| {key[1]} | {key[2]} | {fmt_s(dw)} | {fmt_s(rw)} | {ratio} "
-                        f"| {fmt_bytes(med(d, 'bytes'))} | {fmt_bytes(med(r, 'bytes'))} "
+                        + mux_cols
+                        + f"| {fmt_bytes(med(d, 'bytes'))} | {fmt_bytes(med(r, 'bytes'))} "
                         + fan_cols
                         + f"| {fmt_kib(med(d, 'maxrss_kib'))} | {fmt_kib(med(r, 'maxrss_kib'))} |")
             detail.append(f"| {key[1]} | {key[2]} | {max(len(d), len(r), len(d4))} | {span(d)} | {span(r)} "
@@ -234,7 +245,7 @@ def main():
     r = sub.add_parser("record")
     for opt in ("--tree", "--scenario", "--rep", "--timing", "--stdout"):
         r.add_argument(opt, required=True)
-    r.add_argument("--tool", required=True, choices=["rdist", "rdist4", "rsync"])
+    r.add_argument("--tool", required=True, choices=["rdist", "rdist4", "rsync", "rsyncmux"])
     r.add_argument("--transport", default="local", choices=["local", "ssh"])
     t = sub.add_parser("table")
     t.add_argument("results")

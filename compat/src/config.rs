@@ -66,6 +66,8 @@ pub struct RunConfig {
     /// The directory of remote workers whose spec has no `chdir=`.
     pub dir: Option<String>,
     pub connect_timeout: Option<f64>,
+    /// Seconds an ssh master connection outlives its last session; 0 = no reuse.
+    pub ssh_reuse: Option<usize>,
     pub heartbeat_timeout: Option<f64>,
     pub max_worker_restart: Option<usize>,
     /// Relative to the file's directory.
@@ -212,7 +214,7 @@ impl ConfigError {
 
 /// The keys of each table, in the order the README documents them.
 const SYNC_KEYS: [&str; 5] = ["roots", "ignore", "layout", "lock_wait", "fsync"];
-const RUN_KEYS: [&str; 10] = [
+const RUN_KEYS: [&str; 11] = [
     "tx",
     "px",
     "numprocesses",
@@ -220,6 +222,7 @@ const RUN_KEYS: [&str; 10] = [
     "python",
     "dir",
     "connect_timeout",
+    "ssh_reuse",
     "heartbeat_timeout",
     "max_worker_restart",
     "token_file",
@@ -469,6 +472,7 @@ impl Reader<'_> {
                 "python" => c.python = Some(v.word()?),
                 "dir" => c.dir = Some(v.word()?),
                 "connect_timeout" => c.connect_timeout = Some(v.seconds(false)?),
+                "ssh_reuse" => c.ssh_reuse = Some(v.count()?),
                 "heartbeat_timeout" => c.heartbeat_timeout = Some(v.seconds(false)?),
                 "max_worker_restart" => c.max_worker_restart = Some(v.count()?),
                 _ => c.token_file = Some(v.word()?),

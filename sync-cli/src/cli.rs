@@ -156,9 +156,10 @@ pub struct CommonArgs {
     /// A worker, as an xdist spec; repeatable; replaces `tx` of `rdist.toml`.
     /// `popen//chdir=DIR` (a local directory), `ssh=HOST//chdir=DIR` (through the system `ssh`:
     /// `~/.ssh/config`, keys, agents and ProxyJump apply; `ssh=-p 2222 user@host` takes OpenSSH
-    /// options), `socket=HOST:PORT` (an `rdist serve`), `2*...` for several workers, `via=NAME`
-    /// for a `--px` proxy, `python=EXE` for the interpreter. Workers with the same host and
-    /// directory are synced once. Remote workers without `chdir=` use a per-project directory
+    /// options; later runs reuse the connection, see `--ssh-reuse`), `socket=HOST:PORT` (an
+    /// `rdist serve`), `2*...` for several workers, `via=NAME` for a `--px` proxy,
+    /// `python=EXE` for the interpreter. Workers with the same host and directory are synced
+    /// once. Remote workers without `chdir=` use a per-project directory
     /// in rdist's cache on the host.
     #[arg(long = "tx", value_name = "SPEC", help_heading = "Workers")]
     pub tx: Vec<String>,
@@ -178,6 +179,19 @@ pub struct CommonArgs {
         help_heading = "Workers"
     )]
     pub connect_timeout: f64,
+
+    /// Keep each ssh connection open for SECS after its last use, so the next run to the same
+    /// host skips the login (OpenSSH's ControlMaster/ControlPersist; the control socket is in
+    /// rdist's cache). 0 turns it off. Left to you when your ssh options, `~/.ssh/config` or
+    /// `RDIST_SSH` set up connection sharing themselves.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 60,
+        env = "RDIST_SSH_REUSE",
+        help_heading = "Workers"
+    )]
+    pub ssh_reuse: u64,
 
     /// File holding the token of `rdist serve` for `socket=` workers (or set `RDIST_TOKEN`).
     #[arg(long, value_name = "FILE", help_heading = "Workers")]

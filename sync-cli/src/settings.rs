@@ -88,8 +88,19 @@ pub struct SyncSettings {
     pub connect_timeout: std::time::Duration,
     /// The token for `socket=` workers (`rdist serve`).
     pub token: Option<String>,
+    /// OpenSSH connection reuse for `ssh=` workers; `None` when turned off.
+    pub ssh_reuse: Option<SshReuse>,
     /// Things worth telling the user once (legacy behaviour that rdist changes).
     pub notes: Vec<String>,
+}
+
+/// How `ssh=` workers keep a master connection for the next run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshReuse {
+    /// rdist's cache directory; control sockets go in `ssh/` below it.
+    pub cache: PathBuf,
+    /// How long a master outlives its last session.
+    pub persist: std::time::Duration,
 }
 
 /// rdist's cache directory on this machine: `$RDIST_CACHE_DIR`, else the platform cache
@@ -235,14 +246,21 @@ impl SyncSettings {
             return Err(Failure::usage(anyhow!("`socket=` workers need the server's token"))
                 .with_hint("set `RDIST_TOKEN` or pass `--token-file FILE` (the token `rdist serve` printed)"));
         }
-        let cache_file = args
+        let cache = args
             .cache_dir
             .clone()
-            .or_else(|| dirs::cache_dir().map(|d| d.join("rdist")))
-            .map(|d| {
-                let key = blake3::hash(project_root.as_os_str().as_encoded_bytes()).to_hex();
-                d.join("hashes").join(&key[..16])
+            .or_else(|| dirs::cache_dir().map(|d| d.join("rdist")));
+        let ssh_reuse = cache
+            .clone()
+            .filter(|_| args.ssh_reuse > 0)
+            .map(|cache| SshReuse {
+                cache,
+                persist: std::time::Duration::from_secs(args.ssh_reuse),
             });
+        let cache_file = cache.map(|d| {
+            let key = blake3::hash(project_root.as_os_str().as_encoded_bytes()).to_hex();
+            d.join("hashes").join(&key[..16])
+        });
         Ok(SyncSettings {
             project_root,
             roots,
@@ -258,6 +276,7 @@ impl SyncSettings {
             cache_file,
             connect_timeout: std::time::Duration::from_secs_f64(args.connect_timeout.max(0.1)),
             token,
+            ssh_reuse,
             notes,
         })
     }

@@ -75,19 +75,56 @@ impl Sandbox {
         write(&self.proj().join(rel), data);
     }
 
-    /// `rdist ARGS` run in the project root with this sandbox's cache.
+    /// `rdist ARGS` run in the project root with this sandbox's cache. ssh master connections
+    /// persist 20 s instead of 60 s, a bound should the sandbox not be dropped.
     pub fn rdist(&self) -> Command {
         let mut c = Command::new(rdist_bin());
         c.current_dir(self.proj())
-            .env("RDIST_CACHE_DIR", self.dir.path().join("cache"))
+            .env("RDIST_CACHE_DIR", self.cache())
+            .env("RDIST_SSH_REUSE", "20")
             .env_remove("RDIST_LOCK_WAIT");
         c
+    }
+
+    /// The cache `rdist` gets.
+    pub fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// The control sockets of the ssh master connections rdist made with this sandbox's cache.
+    pub fn ssh_sockets(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.cache().join("ssh")) else {
+            return Vec::new();
+        };
+        let mut out: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+        out.sort();
+        out
     }
 
     /// Runs `rdist ARGS` and returns its output.
     pub fn run(&self, args: &[&str]) -> Output {
         self.rdist().args(args).output().expect("run rdist")
     }
+}
+
+impl Drop for Sandbox {
+    /// Stops the ssh masters rdist left for this sandbox, so none outlives the test.
+    fn drop(&mut self) {
+        for socket in self.ssh_sockets() {
+            let _ = ssh_control(&socket, "exit");
+        }
+    }
+}
+
+/// `ssh -O COMMAND` on the master at `socket` (`check`, `exit`); its output.
+pub fn ssh_control(socket: &Path, command: &str) -> Output {
+    Command::new("ssh")
+        .args(["-F", "/dev/null", "-O", command, "-o"])
+        .arg(format!("ControlPath={}", socket.display()))
+        .arg("rdist-test")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run ssh -O")
 }
 
 /// Writes a file, creating parents.

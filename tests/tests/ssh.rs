@@ -400,8 +400,15 @@ fn destinations_on_one_host_share_one_connection() {
     let o = sync(&sshd, &sb, &specs[..1], &[]);
     assert_ok(&o);
 
+    // Without connection reuse, so that the login is there to count.
     let before = logins(&sshd);
-    let o = sync(&sshd, &sb, &specs, &["--json"]);
+    let mut c = sshd.rdist(&sb);
+    c.env("RDIST_SSH_REUSE", "0")
+        .args(["sync", "--rsyncdir", ".", "--json"]);
+    for s in &specs {
+        c.arg("--tx").arg(s);
+    }
+    let o = run(&mut c);
     assert_ok(&o);
     assert_eq!(
         json(&o)["targets"].as_array().unwrap().len(),

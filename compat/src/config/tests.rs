@@ -134,6 +134,7 @@ dist = "each"
 python = "python3.12"
 dir = "work/rdist"
 connect_timeout = 2.5
+ssh_reuse = 0
 heartbeat_timeout = 30
 max_worker_restart = 0
 token_file = "../token"
@@ -143,6 +144,7 @@ token_file = "../token"
     assert_eq!((s.lock_wait, s.fsync), (Some(0.0), Some(true)));
     assert_eq!(s.ignore.as_deref(), Some(&[][..]));
     assert_eq!(r.connect_timeout, Some(2.5));
+    assert_eq!(r.ssh_reuse, Some(0));
     assert_eq!(r.heartbeat_timeout, Some(30.0));
     assert_eq!(r.max_worker_restart, Some(0));
     assert_eq!(r.python.as_deref(), Some("python3.12"));

@@ -152,6 +152,11 @@ fn common(out: &mut CommonArgs, loaded: &Loaded, cwd: &Path) -> Result<(), Failu
     {
         out.connect_timeout = secs;
     }
+    if let Some(secs) = c.run.ssh_reuse
+        && !out.is_explicit("ssh_reuse")
+    {
+        out.ssh_reuse = secs as u64;
+    }
     if out.token_file.is_none() {
         out.token_file = c.run.token_file.as_ref().map(|f| dir.join(f));
     }

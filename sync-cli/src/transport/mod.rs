@@ -128,7 +128,9 @@ pub fn open(t: &Target, s: &SyncSettings, opts: PushOptions) -> Result<Opened, T
             })?;
             child::open_session(child, opts, s.connect_timeout)
         }
-        Transport::Ssh { args, host } => ssh::open(args, host, opts, s.connect_timeout),
+        Transport::Ssh { args, host } => {
+            ssh::open(args, host, opts, s.connect_timeout, s.ssh_reuse.as_ref())
+        }
         Transport::Socket { host, port } => tcp::open(host, *port, opts, s.connect_timeout),
     }
 }

@@ -7,8 +7,12 @@
 //! -m>/rdist`, so two builds never share a path) or from `PATH` if that is the same version; otherwise it prints a marker with the host's `uname -sm` and exits. When the
 //! host's system and machine match ours, the controller uploads its own binary there
 //! (temp file + rename, so a half-uploaded binary is never started) and tries once more.
+//!
+//! Later runs skip the login through an OpenSSH master connection kept for a while ([`reuse`]).
 
+use std::ffi::OsString;
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -18,6 +22,9 @@ use sync_core::push::{PushError, PushOptions};
 
 use super::child::{AgentChild, open_session};
 use super::{Opened, TargetError};
+use crate::settings::SshReuse;
+
+mod reuse;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const MARKER: &str = "RDIST-BOOTSTRAP-MISSING";
@@ -108,13 +115,25 @@ fn remote_command(script: &str) -> String {
     format!("sh -c {}", shell_words::quote(script))
 }
 
-/// The ssh command for `host` with the user's `args`, running `script` there.
-pub fn command(args: &[String], host: &str, timeout: Duration, script: &str) -> Command {
-    let program = std::env::var_os("RDIST_SSH").unwrap_or_else(|| "ssh".into());
-    let mut c = Command::new(program);
+/// The ssh program: `RDIST_SSH`, else `ssh`.
+fn program() -> OsString {
+    std::env::var_os("RDIST_SSH").unwrap_or_else(|| "ssh".into())
+}
+
+/// The ssh command for `host` with the user's `args`, running `script` there, through the
+/// master connection at `control` if one is given.
+pub fn command(
+    args: &[String],
+    host: &str,
+    timeout: Duration,
+    control: Option<&Path>,
+    script: &str,
+) -> Command {
+    let mut c = Command::new(program());
     c.args(["-o", "BatchMode=yes"])
         .arg("-o")
         .arg(format!("ConnectTimeout={}", timeout.as_secs().max(1)))
+        .args(control.map(reuse::session_options).into_iter().flatten())
         .args(args)
         .arg(host)
         .arg(remote_command(script));
@@ -130,6 +149,9 @@ fn spawn(cmd: Command, host: &str) -> Result<AgentChild, TargetError> {
 
 /// Opens a session with rdist on `host`, installing this binary there first if it is missing.
 ///
+/// With `reuse`, a master connection is found or started first, and every ssh command goes
+/// through it.
+///
 /// # Errors
 /// When ssh fails (with its stderr), or the host needs a binary this build cannot provide.
 pub fn open(
@@ -137,9 +159,15 @@ pub fn open(
     host: &str,
     opts: PushOptions,
     timeout: Duration,
+    reuse: Option<&SshReuse>,
 ) -> Result<Opened, TargetError> {
+    let control = reuse::prepare(&program(), args, host, timeout, reuse)?;
+    let control = control.as_deref();
     let first = open_session(
-        spawn(command(args, host, timeout, &bootstrap_script()), host)?,
+        spawn(
+            command(args, host, timeout, control, &bootstrap_script()),
+            host,
+        )?,
         opts.clone(),
         timeout,
     );
@@ -163,9 +191,12 @@ pub fn open(
             "install rdist {VERSION} on `{host}` (`cargo install rdist --version {VERSION}`) and put it on PATH"
         )));
     }
-    upload(args, host, timeout)?;
+    upload(args, host, timeout, control)?;
     open_session(
-        spawn(command(args, host, timeout, &bootstrap_script()), host)?,
+        spawn(
+            command(args, host, timeout, control, &bootstrap_script()),
+            host,
+        )?,
         opts,
         timeout,
     )
@@ -173,13 +204,18 @@ pub fn open(
 }
 
 /// Copies this executable to the host's rdist cache.
-fn upload(args: &[String], host: &str, timeout: Duration) -> Result<(), TargetError> {
+fn upload(
+    args: &[String],
+    host: &str,
+    timeout: Duration,
+    control: Option<&Path>,
+) -> Result<(), TargetError> {
     let exe = std::env::current_exe()
         .and_then(std::fs::read)
         .map_err(|e| {
             TargetError::local(anyhow!(e).context("cannot read this rdist executable to upload it"))
         })?;
-    let mut cmd = command(args, host, timeout, &upload_script());
+    let mut cmd = command(args, host, timeout, control, &upload_script());
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -291,6 +327,7 @@ mod tests {
             &["-p".into(), "2222".into()],
             "user@h",
             Duration::from_secs(7),
+            None,
             "true",
         );
         let args: Vec<String> = c
@@ -307,6 +344,34 @@ mod tests {
                 "-p",
                 "2222",
                 "user@h",
+                "sh -c true"
+            ]
+        );
+    }
+
+    #[test]
+    fn command_through_a_master_puts_its_options_before_the_users() {
+        let c = command(
+            &["-p".into(), "2222".into()],
+            "h",
+            Duration::from_secs(3),
+            Some(Path::new("/c/ssh/0123456789abcdef")),
+            "true",
+        );
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args[4..],
+            [
+                "-o",
+                "ControlMaster=no",
+                "-o",
+                "ControlPath=/c/ssh/0123456789abcdef",
+                "-p",
+                "2222",
+                "h",
                 "sh -c true"
             ]
         );
