@@ -8,6 +8,7 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -111,10 +112,14 @@ struct Slot {
 #[derive(Default)]
 pub struct HashCache {
     file: Option<PathBuf>,
-    map: FxHashMap<(u64, u64), Slot>,
+    /// Filled by `loader` (or empty) on first use.
+    map: OnceLock<Records>,
+    loader: Mutex<Option<std::thread::JoinHandle<Records>>>,
     seen: usize,
     changed: bool,
 }
+
+type Records = FxHashMap<(u64, u64), Slot>;
 
 impl HashCache {
     /// A cache that remembers nothing between runs.
@@ -122,38 +127,36 @@ impl HashCache {
         HashCache::default()
     }
 
-    /// Loads the cache stored at `file`; a missing, unreadable or outdated file gives an empty
-    /// cache (it is only an optimisation).
+    /// Loads the cache stored at `file`, on a thread of its own: the caller can walk its tree
+    /// meanwhile, and the first lookup waits for it. A missing, unreadable or outdated file
+    /// gives an empty cache (it is only an optimisation).
     pub fn load(file: PathBuf) -> HashCache {
-        let map = std::fs::read(&file)
-            .ok()
-            .and_then(|b| postcard::from_bytes::<CacheFile>(&b).ok())
-            .filter(|c| c.version == CACHE_VERSION)
-            .map(|c| {
-                c.records
-                    .into_iter()
-                    .map(|(stamp, hash)| {
-                        let slot = Slot {
-                            stamp,
-                            hash,
-                            seen: false,
-                        };
-                        ((stamp.dev, stamp.ino), slot)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let from = file.clone();
+        let loader = std::thread::Builder::new()
+            .spawn(move || read_records(&from))
+            .ok();
         HashCache {
             file: Some(file),
-            map,
-            seen: 0,
-            changed: false,
+            loader: Mutex::new(loader),
+            ..HashCache::default()
         }
+    }
+
+    fn map(&self) -> &Records {
+        self.map.get_or_init(|| {
+            let loader = self.loader.lock().unwrap_or_else(|e| e.into_inner()).take();
+            loader.and_then(|h| h.join().ok()).unwrap_or_default()
+        })
+    }
+
+    fn map_mut(&mut self) -> &mut Records {
+        self.map();
+        self.map.get_mut().expect("initialised above")
     }
 
     /// The cached hash of the file with `stamp`, if that stamp is unchanged.
     pub fn lookup(&self, stamp: &Stamp) -> Option<Hash> {
-        match self.map.get(&(stamp.dev, stamp.ino)) {
+        match self.map().get(&(stamp.dev, stamp.ino)) {
             Some(slot) if slot.stamp == *stamp => Some(slot.hash),
             _ => None,
         }
@@ -163,7 +166,9 @@ impl HashCache {
     /// `taken_ns` is when the hashing started.
     pub fn record(&mut self, stamp: Stamp, hash: Hash, taken_ns: i64) {
         let trusted = stamp_trustworthy(&stamp, taken_ns);
-        match self.map.get_mut(&(stamp.dev, stamp.ino)) {
+        self.map();
+        let map = self.map.get_mut().expect("initialised above");
+        match map.get_mut(&(stamp.dev, stamp.ino)) {
             Some(slot) => {
                 if !trusted || slot.stamp != stamp || slot.hash != hash {
                     self.changed = true;
@@ -186,7 +191,7 @@ impl HashCache {
                         hash,
                         seen: true,
                     };
-                    self.map.insert((stamp.dev, stamp.ino), slot);
+                    map.insert((stamp.dev, stamp.ino), slot);
                 }
             }
         }
@@ -196,15 +201,14 @@ impl HashCache {
     ///
     /// # Errors
     /// When the cache file cannot be written.
-    pub fn save(self) -> io::Result<()> {
-        let Some(file) = self.file else {
+    pub fn save(mut self) -> io::Result<()> {
+        let Some(file) = self.file.take() else {
             return Ok(());
         };
-        if !self.changed && self.seen == self.map.len() {
+        if !self.changed && self.seen == self.map().len() {
             return Ok(());
         }
-        let records = self
-            .map
+        let records = std::mem::take(self.map_mut())
             .into_values()
             .filter(|slot| slot.seen)
             .map(|slot| (slot.stamp, slot.hash))
@@ -221,6 +225,28 @@ impl HashCache {
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, &file)
     }
+}
+
+/// The records stored at `file`: none when it is missing, unreadable or of another version.
+fn read_records(file: &Path) -> Records {
+    std::fs::read(file)
+        .ok()
+        .and_then(|b| postcard::from_bytes::<CacheFile>(&b).ok())
+        .filter(|c| c.version == CACHE_VERSION)
+        .map(|c| {
+            c.records
+                .into_iter()
+                .map(|(stamp, hash)| {
+                    let slot = Slot {
+                        stamp,
+                        hash,
+                        seen: false,
+                    };
+                    ((stamp.dev, stamp.ino), slot)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
