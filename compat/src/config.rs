@@ -6,7 +6,7 @@
 //! The schema holds everything [`RdistConfig::render`](crate::legacy::RdistConfig::render)
 //! writes (`[sync] roots, ignore`; `[run] tx, px, numprocesses, dist`; a test parses every
 //! rendering back) plus the knobs a project wants to fix once: `layout`, `lock_wait`, `fsync`,
-//! `python`, `dir`, the timeouts, `max_worker_restart`, `token_file`. Unknown tables and keys
+//! `compress`, `python`, `dir`, the timeouts, `max_worker_restart`, `token_file`. Unknown tables and keys
 //! are errors with a did-you-mean, so a typo never silently does nothing. Values are checked
 //! here (types, `dist` modes, `numprocesses`, worker specs); paths are left as written, relative
 //! to the file's directory, for the caller to resolve.
@@ -48,6 +48,8 @@ pub struct SyncConfig {
     /// Seconds to wait for another sync to the same directory.
     pub lock_wait: Option<f64>,
     pub fsync: Option<bool>,
+    /// Compress data to remote workers (`--compress`).
+    pub compress: Option<bool>,
 }
 
 /// `[run]`: the workers (for `rdist sync` too) and how tests run on them.
@@ -213,7 +215,14 @@ impl ConfigError {
 }
 
 /// The keys of each table, in the order the README documents them.
-const SYNC_KEYS: [&str; 5] = ["roots", "ignore", "layout", "lock_wait", "fsync"];
+const SYNC_KEYS: [&str; 6] = [
+    "roots",
+    "ignore",
+    "layout",
+    "lock_wait",
+    "fsync",
+    "compress",
+];
 const RUN_KEYS: [&str; 11] = [
     "tx",
     "px",
@@ -449,7 +458,8 @@ impl Reader<'_> {
                 "ignore" => c.ignore = Some(v.strings()?),
                 "layout" => c.layout = Some(v.one_of(&LAYOUTS)?),
                 "lock_wait" => c.lock_wait = Some(v.seconds(true)?),
-                _ => c.fsync = Some(v.boolean()?),
+                "fsync" => c.fsync = Some(v.boolean()?),
+                _ => c.compress = Some(v.boolean()?),
             }
         }
         Ok(())

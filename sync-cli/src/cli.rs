@@ -193,6 +193,12 @@ pub struct CommonArgs {
     )]
     pub ssh_reuse: u64,
 
+    /// Compress manifests and file data with zstd on the way to remote workers (`ssh=`,
+    /// `socket=`), as rsync's `-z` does: worth it on a slow link, a cost on a fast one. Local
+    /// workers never compress.
+    #[arg(long, help_heading = "Workers")]
+    pub compress: bool,
+
     /// File holding the token of `rdist serve` for `socket=` workers (or set `RDIST_TOKEN`).
     #[arg(long, value_name = "FILE", help_heading = "Workers")]
     pub token_file: Option<PathBuf>,

@@ -79,6 +79,8 @@ pub struct SyncSettings {
     pub targets: Vec<Target>,
     pub dry_run: bool,
     pub fsync: bool,
+    /// Compress data to remote workers (`--compress`).
+    pub compress: bool,
     pub adopt: bool,
     pub lock_wait_ms: u64,
     pub verbose: bool,
@@ -269,6 +271,7 @@ impl SyncSettings {
             targets,
             dry_run: sync.dry_run,
             fsync: sync.fsync,
+            compress: sync.common.compress,
             adopt: sync.adopt,
             lock_wait_ms: (sync.lock_wait.max(0.0) * 1000.0) as u64,
             verbose: sync.verbose,

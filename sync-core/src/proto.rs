@@ -31,17 +31,25 @@ pub struct Hello {
     pub proto: u32,
     /// The sender's rdist version (`CARGO_PKG_VERSION`).
     pub version: String,
-    /// Optional features the sender understands; empty today.
+    /// Optional features the sender understands ([`CAP_ZSTD`]).
     pub caps: Vec<String>,
 }
+
+/// The capability of reading [`Message::Zstd`] frames.
+pub const CAP_ZSTD: &str = "zstd";
 
 impl Hello {
     pub fn ours(version: &str) -> Hello {
         Hello {
             proto: PROTO_VERSION,
             version: version.to_owned(),
-            caps: Vec::new(),
+            caps: vec![CAP_ZSTD.to_owned()],
         }
+    }
+
+    /// Whether the peer that sent this hello reads [`Message::Zstd`] frames.
+    pub fn reads_zstd(&self) -> bool {
+        self.caps.iter().any(|c| c == CAP_ZSTD)
     }
 }
 
@@ -206,6 +214,9 @@ pub enum Message {
     Probe(ProbeRequest),
     /// Agent: the facts.
     Probed(ProbeReport),
+    /// Either side, to a peer whose hello lists [`CAP_ZSTD`]: another message's body,
+    /// compressed with zstd. [`read_frame`] unpacks it; it never holds another `Zstd`.
+    Zstd(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// What `rdist check` asks a host.
@@ -291,6 +302,7 @@ impl Message {
             Message::WorkerExit { .. } => "WorkerExit",
             Message::Probe(_) => "Probe",
             Message::Probed(_) => "Probed",
+            Message::Zstd(_) => "Zstd",
         }
     }
 }
@@ -344,6 +356,66 @@ pub fn write_frame(w: &mut impl Write, msg: &Message) -> Result<usize, ProtoErro
     Ok(body.len() + 4)
 }
 
+/// Frames with a body smaller than this are never compressed.
+const PACK_MIN: usize = 1 << 10;
+/// zstd's level for [`write_frame_packed`]: its fastest regular level, to keep up with a link.
+const PACK_LEVEL: i32 = 1;
+
+/// Like [`write_frame`], but sends the body compressed (as [`Message::Zstd`]) when that makes
+/// it smaller. Only for a peer whose hello lists [`CAP_ZSTD`].
+///
+/// # Errors
+/// On I/O failure or a frame over [`MAX_FRAME`].
+pub fn write_frame_packed(w: &mut impl Write, msg: &Message) -> Result<usize, ProtoError> {
+    let body = postcard::to_stdvec(msg).map_err(ProtoError::Decode)?;
+    if body.len() > MAX_FRAME {
+        return Err(ProtoError::FrameTooLarge(body.len()));
+    }
+    let packed = (body.len() >= PACK_MIN)
+        .then(|| zstd::bulk::compress(&body, PACK_LEVEL).ok())
+        .flatten()
+        .filter(|p| p.len() + 8 < body.len());
+    let body = match packed {
+        Some(p) => postcard::to_stdvec(&Message::Zstd(p)).map_err(ProtoError::Decode)?,
+        None => body,
+    };
+    w.write_all(&(body.len() as u32).to_be_bytes())?;
+    w.write_all(&body)?;
+    Ok(body.len() + 4)
+}
+
+/// [`write_frame_packed`] when `packed`, else [`write_frame`].
+///
+/// # Errors
+/// As theirs.
+pub fn write_frame_as(
+    w: &mut impl Write,
+    msg: &Message,
+    packed: bool,
+) -> Result<usize, ProtoError> {
+    if packed {
+        write_frame_packed(w, msg)
+    } else {
+        write_frame(w, msg)
+    }
+}
+
+/// The body inside a [`Message::Zstd`]: it must declare its size, at most [`MAX_FRAME`], and
+/// decompress to exactly that.
+fn unpack(packed: &[u8]) -> Result<Vec<u8>, ProtoError> {
+    let bad = |what: &str| ProtoError::Invalid(format!("compressed frame: {what}"));
+    let size = match zstd::zstd_safe::get_frame_content_size(packed) {
+        Ok(Some(n)) if n <= MAX_FRAME as u64 => n as usize,
+        Ok(Some(n)) => return Err(bad(&format!("unpacks to {n} bytes, over the frame limit"))),
+        _ => return Err(bad("no content size")),
+    };
+    let body = zstd::bulk::decompress(packed, size).map_err(|e| bad(&e.to_string()))?;
+    if body.len() != size {
+        return Err(bad("shorter than it declares"));
+    }
+    Ok(body)
+}
+
 /// Reads one frame. A clean end of stream before the length is [`ProtoError::Closed`]; a
 /// stream that ends inside a frame is [`ProtoError::Truncated`].
 ///
@@ -373,7 +445,17 @@ pub fn read_frame(r: &mut impl Read) -> Result<(Message, usize), ProtoError> {
             e.into()
         }
     })?;
-    let msg = postcard::from_bytes(&body).map_err(ProtoError::Decode)?;
+    let msg = match postcard::from_bytes(&body).map_err(ProtoError::Decode)? {
+        Message::Zstd(packed) => match postcard::from_bytes(&unpack(&packed)?) {
+            Ok(Message::Zstd(_)) => {
+                return Err(ProtoError::Invalid(
+                    "compressed frame inside a compressed frame".to_owned(),
+                ));
+            }
+            inner => inner.map_err(ProtoError::Decode)?,
+        },
+        msg => msg,
+    };
     Ok((msg, len + 4))
 }
 
@@ -516,6 +598,72 @@ mod tests {
             assert_eq!(bytes_of(&m), want, "{}", m.name());
             assert_eq!(read_frame(&mut &want[..]).unwrap().0, m);
         }
+    }
+
+    #[test]
+    fn packed_frames_shrink_and_read_back() {
+        let big = Message::Files(vec![FileData {
+            index: 4,
+            data: b"import os\n".repeat(2000),
+        }]);
+        let mut packed = Vec::new();
+        let n = write_frame_packed(&mut packed, &big).unwrap();
+        assert_eq!(n, packed.len());
+        assert!(n < bytes_of(&big).len() / 10, "{n} bytes");
+        assert_eq!(packed[4], 31, "sent as the Zstd variant");
+        assert_eq!(read_frame(&mut &packed[..]).unwrap(), (big, n));
+        // Small or incompressible bodies go as they are.
+        let mut x: u32 = 7;
+        let noise: Vec<u8> = (0..5000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect();
+        for m in [
+            Message::UpToDate,
+            Message::Files(vec![FileData {
+                index: 1,
+                data: noise,
+            }]),
+        ] {
+            let mut plain = Vec::new();
+            write_frame_packed(&mut plain, &m).unwrap();
+            assert_eq!(plain, bytes_of(&m), "{}", m.name());
+        }
+    }
+
+    #[test]
+    fn hostile_packed_frames_are_refused() {
+        let invalid = |packed: Vec<u8>| match read_frame(&mut &bytes_of(&Message::Zstd(packed))[..])
+        {
+            Err(ProtoError::Invalid(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        let body = postcard::to_stdvec(&Message::UpToDate).unwrap();
+        // A bomb: declares more than a frame may hold.
+        let bomb = zstd::bulk::compress(&vec![0u8; MAX_FRAME + 1], 1).unwrap();
+        assert!(bomb.len() < 4096);
+        assert!(invalid(bomb).contains("over the frame limit"));
+        // No declared size (streaming encoder), garbage, and a cut-off frame.
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        enc.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut enc, &body).unwrap();
+        let unsized_ = enc.finish().unwrap();
+        assert!(invalid(unsized_).contains("no content size"));
+        assert!(invalid(b"not zstd at all".to_vec()).contains("compressed frame"));
+        let whole = zstd::bulk::compress(&b"x".repeat(5000), 1).unwrap();
+        assert!(invalid(whole[..whole.len() - 3].to_vec()).contains("compressed frame"));
+        // A Zstd inside a Zstd.
+        let inner = postcard::to_stdvec(&Message::Zstd(zstd::bulk::compress(&body, 1).unwrap()));
+        let nested = zstd::bulk::compress(&inner.unwrap(), 1).unwrap();
+        assert!(invalid(nested).contains("inside a compressed frame"));
+        // Unpacked bytes that are no message.
+        let junk = zstd::bulk::compress(&[200, 1, 2], 1).unwrap();
+        assert!(matches!(
+            read_frame(&mut &bytes_of(&Message::Zstd(junk))[..]),
+            Err(ProtoError::Decode(_))
+        ));
     }
 
     #[test]

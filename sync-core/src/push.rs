@@ -14,7 +14,7 @@ use crate::delta::{DELTA_CHUNK, Differ, read_new_chunk};
 use crate::manifest::{Entry, Kind};
 use crate::proto::{
     Begin, DATA_CHUNK, FileData, Message, Outcome, Plan, ProtoError, Want, read_frame, recv_hello,
-    send_hello, write_frame,
+    send_hello, write_frame, write_frame_as,
 };
 use crate::scan::SourceTree;
 
@@ -42,6 +42,8 @@ pub struct PushOptions {
     pub delta_min: u64,
     /// This binary's version, for the handshake.
     pub version: String,
+    /// Compress manifests and file data with zstd, if the agent reads it (slow links).
+    pub compress: bool,
 }
 
 /// What one target's sync did.
@@ -115,6 +117,8 @@ pub struct Connection<R: Read, W: Write> {
     pub agent_version: String,
     /// Bytes the peer printed before its handshake (a login banner).
     pub preamble: Vec<u8>,
+    /// Whether the peer reads zstd-compressed frames.
+    pub reads_zstd: bool,
 }
 
 /// A connection with a sync begun: the agent examines its destination while the controller is
@@ -166,6 +170,7 @@ impl<R: Read + Send, W: Write + Send> Connection<R, W> {
         Ok(Connection {
             r,
             w,
+            reads_zstd: hello.reads_zstd(),
             agent_version: hello.version,
             preamble,
         })
@@ -257,6 +262,7 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
                     mut w,
                     agent_version,
                     preamble,
+                    reads_zstd,
                 },
             opts,
             mut report,
@@ -266,7 +272,10 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
             w,
             agent_version: agent_version.clone(),
             preamble: Vec::new(),
+            reads_zstd,
         };
+        // Entries and file data go compressed when asked for and the agent can read it.
+        let packed = opts.compress && reads_zstd;
         drop(preamble);
         let m = &tree.manifest;
         let offered = write_frame(
@@ -290,14 +299,15 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
                     return Ok((report, back(r, w)));
                 }
                 Message::NeedManifest => {
-                    send_entries(&mut w, m.entries().iter(), &mut report)
+                    send_entries(&mut w, m.entries().iter(), &mut report, packed)
                         .map_err(|e| explained_push(&mut r, e))?;
                 }
                 Message::NeedSummary => {
                     let keys = m.dir_summary_of(dirs.get_or_init(|| m.dirs()));
                     for part in keys.chunks(64 << 10) {
                         report.wire_sent +=
-                            write_frame(&mut w, &Message::Summary(part.to_vec()))? as u64;
+                            write_frame_as(&mut w, &Message::Summary(part.to_vec()), packed)?
+                                as u64;
                     }
                     report.wire_sent += write_frame(&mut w, &Message::SummaryEnd)? as u64;
                     w.flush().map_err(ProtoError::from)?;
@@ -316,8 +326,13 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
                     }
                     picked.sort_unstable();
                     picked.dedup();
-                    send_entries(&mut w, picked.iter().map(|&i| &m.entries()[i]), &mut report)
-                        .map_err(|e| explained_push(&mut r, e))?;
+                    send_entries(
+                        &mut w,
+                        picked.iter().map(|&i| &m.entries()[i]),
+                        &mut report,
+                        packed,
+                    )
+                    .map_err(|e| explained_push(&mut r, e))?;
                 }
                 Message::Plan(p) => break p,
                 other => {
@@ -337,7 +352,7 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
             };
             return Ok((report, back(r, w)));
         }
-        let (r, w) = transfer(tree, r, w, &mut report, progress)?;
+        let (r, w) = transfer(tree, r, w, &mut report, progress, packed)?;
         Ok((report, back(r, w)))
     }
 }
@@ -365,6 +380,7 @@ fn send_entries<'a, W: Write>(
     w: &mut W,
     entries: impl Iterator<Item = &'a Entry>,
     report: &mut PushReport,
+    packed: bool,
 ) -> Result<(), PushError> {
     let mut part: Vec<Entry> = Vec::new();
     let mut bytes = 0;
@@ -373,12 +389,12 @@ fn send_entries<'a, W: Write>(
         part.push(e.clone());
         if bytes >= MANIFEST_FRAME {
             report.wire_sent +=
-                write_frame(w, &Message::Manifest(std::mem::take(&mut part)))? as u64;
+                write_frame_as(w, &Message::Manifest(std::mem::take(&mut part)), packed)? as u64;
             bytes = 0;
         }
     }
     if !part.is_empty() {
-        report.wire_sent += write_frame(w, &Message::Manifest(part))? as u64;
+        report.wire_sent += write_frame_as(w, &Message::Manifest(part), packed)? as u64;
     }
     report.wire_sent += write_frame(w, &Message::ManifestEnd)? as u64;
     w.flush().map_err(ProtoError::from)?;
@@ -392,6 +408,7 @@ fn transfer<R: Read + Send, W: Write + Send>(
     w: BufWriter<W>,
     report: &mut PushReport,
     progress: Progress<'_>,
+    packed: bool,
 ) -> Result<(BufReader<R>, BufWriter<W>), PushError> {
     let received = AtomicU64::new(report.wire_received);
     let streams = std::thread::scope(|scope| -> Result<(BufReader<R>, BufWriter<W>), PushError> {
@@ -420,6 +437,7 @@ fn transfer<R: Read + Send, W: Write + Send>(
             progress,
             batch: Vec::new(),
             batch_bytes: 0,
+            packed,
         };
         // After a failed write, the agent's own `Error` (if it sent one) explains it better.
         let explain = |e: PushError| -> PushError {
@@ -469,11 +487,13 @@ struct Sender<'a, W: Write> {
     progress: Progress<'a>,
     batch: Vec<FileData>,
     batch_bytes: usize,
+    /// Send data frames compressed.
+    packed: bool,
 }
 
 impl<W: Write> Sender<'_, W> {
     fn send(&mut self, m: &Message) -> Result<(), PushError> {
-        self.report.wire_sent += write_frame(self.w, m)? as u64;
+        self.report.wire_sent += write_frame_as(self.w, m, self.packed)? as u64;
         Ok(())
     }
 

@@ -335,6 +335,8 @@ fn sync_in_process(src: &Path, dest: &Path, cache: &Path) -> (SourceTree, PushRe
         token: None,
         delta_min: sync_core::delta::DELTA_MIN_SIZE,
         version: "model".into(),
+        // Every model sync goes compressed: the agent must read what it gets either way.
+        compress: true,
     };
     let (agent_in, ctl_out) = std::io::pipe().unwrap();
     let (ctl_in, agent_out) = std::io::pipe().unwrap();

@@ -138,6 +138,35 @@ fn good_token_syncs_into_a_per_project_dir_below_the_root() {
 }
 
 #[test]
+fn compress_sends_fewer_bytes_for_the_same_mirror() {
+    let t = tempfile::tempdir().unwrap();
+    let serve = Serve::start(t.path());
+    let sb = project();
+    let module: String = (0..3000)
+        .map(|i| format!("def handler_{i}(request):\n    return respond(request, {i})\n\n"))
+        .collect();
+    sb.write("pkg/handlers.py", &module);
+    let wire = |dir: &str, extra: &[&str]| {
+        let spec = format!("socket={}//chdir={dir}", serve.addr());
+        let o = sync(&sb, &serve, &spec, &[&["--json"], extra].concat());
+        assert_ok(&o);
+        assert_mirrors(&sb, &serve.root().join(dir));
+        json(&o)["targets"][0]["wire_bytes"].as_u64().unwrap()
+    };
+    let plain = wire("plain", &[]);
+    let packed = wire("packed", &["--compress"]);
+    assert!(
+        packed * 4 < plain,
+        "--compress sent {packed} bytes, without it {plain}"
+    );
+    // An edit travels compressed too, and the result is the same.
+    sb.write("pkg/handlers.py", module.replace("respond(", "answer("));
+    let plain = wire("plain", &[]);
+    let packed = wire("packed", &["--compress"]);
+    assert!(packed < plain, "edit: {packed} compressed, {plain} not");
+}
+
+#[test]
 fn chdir_lands_below_the_root() {
     let t = tempfile::tempdir().unwrap();
     let serve = Serve::start(t.path());

@@ -126,6 +126,7 @@ ignore = []
 layout = "xdist"
 lock_wait = 0
 fsync = true
+compress = true
 [run]
 tx = ["popen//chdir=w"]
 px = []
@@ -142,6 +143,7 @@ token_file = "../token"
     let (s, r) = (&l.config.sync, &l.config.run);
     assert_eq!(s.layout.as_deref(), Some("xdist"));
     assert_eq!((s.lock_wait, s.fsync), (Some(0.0), Some(true)));
+    assert_eq!(s.compress, Some(true));
     assert_eq!(s.ignore.as_deref(), Some(&[][..]));
     assert_eq!(r.connect_timeout, Some(2.5));
     assert_eq!(r.ssh_reuse, Some(0));
@@ -187,7 +189,7 @@ fn errors_name_the_file_line_and_key() {
             "[sync]\nzzz = 1\n",
             "rdist.toml",
             "rdist.toml:2: unknown key `zzz` in [sync]",
-            Some("known keys: `roots`, `ignore`, `layout`, `lock_wait`, `fsync`"),
+            Some("known keys: `roots`, `ignore`, `layout`, `lock_wait`, `fsync`, `compress`"),
         ),
         (
             "[rnu]\ntx = []\n",

@@ -188,6 +188,7 @@ pub(crate) fn push_options(s: &SyncSettings, t: &Target) -> PushOptions {
             _ => None,
         },
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        compress: s.compress && t.transport != Transport::Local,
     }
 }
 

@@ -160,6 +160,7 @@ fn common(out: &mut CommonArgs, loaded: &Loaded, cwd: &Path) -> Result<(), Failu
     if out.token_file.is_none() {
         out.token_file = c.run.token_file.as_ref().map(|f| dir.join(f));
     }
+    out.compress |= c.sync.compress.unwrap_or(false);
     out.from_config.python = c.run.python.clone();
     out.from_config.dir = c.run.dir.clone();
     Ok(())

@@ -32,6 +32,7 @@ pub fn opts(dest: &Path) -> PushOptions {
         token: None,
         delta_min: sync_core::delta::DELTA_MIN_SIZE,
         version: "test".into(),
+        compress: false,
     }
 }
 
