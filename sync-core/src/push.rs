@@ -303,7 +303,7 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
                         .map_err(|e| explained_push(&mut r, e))?;
                 }
                 Message::NeedSummary => {
-                    let keys = m.dir_summary_of(dirs.get_or_init(|| m.dirs()));
+                    let keys = m.dir_summary_with(dirs.get_or_init(|| m.dirs()), &tree.framed);
                     for part in keys.chunks(64 << 10) {
                         report.wire_sent +=
                             write_frame_as(&mut w, &Message::Summary(part.to_vec()), packed)?

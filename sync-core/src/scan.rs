@@ -22,6 +22,8 @@ pub struct SourceTree {
     pub manifest: Manifest,
     /// `manifest.digest()`, computed once.
     pub digest: crate::manifest::Hash,
+    /// The manifest's encoded entries, for its directory summaries.
+    pub framed: crate::manifest::Framed,
     /// For each manifest entry (same index), where it is on this machine.
     pub sources: Vec<PathBuf>,
     /// Warnings and skipped entries.
@@ -186,8 +188,10 @@ pub fn scan(
         sources.push(w.abs);
     }
     let manifest = Manifest::from_unsorted(entries);
+    let framed = manifest.framed();
     Ok(SourceTree {
-        digest: manifest.digest(),
+        digest: framed.digest(),
+        framed,
         manifest,
         sources,
         problems,

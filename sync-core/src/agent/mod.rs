@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::filter::{Filter, PatternError};
-use crate::manifest::{Entry, Hash, Manifest, ManifestError};
+use crate::manifest::{Entry, Framed, Hash, Manifest, ManifestError};
 use crate::path::RelPath;
 use crate::proto::{
     Begin, DestBase, Message, Outcome, ProtoError, read_frame, recv_hello, send_hello, write_frame,
@@ -307,7 +307,8 @@ fn session<R: BufRead, W: Write + Send>(
         );
     }
     // Computed before waiting: the controller is usually still scanning, so this is free time.
-    let ours = current.manifest.digest();
+    let framed = current.manifest.framed();
+    let ours = framed.digest();
     let (digest, entries) = match read_frame(r)?.0 {
         Message::Offer { digest, entries } => (digest, entries),
         Message::Error(e) => return Err(ProtoError::Remote(e).into()),
@@ -337,7 +338,7 @@ fn session<R: BufRead, W: Write + Send>(
         return Ok(());
     }
     let t1 = std::time::Instant::now();
-    let want = match receive_changed(r, w, &current.manifest, digest, entries, &filter)? {
+    let want = match receive_changed(r, w, &current.manifest, &framed, digest, entries, &filter)? {
         Some(want) => want,
         None => {
             write_frame(w, &Message::NeedManifest)?;
@@ -426,6 +427,7 @@ fn receive_changed<R: BufRead, W: Write>(
     r: &mut R,
     w: &mut W,
     current: &Manifest,
+    framed: &Framed,
     digest: Hash,
     entries_announced: u64,
     filter: &Filter,
@@ -438,7 +440,7 @@ fn receive_changed<R: BufRead, W: Write>(
     // Ours is computed while the controller computes and sends its own.
     let ours_dirs = current.dirs();
     let ours: FxHashMap<[u8; 8], ([u8; 8], usize)> = current
-        .dir_summary_of(&ours_dirs)
+        .dir_summary_with(&ours_dirs, framed)
         .into_iter()
         .enumerate()
         .map(|(i, k)| {
