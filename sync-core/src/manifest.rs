@@ -125,7 +125,8 @@ impl Framed {
         *h.finalize().as_bytes()
     }
 
-    fn entry(&self, i: usize) -> &[u8] {
+    /// Entry `i`'s framed encoding.
+    pub fn entry(&self, i: usize) -> &[u8] {
         &self.bytes[self.starts[i]..self.starts[i + 1]]
     }
 }
@@ -255,11 +256,20 @@ impl Manifest {
     /// Every entry's length-prefixed encoding, kept for [`Framed::digest`] and
     /// [`Manifest::dir_summary_with`], so the entries are encoded once for both.
     pub fn framed(&self) -> Framed {
+        self.framed_reusing(|_| None)
+    }
+
+    /// [`Manifest::framed`], copying the encoding of entry `i` from `known(i)` where it gives
+    /// one (entries taken over from another manifest, framed before).
+    pub fn framed_reusing<'a>(&self, known: impl Fn(usize) -> Option<&'a [u8]>) -> Framed {
         let mut bytes = Vec::with_capacity(self.entries.len() * 96);
         let mut starts = Vec::with_capacity(self.entries.len() + 1);
-        for e in &self.entries {
+        for (i, e) in self.entries.iter().enumerate() {
             starts.push(bytes.len());
-            frame_into(e, &mut bytes);
+            match known(i) {
+                Some(done) => bytes.extend_from_slice(done),
+                None => frame_into(e, &mut bytes),
+            }
         }
         starts.push(bytes.len());
         Framed { bytes, starts }

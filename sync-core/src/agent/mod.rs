@@ -489,16 +489,29 @@ fn receive_changed<R: BufRead, W: Write>(
     }
     write_frame(w, &Message::NeedDirs(need))?;
     w.flush().map_err(ProtoError::from)?;
-    let mut entries = read_entries(r, entries_announced.min(MAX_ENTRIES))?;
+    let theirs = read_entries(r, entries_announced.min(MAX_ENTRIES))?;
     // Only the peer's entries need the ignore check: ours were walked with the same rules.
-    not_ignored(&entries, filter)?;
+    not_ignored(&theirs, filter)?;
+    // Each entry with the index of its copy on this side, whose encoding is then reused.
+    const THEIRS: usize = usize::MAX;
+    let mut merged: Vec<(Entry, usize)> = theirs.into_iter().map(|e| (e, THEIRS)).collect();
     for i in same {
-        entries.extend(ours_dirs[i].1.iter().map(|&k| current.entries()[k].clone()));
+        merged.extend(
+            ours_dirs[i]
+                .1
+                .iter()
+                .map(|&k| (current.entries()[k].clone(), k)),
+        );
     }
-    entries.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    merged.par_sort_unstable_by(|a, b| a.0.path.cmp(&b.0.path));
+    let (entries, origin): (Vec<Entry>, Vec<usize>) = merged.into_iter().unzip();
     // Anything off (a hash collision, a peer that lies) falls back to the full manifest, which
     // is then checked strictly.
-    Ok(verified(entries, digest).ok())
+    let Ok(want) = Manifest::from_sorted_checked(entries) else {
+        return Ok(None);
+    };
+    let reused = want.framed_reusing(|i| (origin[i] != THEIRS).then(|| framed.entry(origin[i])));
+    Ok((reused.digest() == digest).then_some(want))
 }
 
 /// The outcome of a sync that changed nothing, for dry runs.
