@@ -265,6 +265,14 @@ pub fn report_sync(
             human_bytes(delta),
             count(deleted)
         ));
+        // Compression applies to remote workers only.
+        if s.compress
+            && s.targets
+                .iter()
+                .any(|t| t.transport != crate::settings::Transport::Local)
+        {
+            line.push_str(&format!(", {} on the wire", human_bytes(wire)));
+        }
     }
     eprintln!("{line}");
     if s.json {

@@ -150,6 +150,12 @@ fn compress_sends_fewer_bytes_for_the_same_mirror() {
         let spec = format!("socket={}//chdir={dir}", serve.addr());
         let o = sync(&sb, &serve, &spec, &[&["--json"], extra].concat());
         assert_ok(&o);
+        let summary = stderr(&o);
+        assert_eq!(
+            summary.contains(" on the wire"),
+            extra.contains(&"--compress"),
+            "{summary}"
+        );
         assert_mirrors(&sb, &serve.root().join(dir));
         json(&o)["targets"][0]["wire_bytes"].as_u64().unwrap()
     };
