@@ -196,7 +196,7 @@ pub struct CommonArgs {
     /// Compress manifests and file data with zstd on the way to remote workers (`ssh=`,
     /// `socket=`), as rsync's `-z` does: worth it on a slow link, a cost on a fast one. Local
     /// workers never compress.
-    #[arg(long, help_heading = "Workers")]
+    #[arg(short = 'z', long, help_heading = "Workers")]
     pub compress: bool,
 
     /// File holding the token of `rdist serve` for `socket=` workers (or set `RDIST_TOKEN`).
