@@ -281,6 +281,12 @@ fn explain(mut e: TargetError, host: &str) -> TargetError {
 mod tests {
     use super::*;
 
+    fn args_of(c: &Command) -> Vec<String> {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
     #[test]
     fn exe_hash_is_remembered_by_stamp_and_redone_when_the_file_changes() {
         let dir = tempfile::tempdir().unwrap();
@@ -330,10 +336,7 @@ mod tests {
             None,
             "true",
         );
-        let args: Vec<String> = c
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args = args_of(&c);
         assert_eq!(
             args,
             [
@@ -358,10 +361,7 @@ mod tests {
             Some(Path::new("/c/ssh/0123456789abcdef")),
             "true",
         );
-        let args: Vec<String> = c
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args = args_of(&c);
         assert_eq!(
             args[4..],
             [
