@@ -352,6 +352,11 @@ impl Sshd {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
+
+    /// How many ssh logins the server has accepted.
+    pub fn logins(&self) -> usize {
+        self.log().matches("Accepted publickey").count()
+    }
 }
 
 impl Drop for Sshd {

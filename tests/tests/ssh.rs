@@ -381,11 +381,6 @@ fn host_that_accepts_but_never_answers_is_given_up_after_the_connect_timeout() {
     drop(silent);
 }
 
-/// How many ssh logins the server has accepted.
-fn logins(sshd: &Sshd) -> usize {
-    sshd.log().matches("Accepted publickey").count()
-}
-
 #[test]
 fn destinations_on_one_host_share_one_connection() {
     let Some(sshd) = Sshd::start() else { return };
@@ -401,7 +396,7 @@ fn destinations_on_one_host_share_one_connection() {
     assert_ok(&o);
 
     // Without connection reuse, so that the login is there to count.
-    let before = logins(&sshd);
+    let before = sshd.logins();
     let mut c = sshd.rdist(&sb);
     c.env("RDIST_SSH_REUSE", "0")
         .args(["sync", "--rsyncdir", ".", "--json"]);
@@ -420,7 +415,7 @@ fn destinations_on_one_host_share_one_connection() {
         assert_mirrors(&sb, d);
     }
     assert_eq!(
-        logins(&sshd) - before,
+        sshd.logins() - before,
         1,
         "three destinations on one host should need one login; sshd log:\n{}",
         sshd.log()

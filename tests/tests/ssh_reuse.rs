@@ -5,7 +5,7 @@
 //! killed during `rdist run` ends the run with an error. The sandbox stops its masters when
 //! dropped.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -34,11 +34,6 @@ fn sync(sshd: &Sshd, sb: &Sandbox, spec: &str, dest: &Path) -> Output {
         .arg(format!("ssh={spec}//chdir={}", dest.display())))
 }
 
-/// How many ssh logins the server has accepted.
-fn logins(sshd: &Sshd) -> usize {
-    sshd.log().matches("Accepted publickey").count()
-}
-
 /// The pid `ssh -O check` reports for the master at `socket`, if one is running.
 fn master_pid(socket: &Path) -> Option<u32> {
     let o = ssh_control(socket, "check");
@@ -56,7 +51,7 @@ fn second_sync_goes_through_the_master_without_a_login() {
     assert_ok(&o);
     assert_mirrors(&sb, &dest);
     // The bootstrap, the upload and the second bootstrap all went through one login.
-    assert_eq!(logins(&sshd), 1, "sshd log:\n{}", sshd.log());
+    assert_eq!(sshd.logins(), 1, "sshd log:\n{}", sshd.log());
     let sockets = sb.ssh_sockets();
     assert_eq!(sockets.len(), 1, "{sockets:?}");
     assert!(master_pid(&sockets[0]).is_some(), "no live master");
@@ -71,7 +66,7 @@ fn second_sync_goes_through_the_master_without_a_login() {
     assert_ok(&o);
     assert_mirrors(&sb, &dest);
     assert_eq!(
-        logins(&sshd),
+        sshd.logins(),
         1,
         "a second login; sshd log:\n{}",
         sshd.log()
@@ -86,10 +81,10 @@ fn reuse_is_off_with_rdist_ssh_reuse_0_and_with_ssh_reuse_0_in_rdist_toml() {
     let spec = format!("ssh=rdist-a//chdir={}", dest.display());
     let off = |c: &mut Command| run(c.args(["sync", "--rsyncdir", ".", "--tx", &spec]));
     for _ in 0..2 {
-        let before = logins(&sshd);
+        let before = sshd.logins();
         let o = off(sshd.rdist(&sb).env("RDIST_SSH_REUSE", "0"));
         assert_ok(&o);
-        assert!(logins(&sshd) > before, "no login: {}", show(&o));
+        assert!(sshd.logins() > before, "no login: {}", show(&o));
     }
     assert_mirrors(&sb, &dest);
     assert_eq!(sb.ssh_sockets(), Vec::<std::path::PathBuf>::new());
@@ -97,10 +92,10 @@ fn reuse_is_off_with_rdist_ssh_reuse_0_and_with_ssh_reuse_0_in_rdist_toml() {
     // The file's setting applies when the environment says nothing.
     sb.write("rdist.toml", "[run]\nssh_reuse = 0\n");
     for _ in 0..2 {
-        let before = logins(&sshd);
+        let before = sshd.logins();
         let o = off(sshd.rdist(&sb).env_remove("RDIST_SSH_REUSE"));
         assert_ok(&o);
-        assert_eq!(logins(&sshd), before + 1, "{}", show(&o));
+        assert_eq!(sshd.logins(), before + 1, "{}", show(&o));
     }
     assert_eq!(sb.ssh_sockets(), Vec::<std::path::PathBuf>::new());
 }
@@ -124,14 +119,14 @@ fn the_users_own_control_socket_is_used_and_none_is_added() {
         .unwrap();
     assert!(st.success());
     let _stop = StopMaster(&theirs);
-    let before = logins(&sshd);
+    let before = sshd.logins();
     let spec = format!("-S {} rdist-a", theirs.display());
     for _ in 0..2 {
         let o = sync(&sshd, &sb, &spec, &dest);
         assert_ok(&o);
     }
     assert_mirrors(&sb, &dest);
-    assert_eq!(logins(&sshd), before, "sshd log:\n{}", sshd.log());
+    assert_eq!(sshd.logins(), before, "sshd log:\n{}", sshd.log());
     assert_eq!(sb.ssh_sockets(), Vec::<std::path::PathBuf>::new());
 
     // A ControlPath in ~/.ssh/config (seen through `ssh -G`) is the user's choice too: no
@@ -143,10 +138,10 @@ fn the_users_own_control_socket_is_used_and_none_is_added() {
         sb.path().display()
     ));
     std::fs::write(&config, text).unwrap();
-    let before = logins(&sshd);
+    let before = sshd.logins();
     let o = sync(&sshd, &sb, "rdist-a", &dest);
     assert_ok(&o);
-    assert_eq!(logins(&sshd), before + 1, "sshd log:\n{}", sshd.log());
+    assert_eq!(sshd.logins(), before + 1, "sshd log:\n{}", sshd.log());
     assert_eq!(sb.ssh_sockets(), Vec::<std::path::PathBuf>::new());
 }
 
@@ -159,14 +154,20 @@ impl Drop for StopMaster<'_> {
     }
 }
 
+/// Syncs `sb` to `rdist-a` once; the worker directory, the master's control socket and its pid.
+fn synced_through_a_master(sshd: &Sshd, sb: &Sandbox) -> (PathBuf, PathBuf, u32) {
+    let dest = sb.worker("w");
+    assert_ok(&sync(sshd, sb, "rdist-a", &dest));
+    let socket = sb.ssh_sockets().pop().expect("a control socket");
+    let pid = master_pid(&socket).expect("a live master");
+    (dest, socket, pid)
+}
+
 #[test]
 fn a_stale_socket_of_a_killed_master_is_replaced() {
     let Some(sshd) = Sshd::start() else { return };
     let sb = project();
-    let dest = sb.worker("w");
-    assert_ok(&sync(&sshd, &sb, "rdist-a", &dest));
-    let socket = sb.ssh_sockets().pop().expect("a control socket");
-    let pid = master_pid(&socket).expect("a live master");
+    let (dest, socket, pid) = synced_through_a_master(&sshd, &sb);
     let st = Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
@@ -178,17 +179,17 @@ fn a_stale_socket_of_a_killed_master_is_replaced() {
     );
     assert!(socket.exists(), "SIGKILL should leave the socket file");
 
-    let before = logins(&sshd);
+    let before = sshd.logins();
     sb.write("pkg/new.py", "x = 1\n");
     let o = sync(&sshd, &sb, "rdist-a", &dest);
     assert_ok(&o);
     assert_mirrors(&sb, &dest);
-    assert_eq!(logins(&sshd), before + 1, "sshd log:\n{}", sshd.log());
+    assert_eq!(sshd.logins(), before + 1, "sshd log:\n{}", sshd.log());
     let new = master_pid(&socket).expect("a new master");
     assert_ne!(new, pid);
-    let before = logins(&sshd);
+    let before = sshd.logins();
     assert_ok(&sync(&sshd, &sb, "rdist-a", &dest));
-    assert_eq!(logins(&sshd), before, "sshd log:\n{}", sshd.log());
+    assert_eq!(sshd.logins(), before, "sshd log:\n{}", sshd.log());
 }
 
 #[test]
@@ -223,12 +224,12 @@ fn concurrent_first_runs_share_one_master() {
     let sockets = sb.ssh_sockets();
     assert_eq!(sockets.len(), 1, "{sockets:?}");
     assert!(master_pid(&sockets[0]).is_some());
-    let before = logins(&sshd);
+    let before = sshd.logins();
     assert_ok(&run(sshd
         .rdist(&sb)
         .args(["sync", "--rsyncdir", ".", "--tx"])
         .arg(format!("ssh=rdist-a//chdir={}", dirs[0].display()))));
-    assert_eq!(logins(&sshd), before, "sshd log:\n{}", sshd.log());
+    assert_eq!(sshd.logins(), before, "sshd log:\n{}", sshd.log());
 }
 
 #[test]
@@ -238,10 +239,7 @@ fn a_master_killed_mid_run_ends_the_run_instead_of_hanging() {
     }
     let Some(sshd) = Sshd::start() else { return };
     let sb = project();
-    let dest = sb.worker("w");
-    assert_ok(&sync(&sshd, &sb, "rdist-a", &dest));
-    let socket = sb.ssh_sockets().pop().expect("a control socket");
-    let pid = master_pid(&socket).expect("a live master");
+    let (dest, _, pid) = synced_through_a_master(&sshd, &sb);
     // The first test kills the master that carries the run's connection.
     sb.write(
         "tests/test_core.py",
