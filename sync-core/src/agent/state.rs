@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::filter::Filter;
-use crate::hash::{hash_file, now_ns, stamp_trustworthy};
+use crate::hash::{hash_file, now_ns, racy_window_ns, stamp_trustworthy};
 use crate::manifest::{Entry, Hash, Kind, Manifest, Stamp};
 use crate::path::RelPath;
 use crate::stage::STATE_DIR;
@@ -182,6 +182,13 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
     }
 }
 
+/// Written data from which [`save`] waits out the racy window rather than leave it to be read
+/// again by the next sync (reading 128 MiB costs about what the wait does).
+const RACY_WAIT_MIN: u64 = 128 << 20;
+/// The longest such wait: the window of file systems with sub-second timestamps. (On
+/// whole-second ones the next sync reads the files again instead.)
+const MAX_RACY_WAIT_NS: i64 = 50_000_000;
+
 /// A regular file of the destination as a sync left it.
 pub struct SaveFile<'a> {
     pub path: &'a RelPath,
@@ -198,22 +205,51 @@ pub struct SaveFile<'a> {
 /// # Errors
 /// When the state file cannot be written.
 pub fn save(dest: &Path, files: Vec<SaveFile<'_>>, kept: Vec<RelPath>) -> std::io::Result<()> {
-    let stamped: Vec<(&RelPath, Stamp, Hash)> = files
-        .into_par_iter()
-        .filter_map(|f| match f.stamp {
-            // Untouched by this sync: the stamp taken when its hash was checked still holds.
-            Some(s) => Some((f.path, s, f.hash)),
-            None => {
-                let m = std::fs::symlink_metadata(f.path.to_native(dest)).ok()?;
-                let s = Stamp::of(&m);
-                (m.is_file() && s.size == f.size).then_some((f.path, s, f.hash))
-            }
-        })
-        .collect();
+    save_waiting(dest, files, kept, RACY_WAIT_MIN)
+}
+
+fn save_waiting(
+    dest: &Path,
+    files: Vec<SaveFile<'_>>,
+    kept: Vec<RelPath>,
+    wait_min: u64,
+) -> std::io::Result<()> {
+    let stamp_all = || -> Vec<(&RelPath, Stamp, Hash, bool)> {
+        files
+            .par_iter()
+            .filter_map(|f| match f.stamp {
+                // Untouched by this sync: the stamp taken when its hash was checked still holds.
+                Some(s) => Some((f.path, s, f.hash, false)),
+                None => {
+                    let m = std::fs::symlink_metadata(f.path.to_native(dest)).ok()?;
+                    let s = Stamp::of(&m);
+                    (m.is_file() && s.size == f.size).then_some((f.path, s, f.hash, true))
+                }
+            })
+            .collect()
+    };
+    let mut stamped = stamp_all();
+    // Files this sync wrote are too recent for their stamps to be trusted (the racy rule), so
+    // the next sync would read them again. When that is a lot of data, waiting out the rest of
+    // the window now is the cheaper deal: then their stamps are taken late enough to count.
+    let now = now_ns();
+    let racy = stamped
+        .iter()
+        .filter(|(_, s, _, written)| *written && !stamp_trustworthy(s, now));
+    let racy_bytes: u64 = racy.clone().map(|(_, s, _, _)| s.size).sum();
+    if racy_bytes >= wait_min {
+        let until = racy
+            .map(|(_, s, _, _)| s.ctime_ns.max(s.mtime_ns) + racy_window_ns(s))
+            .max()
+            .unwrap_or(now);
+        let wait = (until - now).clamp(0, MAX_RACY_WAIT_NS) + 1_000_000;
+        std::thread::sleep(std::time::Duration::from_nanos(wait as u64));
+        stamped = stamp_all();
+    }
     let state = SavedState {
         version: STATE_VERSION,
         saved_ns: now_ns(),
-        files: stamped,
+        files: stamped.into_iter().map(|(p, s, h, _)| (p, s, h)).collect(),
         kept,
     };
     let bytes = postcard::to_stdvec(&state).map_err(std::io::Error::other)?;
@@ -221,4 +257,40 @@ pub fn save(dest: &Path, files: Vec<SaveFile<'_>>, kept: Vec<RelPath>) -> std::i
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, &path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `a` (as a sync would), saves the state with the given waiting threshold, and
+    /// says whether the next sync may trust the saved stamp of `a`.
+    fn trusted_after_save(wait_min: u64) -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"fresh bytes").unwrap();
+        std::fs::create_dir_all(dir.path().join(crate::stage::STATE_DIR)).unwrap();
+        let path = RelPath::new("a").unwrap();
+        let files = vec![SaveFile {
+            path: &path,
+            size: 11,
+            hash: *blake3::hash(b"fresh bytes").as_bytes(),
+            stamp: None,
+        }];
+        save_waiting(dir.path(), files, Vec::new(), wait_min).unwrap();
+        let bytes = std::fs::read(state_path(dir.path())).unwrap();
+        let saved = load_saved(&bytes);
+        let (p, stamp, _) = saved.files[0];
+        assert_eq!(p, "a");
+        stamp_trustworthy(&stamp, saved.saved_ns)
+    }
+
+    #[test]
+    fn much_freshly_written_data_is_waited_for_a_little_is_read_again() {
+        // A sync that wrote little: its files are read again next time.
+        assert!(!trusted_after_save(u64::MAX));
+        // One that wrote a lot (here: any amount) waits out the window and saves trusted stamps.
+        let started = std::time::Instant::now();
+        assert!(trusted_after_save(1));
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    }
 }
