@@ -41,6 +41,11 @@ pub fn run(_args: &AgentArgs) -> Result<Code, Failure> {
             ));
         }
     };
+    // Behind ssh these are sshd's 64 KiB pipes: ask for ones that hold a data frame, as the
+    // controller does for the pipes it makes (best effort; sockets and capped systems refuse).
+    for fd in [input.as_fd(), output.as_fd()] {
+        let _ = rustix::pipe::fcntl_setpipe_size(fd, crate::transport::PIPE_SIZE);
+    }
     match serve(input, output, &opts) {
         Ok(()) => Ok(Code::Ok),
         Err(e) => {

@@ -13,7 +13,7 @@ use sync_core::push::{Connection, PushOptions};
 use super::{Opened, Reader, TargetError, Writer, with_deadline};
 
 /// The size asked for the pipes to and from an agent (one data frame).
-const PIPE_SIZE: usize = 1 << 20;
+pub const PIPE_SIZE: usize = 1 << 20;
 
 /// How much of an agent's stderr is kept.
 const TAIL_BYTES: usize = 8 << 10;

@@ -14,7 +14,7 @@ use anyhow::anyhow;
 use sync_core::push::{Connection, PushError, PushOptions};
 
 use crate::settings::{SyncSettings, Target, Transport};
-pub use child::{AgentChild, StderrTail};
+pub use child::{AgentChild, PIPE_SIZE, StderrTail};
 
 /// The byte streams of a connection.
 pub type Reader = Box<dyn Read + Send>;
