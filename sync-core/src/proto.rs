@@ -347,12 +347,22 @@ pub enum ProtoError {
 /// # Errors
 /// When the message is larger than [`MAX_FRAME`] or the writer fails.
 pub fn write_frame(w: &mut impl Write, msg: &Message) -> Result<usize, ProtoError> {
+    write_body(w, &encode(msg)?)
+}
+
+/// `msg`'s frame body, refused when over [`MAX_FRAME`].
+fn encode(msg: &Message) -> Result<Vec<u8>, ProtoError> {
     let body = postcard::to_stdvec(msg).map_err(ProtoError::Decode)?;
     if body.len() > MAX_FRAME {
         return Err(ProtoError::FrameTooLarge(body.len()));
     }
+    Ok(body)
+}
+
+/// Writes an encoded body as a frame; returns the bytes written.
+fn write_body(w: &mut impl Write, body: &[u8]) -> Result<usize, ProtoError> {
     w.write_all(&(body.len() as u32).to_be_bytes())?;
-    w.write_all(&body)?;
+    w.write_all(body)?;
     Ok(body.len() + 4)
 }
 
@@ -367,21 +377,15 @@ const PACK_LEVEL: i32 = 1;
 /// # Errors
 /// On I/O failure or a frame over [`MAX_FRAME`].
 pub fn write_frame_packed(w: &mut impl Write, msg: &Message) -> Result<usize, ProtoError> {
-    let body = postcard::to_stdvec(msg).map_err(ProtoError::Decode)?;
-    if body.len() > MAX_FRAME {
-        return Err(ProtoError::FrameTooLarge(body.len()));
-    }
+    let body = encode(msg)?;
     let packed = (body.len() >= PACK_MIN)
         .then(|| zstd::bulk::compress(&body, PACK_LEVEL).ok())
         .flatten()
         .filter(|p| p.len() + 8 < body.len());
-    let body = match packed {
-        Some(p) => postcard::to_stdvec(&Message::Zstd(p)).map_err(ProtoError::Decode)?,
-        None => body,
-    };
-    w.write_all(&(body.len() as u32).to_be_bytes())?;
-    w.write_all(&body)?;
-    Ok(body.len() + 4)
+    match packed {
+        Some(p) => write_frame(w, &Message::Zstd(p)),
+        None => write_body(w, &body),
+    }
 }
 
 /// Writes `Message::Data { index, bytes, last }` without building the message: the same
@@ -395,27 +399,18 @@ pub fn write_data_frame(
     bytes: &[u8],
     last: bool,
 ) -> Result<usize, ProtoError> {
-    // postcard: the variant as a varint, then the fields in order; `serde_bytes` is a varint
-    // length and the raw bytes; a bool is one byte.
-    let mut head = [0u8; 1 + 5 + 10];
-    let used = {
-        let rest = postcard::to_slice(&DATA_VARIANT, &mut head)
-            .map_err(ProtoError::Decode)?
-            .len();
-        let rest = rest
-            + postcard::to_slice(&index, &mut head[rest..])
-                .map_err(ProtoError::Decode)?
-                .len();
-        rest + postcard::to_slice(&(bytes.len() as u64), &mut head[rest..])
-            .map_err(ProtoError::Decode)?
-            .len()
-    };
-    let body_len = used + bytes.len() + 1;
+    // postcard: the variant as a varint, then the fields in order (a tuple's fields are
+    // written one after another); `serde_bytes` is a varint length and the raw bytes; a bool is
+    // one byte.
+    let mut head = [0u8; 5 + 5 + 10];
+    let head = postcard::to_slice(&(DATA_VARIANT, index, bytes.len() as u64), &mut head)
+        .map_err(ProtoError::Decode)?;
+    let body_len = head.len() + bytes.len() + 1;
     if body_len > MAX_FRAME {
         return Err(ProtoError::FrameTooLarge(body_len));
     }
     w.write_all(&(body_len as u32).to_be_bytes())?;
-    w.write_all(&head[..used])?;
+    w.write_all(head)?;
     w.write_all(bytes)?;
     w.write_all(&[u8::from(last)])?;
     Ok(body_len + 4)
