@@ -8,7 +8,6 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -112,9 +111,7 @@ struct Slot {
 #[derive(Default)]
 pub struct HashCache {
     file: Option<PathBuf>,
-    /// Filled by `loader` (or empty) on first use.
-    map: OnceLock<Records>,
-    loader: Mutex<Option<std::thread::JoinHandle<Records>>>,
+    map: Records,
     seen: usize,
     changed: bool,
 }
@@ -127,36 +124,19 @@ impl HashCache {
         HashCache::default()
     }
 
-    /// Loads the cache stored at `file`, on a thread of its own: the caller can walk its tree
-    /// meanwhile, and the first lookup waits for it. A missing, unreadable or outdated file
-    /// gives an empty cache (it is only an optimisation).
+    /// Loads the cache stored at `file`; a missing, unreadable or outdated file gives an empty
+    /// cache (it is only an optimisation).
     pub fn load(file: PathBuf) -> HashCache {
-        let from = file.clone();
-        let loader = std::thread::Builder::new()
-            .spawn(move || read_records(&from))
-            .ok();
         HashCache {
+            map: read_records(&file),
             file: Some(file),
-            loader: Mutex::new(loader),
             ..HashCache::default()
         }
     }
 
-    fn map(&self) -> &Records {
-        self.map.get_or_init(|| {
-            let loader = self.loader.lock().unwrap_or_else(|e| e.into_inner()).take();
-            loader.and_then(|h| h.join().ok()).unwrap_or_default()
-        })
-    }
-
-    fn map_mut(&mut self) -> &mut Records {
-        self.map();
-        self.map.get_mut().expect("initialised above")
-    }
-
     /// The cached hash of the file with `stamp`, if that stamp is unchanged.
     pub fn lookup(&self, stamp: &Stamp) -> Option<Hash> {
-        match self.map().get(&(stamp.dev, stamp.ino)) {
+        match self.map.get(&(stamp.dev, stamp.ino)) {
             Some(slot) if slot.stamp == *stamp => Some(slot.hash),
             _ => None,
         }
@@ -166,9 +146,7 @@ impl HashCache {
     /// `taken_ns` is when the hashing started.
     pub fn record(&mut self, stamp: Stamp, hash: Hash, taken_ns: i64) {
         let trusted = stamp_trustworthy(&stamp, taken_ns);
-        self.map();
-        let map = self.map.get_mut().expect("initialised above");
-        match map.get_mut(&(stamp.dev, stamp.ino)) {
+        match self.map.get_mut(&(stamp.dev, stamp.ino)) {
             Some(slot) => {
                 if !trusted || slot.stamp != stamp || slot.hash != hash {
                     self.changed = true;
@@ -191,7 +169,7 @@ impl HashCache {
                         hash,
                         seen: true,
                     };
-                    map.insert((stamp.dev, stamp.ino), slot);
+                    self.map.insert((stamp.dev, stamp.ino), slot);
                 }
             }
         }
@@ -201,14 +179,15 @@ impl HashCache {
     ///
     /// # Errors
     /// When the cache file cannot be written.
-    pub fn save(mut self) -> io::Result<()> {
-        let Some(file) = self.file.take() else {
+    pub fn save(self) -> io::Result<()> {
+        let Some(file) = self.file else {
             return Ok(());
         };
-        if !self.changed && self.seen == self.map().len() {
+        if !self.changed && self.seen == self.map.len() {
             return Ok(());
         }
-        let records = std::mem::take(self.map_mut())
+        let records = self
+            .map
             .into_values()
             .filter(|slot| slot.seen)
             .map(|slot| (slot.stamp, slot.hash))
