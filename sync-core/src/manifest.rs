@@ -233,19 +233,23 @@ impl Manifest {
 
     /// Index of `path`, by binary search.
     pub fn position(&self, path: &RelPath) -> Option<usize> {
-        self.entries.binary_search_by(|e| e.path.cmp(path)).ok()
+        self.position_str(path.as_str())
+    }
+
+    /// The index of the entry at `path` given as text (a `RelPath` orders as its text).
+    fn position_str(&self, path: &str) -> Option<usize> {
+        self.entries
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()
     }
 
     pub fn get(&self, path: &RelPath) -> Option<&Entry> {
-        self.position(path).map(|i| &self.entries[i])
+        self.get_str(path.as_str())
     }
 
     /// The entry at `path` given as text.
     pub fn get_str(&self, path: &str) -> Option<&Entry> {
-        self.entries
-            .binary_search_by(|e| e.path.as_str().cmp(path))
-            .ok()
-            .map(|i| &self.entries[i])
+        self.position_str(path).map(|i| &self.entries[i])
     }
 
     /// BLAKE3 over the canonical encoding of all entries.
