@@ -98,7 +98,8 @@ pub fn scan(
             problems.append(&mut p);
         }
     }
-    walked.par_sort_by(|a, b| a.path.cmp(&b.path));
+    // Each walk is sorted already: this only merges the roots (and their ancestors).
+    walked.sort_by(|a, b| a.path.cmp(&b.path));
     walked.dedup_by(|b, a| a.path == b.path);
 
     // Hash what the cache does not know, in parallel.

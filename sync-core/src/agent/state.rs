@@ -80,7 +80,7 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
         rayon::join(|| load_saved(&bytes), || walk(&root, filter));
     let saved_ns = saved.saved_ns;
     let kept_before: HashSet<&RelPath> = saved.kept.iter().collect();
-    walked.par_sort_by(|a, b| a.path.cmp(&b.path));
+    debug_assert!(walked.is_sorted_by(|a, b| a.path < b.path));
     // A kept-aside directory is one kept before whose walked children are all kept-aside
     // directories themselves (deepest first, so nested ones count as empty).
     let mut live: HashMap<&str, usize> = HashMap::default();
