@@ -124,7 +124,7 @@ pub fn walk(root: &WalkRoot, filter: &Filter) -> (Vec<Walked>, Vec<Problem>) {
     let mut stack = vec![std::mem::take(&mut by_id[0]).into_iter()];
     while let Some(top) = stack.last_mut() {
         match top.next() {
-            Some(Item::Entry(w)) => out.push(w),
+            Some(Item::Entry(w, _)) => out.push(w),
             Some(Item::Sub { id, .. }) => stack.push(std::mem::take(&mut by_id[id]).into_iter()),
             None => {
                 stack.pop();
@@ -155,7 +155,8 @@ impl Ctx<'_> {
 
 /// One directory's share of the output, before the stitching.
 enum Item {
-    Entry(Walked),
+    /// An entry, and where its name starts in its path.
+    Entry(Walked, usize),
     /// Everything below the subdirectory `name`, listed by task `id`.
     Sub {
         name: Box<str>,
@@ -168,7 +169,7 @@ impl Item {
     /// `name/`, which puts `a.txt` before `a/b`, as the full paths compare.
     fn key(&self) -> (&str, bool) {
         match self {
-            Item::Entry(w) => (w.path.name(), false),
+            Item::Entry(w, at) => (&w.path.as_str()[*at..], false),
             Item::Sub { name, .. } => (name, true),
         }
     }
@@ -400,7 +401,8 @@ fn visit_dir<'s>(
                         id: child,
                     });
                 }
-                items.push(Item::Entry(Walked { path, abs, found }));
+                let at = path.as_str().len() - name.len();
+                items.push(Item::Entry(Walked { path, abs, found }, at));
             }
             Err(msg) => ctx.problem(&abs, msg),
         }
