@@ -158,10 +158,7 @@ enum Item {
     /// An entry, and where its name starts in its path.
     Entry(Walked, usize),
     /// Everything below the subdirectory `name`, listed by task `id`.
-    Sub {
-        name: Box<str>,
-        id: usize,
-    },
+    Sub { name: Box<str>, id: usize },
 }
 
 impl Item {

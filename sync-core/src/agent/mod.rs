@@ -492,19 +492,35 @@ fn receive_changed<R: BufRead, W: Write>(
     let theirs = read_entries(r, entries_announced.min(MAX_ENTRIES))?;
     // Only the peer's entries need the ignore check: ours were walked with the same rules.
     not_ignored(&theirs, filter)?;
-    // Each entry with the index of its copy on this side, whose encoding is then reused.
+    // Ours in the directories that match, merged with theirs: both lists are sorted by path
+    // (theirs unless the peer lies, which the check below catches). Each entry comes with the
+    // index of its copy on this side, whose encoding is then reused.
     const THEIRS: usize = usize::MAX;
-    let mut merged: Vec<(Entry, usize)> = theirs.into_iter().map(|e| (e, THEIRS)).collect();
+    let mut keep = vec![false; current.len()];
     for i in same {
-        merged.extend(
-            ours_dirs[i]
-                .1
-                .iter()
-                .map(|&k| (current.entries()[k].clone(), k)),
-        );
+        for &k in &ours_dirs[i].1 {
+            keep[k] = true;
+        }
     }
-    merged.par_sort_unstable_by(|a, b| a.0.path.cmp(&b.0.path));
-    let (entries, origin): (Vec<Entry>, Vec<usize>) = merged.into_iter().unzip();
+    let kept = keep.iter().filter(|&&k| k).count();
+    let mut entries = Vec::with_capacity(kept + theirs.len());
+    let mut origin = Vec::with_capacity(kept + theirs.len());
+    let mut theirs = theirs.into_iter().peekable();
+    for (k, e) in current.entries().iter().enumerate() {
+        if !keep[k] {
+            continue;
+        }
+        while let Some(t) = theirs.next_if(|t| t.path < e.path) {
+            entries.push(t);
+            origin.push(THEIRS);
+        }
+        entries.push(e.clone());
+        origin.push(k);
+    }
+    for t in theirs {
+        entries.push(t);
+        origin.push(THEIRS);
+    }
     // Anything off (a hash collision, a peer that lies) falls back to the full manifest, which
     // is then checked strictly.
     let Ok(want) = Manifest::from_sorted_checked(entries) else {
