@@ -257,6 +257,13 @@ fn copy_whole(len: u64) -> Vec<u8> {
     out
 }
 
+/// Whether `delta` is exactly the one `COPY` of all of `base` that [`Differ::diff`] sends for
+/// an unchanged chunk, and `base` fits in `limit`: then `base` is the result, as
+/// [`apply_chunk`] would produce it.
+pub fn copies_whole(delta: &[u8], base: &[u8], limit: usize) -> bool {
+    !base.is_empty() && base.len() <= limit && delta == copy_whole(base.len() as u64)
+}
+
 /// Reads chunk `index` of the old file into `buf` (empty past its end).
 ///
 /// # Errors
@@ -359,6 +366,10 @@ mod tests {
             let mut out = Vec::new();
             apply_chunk(&old, &delta, len, &mut out).unwrap();
             assert_eq!(out, old, "{len}");
+            // The receiver's shortcut recognises exactly this delta, within the limit.
+            assert!(copies_whole(&delta, &old, len), "{len}");
+            assert!(!copies_whole(&delta, &old, len - 1), "{len}");
+            assert!(!copies_whole(&delta, &old[..len - 1], len), "{len}");
             // One byte more or less is not "unchanged".
             let mut longer = old.clone();
             longer.push(1);

@@ -659,12 +659,19 @@ impl<W: Write> Sender<'_, W> {
                 .map_err(|e| PushError::Invalid(e.to_string()))?;
             self.report.delta_bytes += delta.len() as u64;
             (self.progress)(0, buf.len() as u64);
+            let last = chunk + 1 == chunks;
             self.send(&Message::Delta {
                 index,
                 chunk: chunk as u32,
                 delta,
-                last: chunk + 1 == chunks,
+                last,
             })?;
+            if !last {
+                // A delta is mostly a few bytes: without this the agent would wait for the
+                // whole file's before applying the first, instead of applying chunk by chunk
+                // while the next is diffed.
+                self.w.flush().map_err(ProtoError::from)?;
+            }
         }
         self.report.sent.push(index);
         self.report.delta_files += 1;

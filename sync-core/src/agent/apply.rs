@@ -769,10 +769,15 @@ fn receive_round<R: BufRead>(
                 }
                 let at = attrs(&ctx.want.entries()[i]).expect("files");
                 let remaining = at.size.saturating_sub(staged.written()) as usize;
+                let limit = remaining.min(DELTA_CHUNK);
                 let ok = delta::read_chunk(&mut old, chunk as usize, &mut base).is_ok()
-                    && delta::apply_chunk(&base, &delta, remaining.min(DELTA_CHUNK), &mut out)
-                        .is_ok()
-                    && staged.write(&out).is_ok();
+                    && if delta::copies_whole(&delta, &base, limit) {
+                        // An unchanged chunk: the old bytes as they are, no copy made.
+                        staged.write(&base).is_ok()
+                    } else {
+                        delta::apply_chunk(&base, &delta, limit, &mut out).is_ok()
+                            && staged.write(&out).is_ok()
+                    };
                 if !ok {
                     // A delta that does not apply is the controller's fault or a changed old
                     // file; either way the whole file is asked for again.
