@@ -46,12 +46,13 @@ fn attrs(e: &Entry) -> Option<FileAttrs> {
 }
 
 /// The regular files of `m` for the saved state, leaving out `failed` indices. Files of
-/// `m` that `current` has unchanged and this sync did not `touch` keep their known stamps.
+/// `m` that `current` has unchanged and this sync did not touch (`touched[i]` false, or
+/// `touched` empty) keep their known stamps.
 pub(super) fn file_list<'a>(
     m: &'a Manifest,
     failed: &HashSet<usize>,
     current: &Current,
-    touched: &HashSet<usize>,
+    touched: &[bool],
 ) -> Vec<state::SaveFile<'a>> {
     // Both manifests are sorted by path: walk them side by side instead of searching.
     let cur = current.manifest.entries();
@@ -64,15 +65,15 @@ pub(super) fn file_list<'a>(
         while k < cur.len() && cur[k].path < e.path {
             k += 1;
         }
-        if failed.contains(&i) {
+        if !failed.is_empty() && failed.contains(&i) {
             continue;
         }
-        let stamp = if touched.contains(&i) {
+        let stamp = if touched.get(i).copied().unwrap_or(false) {
             None
         } else {
             cur.get(k)
                 .filter(|c| c.path == e.path && c.kind == e.kind)
-                .and_then(|_| current.stamps.get(&k).copied())
+                .and_then(|_| current.stamps.get(k).copied().flatten())
         };
         out.push(state::SaveFile {
             path: &e.path,
@@ -212,13 +213,16 @@ pub(super) fn run<R: BufRead, W: Write + Send>(
     kept.dedup();
     let failed = ctx.failed.into_inner().unwrap();
     let mut problems = ctx.problems.into_inner().unwrap();
-    let touched: HashSet<usize> = actions
+    let mut touched = vec![false; want.len()];
+    for j in actions
         .transfers
         .iter()
         .map(|(j, _)| *j)
         .chain(actions.copies.iter().map(|(j, _)| *j))
         .chain(actions.metadata.iter().copied())
-        .collect();
+    {
+        touched[j] = true;
+    }
     if let Err(e) = state::save(
         dest,
         file_list(want, &failed, current, &touched),

@@ -31,8 +31,8 @@ struct SavedState<'a> {
 /// The destination as it is, with the stamp of every regular file.
 pub struct Current {
     pub manifest: Manifest,
-    /// Stamps of regular files, by manifest index.
-    pub stamps: HashMap<usize, Stamp>,
+    /// Stamps of regular files, by manifest index (`None` for other entries).
+    pub stamps: Vec<Option<Stamp>>,
     pub problems: Vec<Problem>,
     /// Files read to hash them.
     pub rehashed: usize,
@@ -142,8 +142,9 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
         .collect();
     let mut rehashed = 0;
     let mut entries = Vec::with_capacity(walked.len());
-    let mut stamps = HashMap::default();
+    let mut stamps = Vec::with_capacity(walked.len());
     for (w, h) in walked.into_iter().zip(hashes) {
+        let mut stamped = None;
         let kind = match (w.found, h) {
             (Found::Dir { mode }, _) => Kind::Dir { mode },
             (Found::Symlink { target }, _) => Kind::Symlink { target },
@@ -151,7 +152,7 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
                 if read {
                     rehashed += 1;
                 }
-                stamps.insert(entries.len(), stamp);
+                stamped = Some(stamp);
                 Kind::File {
                     size: stamp.size,
                     mtime_ns: stamp.mtime_ns,
@@ -172,7 +173,9 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
             }
         };
         entries.push(Entry { path: w.path, kind });
+        stamps.push(stamped);
     }
+    debug_assert!(entries.is_sorted_by(|a, b| a.path < b.path));
     Current {
         manifest: Manifest::from_unsorted(entries),
         stamps,
@@ -214,45 +217,55 @@ fn save_waiting(
     kept: Vec<RelPath>,
     wait_min: u64,
 ) -> std::io::Result<()> {
-    let stamp_all = || -> Vec<(&RelPath, Stamp, Hash, bool)> {
-        files
+    // Files untouched by this sync keep the stamp taken when their hash was checked; the ones
+    // it wrote are stamped now (in parallel: they may be many).
+    let written: Vec<&SaveFile<'_>> = files.iter().filter(|f| f.stamp.is_none()).collect();
+    let stamp_written = || -> Vec<Option<Stamp>> {
+        written
             .par_iter()
-            .filter_map(|f| match f.stamp {
-                // Untouched by this sync: the stamp taken when its hash was checked still holds.
-                Some(s) => Some((f.path, s, f.hash, false)),
-                None => {
-                    let m = std::fs::symlink_metadata(f.path.to_native(dest)).ok()?;
-                    let s = Stamp::of(&m);
-                    (m.is_file() && s.size == f.size).then_some((f.path, s, f.hash, true))
-                }
+            .map(|f| {
+                let m = std::fs::symlink_metadata(f.path.to_native(dest)).ok()?;
+                let s = Stamp::of(&m);
+                (m.is_file() && s.size == f.size).then_some(s)
             })
             .collect()
     };
-    let mut stamped = stamp_all();
+    let mut fresh = stamp_written();
     // Files this sync wrote are too recent for their stamps to be trusted (the racy rule), so
     // the next sync would read them again. When that is a lot of data, waiting out the rest of
     // the window now is the cheaper deal: then their stamps are taken late enough to count.
     let now = now_ns();
-    let racy = stamped
+    let racy = fresh
         .iter()
-        .filter(|(_, s, _, written)| *written && !stamp_trustworthy(s, now));
-    let racy_bytes: u64 = racy.clone().map(|(_, s, _, _)| s.size).sum();
+        .flatten()
+        .filter(|s| !stamp_trustworthy(s, now));
+    let racy_bytes: u64 = racy.clone().map(|s| s.size).sum();
     if racy_bytes >= wait_min {
         let until = racy
-            .map(|(_, s, _, _)| s.ctime_ns.max(s.mtime_ns) + racy_window_ns(s))
+            .map(|s| s.ctime_ns.max(s.mtime_ns) + racy_window_ns(s))
             .max()
             .unwrap_or(now);
         let wait = (until - now).clamp(0, MAX_RACY_WAIT_NS) + 1_000_000;
         std::thread::sleep(std::time::Duration::from_nanos(wait as u64));
-        stamped = stamp_all();
+        fresh = stamp_written();
     }
+    let mut fresh = fresh.into_iter();
+    let stamped = files
+        .iter()
+        .filter_map(|f| {
+            let s = f.stamp.or_else(|| fresh.next().flatten())?;
+            Some((f.path, s, f.hash))
+        })
+        .collect();
     let state = SavedState {
         version: STATE_VERSION,
         saved_ns: now_ns(),
-        files: stamped.into_iter().map(|(p, s, h, _)| (p, s, h)).collect(),
+        files: stamped,
         kept,
     };
-    let bytes = postcard::to_stdvec(&state).map_err(std::io::Error::other)?;
+    // Sized for a typical record, so the encoding is not copied over and over as it grows.
+    let bytes = postcard::to_extend(&state, Vec::with_capacity(files.len() * 112 + 64))
+        .map_err(std::io::Error::other)?;
     let path = state_path(dest);
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
