@@ -223,7 +223,8 @@ fn config_allows(program: &OsStr, args: &[String], host: &str, timeout: Duration
             s
         })
     });
-    if !wait_until(&mut child, Instant::now() + timeout).is_some_and(|s| s.success()) {
+    if !matches!(wait_until(&mut child, Instant::now() + timeout, || false), Waited::Exited(s) if s.success())
+    {
         return false;
     }
     let text = out.and_then(|h| h.join().ok()).unwrap_or_default();
@@ -238,16 +239,28 @@ fn config_allows(program: &OsStr, args: &[String], host: &str, timeout: Duration
     master_off
 }
 
-/// Waits for `child` until `deadline`; kills it (and returns `None`) after that.
-fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+/// How [`wait_until`] ended.
+enum Waited {
+    Exited(ExitStatus),
+    /// `give_up` said so; the child was stopped.
+    GaveUp,
+    /// The deadline passed (or the child could not be waited for); it was stopped.
+    TimedOut,
+}
+
+/// Waits for `child` until `deadline`, or until `give_up` says to stop waiting; stops it then.
+fn wait_until(child: &mut Child, deadline: Instant, mut give_up: impl FnMut() -> bool) -> Waited {
     loop {
         match child.try_wait() {
-            Ok(Some(s)) => return Some(s),
+            Ok(Some(s)) => return Waited::Exited(s),
+            Ok(None) if give_up() => {
+                stop(child);
+                return Waited::GaveUp;
+            }
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
             _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
+                stop(child);
+                return Waited::TimedOut;
             }
         }
     }
@@ -293,20 +306,12 @@ fn start_master(
         let n = log.read_at(&mut buf, 0).unwrap_or(0);
         String::from_utf8_lossy(&buf[..n]).trim().to_owned()
     };
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if said().contains(RACE_LOST) => {
-                stop(&mut child);
-                return Ok(Some(path.to_owned()));
-            }
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-            _ => {
-                stop(&mut child);
-                break None;
-            }
-        }
+    let status = match wait_until(&mut child, Instant::now() + timeout, || {
+        said().contains(RACE_LOST)
+    }) {
+        Waited::Exited(s) => Some(s),
+        Waited::GaveUp => return Ok(Some(path.to_owned())),
+        Waited::TimedOut => None,
     };
     let stderr = said();
     match status {
