@@ -81,7 +81,7 @@ pub fn file_signature(path: &Path, len: u64) -> io::Result<FileSignature> {
     if len >= PARALLEL_SIGN_MIN {
         return file_signature_parallel(path, len, bs);
     }
-    let mut f = std::fs::File::open(path)?;
+    let mut f = crate::hash::open_file(path)?;
     let mut buf = vec![0u8; DELTA_CHUNK.min(len as usize + 1)];
     let mut chunks = Vec::new();
     loop {
@@ -108,7 +108,7 @@ const PARALLEL_SIGN_MIN: u64 = 64 << 20;
 fn file_signature_parallel(path: &Path, len: u64, bs: u32) -> io::Result<FileSignature> {
     use rayon::prelude::*;
     use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(path)?;
+    let f = crate::hash::open_file(path)?;
     let count = len.div_ceil(DELTA_CHUNK as u64) as usize;
     let chunks = (0..count)
         .into_par_iter()

@@ -23,7 +23,9 @@ const BIG_BUF: usize = 4 << 20;
 /// # Errors
 /// When the file cannot be read.
 pub fn hash_file(path: &Path, size: u64) -> io::Result<Hash> {
-    let mut f = std::fs::File::open(path)?;
+    // A file that grew since it was stamped is read one byte past its stamp, which is enough
+    // for the hash to differ: a device swapped in cannot keep this reading forever.
+    let mut f = open_file(path)?.take(size.saturating_add(1));
     let mut h = blake3::Hasher::new();
     if size < 64 << 10 {
         let mut buf = Vec::with_capacity(size as usize + 1);
@@ -49,6 +51,21 @@ pub fn hash_file(path: &Path, size: u64) -> io::Result<Hash> {
         }
     }
     Ok(*h.finalize().as_bytes())
+}
+
+/// Opens a file of a tree for reading without following a final symlink and without waiting
+/// on a FIFO: the walk saw a regular file there, and something else may have been put in its
+/// place since (a worker's destination is not ours alone).
+///
+/// # Errors
+/// When it cannot be opened (a link now stands there: `ELOOP`).
+pub fn open_file(path: &Path) -> io::Result<std::fs::File> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
+        .open(path)
 }
 
 /// Reads until `buf` is full or EOF; returns the number of bytes read.
@@ -289,6 +306,40 @@ mod tests {
         let c = HashCache::load(file);
         assert_eq!(c.lookup(&s), None);
         assert_eq!(c.lookup(&fresh), None);
+    }
+
+    #[test]
+    fn hash_file_neither_follows_a_link_nor_waits_on_a_fifo_nor_reads_past_the_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = fifo.clone();
+        std::thread::spawn(move || tx.send(hash_file(&p, 10).is_ok()).unwrap());
+        // A FIFO with no writer reads as empty at once instead of blocking the sync.
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok(),
+            "hash_file blocked on a FIFO"
+        );
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"outside").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(hash_file(&link, 7).is_err(), "followed a symlink");
+        // A file longer than its stamp says is read one byte past it, not to its end.
+        let grown = dir.path().join("grown");
+        std::fs::write(&grown, b"abcdefgh").unwrap();
+        assert_eq!(
+            hash_file(&grown, 3).unwrap(),
+            *blake3::hash(b"abcd").as_bytes()
+        );
     }
 
     #[test]

@@ -480,6 +480,13 @@ fn transfer<R: Read + Send, W: Write + Send>(
     Ok(streams)
 }
 
+/// A small source file's content (see [`crate::hash::open_file`]).
+fn read_source(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    crate::hash::open_file(path)?.read_to_end(&mut data)?;
+    Ok(data)
+}
+
 struct Sender<'a, W: Write> {
     tree: &'a SourceTree,
     w: &'a mut W,
@@ -530,7 +537,7 @@ impl<W: Write> Sender<'_, W> {
             }
             let read: Vec<(u32, std::io::Result<Vec<u8>>)> = small[start..end]
                 .par_iter()
-                .map(|&i| (i, std::fs::read(&tree.sources[i as usize])))
+                .map(|&i| (i, read_source(&tree.sources[i as usize])))
                 .collect();
             start = end;
             self.take_read(read)?;
@@ -587,7 +594,7 @@ impl<W: Write> Sender<'_, W> {
     /// Opens the source of `index`; `None` (after telling the agent) when it cannot be read.
     fn open_source(&mut self, index: u32) -> Result<Option<(u64, std::fs::File)>, PushError> {
         let (size, path) = self.file(index)?;
-        match std::fs::File::open(path) {
+        match crate::hash::open_file(path) {
             Ok(f) => Ok(Some((size, f))),
             Err(e) => {
                 self.skip(index, format!("cannot read on the controller: {e}"))?;

@@ -128,24 +128,19 @@ pub struct Staged {
     fsync: bool,
 }
 
-/// Pieces at least this big are written and hashed at once (see [`Staged::write`]).
-const PARALLEL_HASH_MIN: usize = 1 << 20;
-
 impl Staged {
     /// Appends `data`.
     ///
     /// # Errors
     /// When the write fails (a full disk, for one).
     pub fn write(&mut self, data: &[u8]) -> Result<(), StageError> {
-        let (file, hasher) = (&mut self.file, &mut self.hasher);
-        let written = if data.len() >= PARALLEL_HASH_MIN {
-            // A big piece is hashed on another thread while it is written.
-            rayon::join(|| file.write_all(data), || hasher.update(data)).0
-        } else {
-            hasher.update(data);
-            file.write_all(data)
-        };
-        written.map_err(io_err("cannot write temp file", &self.path))?;
+        // Written and hashed in turn: this runs on the agent's receiving thread, and handing
+        // the hash to the rayon pool made it wait behind whatever the pool was busy with
+        // (signatures), for no gain when the pool was idle.
+        self.file
+            .write_all(data)
+            .map_err(io_err("cannot write temp file", &self.path))?;
+        self.hasher.update(data);
         self.written += data.len() as u64;
         Ok(())
     }

@@ -450,8 +450,8 @@ fn holds_protected(
 
 fn copy_local(ctx: &Ctx<'_>, from: &Path, j: usize) -> Result<PathBuf, String> {
     let at = attrs(&ctx.want.entries()[j]).expect("copies are files");
-    let mut src =
-        std::fs::File::open(from).map_err(|e| format!("cannot read `{}`: {e}", from.display()))?;
+    let mut src = crate::hash::open_file(from)
+        .map_err(|e| format!("cannot read `{}`: {e}", from.display()))?;
     let mut staged = ctx
         .stager
         .create()
@@ -750,7 +750,7 @@ fn receive_round<R: BufRead>(
                     }
                     None => {
                         let i = take(pending, index, Expect::Delta)?;
-                        let old = std::fs::File::open(ctx.path_of(i));
+                        let old = crate::hash::open_file(&ctx.path_of(i));
                         match (ctx.stager.create(), old) {
                             (Ok(s), Ok(o)) => (s, o, 0),
                             (Err(e), _) => {
