@@ -880,3 +880,49 @@ fn content_not_matching_its_hash_is_not_installed() {
         );
     }
 }
+
+/// An incremental exchange where the controller, asked for the entries of the one directory
+/// that differs, slips in an entry of a directory whose summary matched: the agent's merged
+/// manifest then names that path twice, and it falls back to asking for the whole manifest
+/// (which it checks strictly) instead of trusting the mixture.
+#[test]
+fn entries_for_a_directory_that_was_not_asked_for_fall_back_to_the_full_manifest() {
+    let stamp_like_file = |p: &Path, data: &[u8]| {
+        write(p, std::str::from_utf8(data).unwrap());
+        let f = std::fs::File::options().write(true).open(p).unwrap();
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000))
+            .unwrap();
+    };
+    let a = Arena::with(|dest| {
+        std::fs::create_dir_all(dest.join(".rdist")).unwrap();
+        stamp_like_file(&dest.join("x/a"), b"old a");
+        stamp_like_file(&dest.join("y/b"), b"b");
+        for d in ["x", "y"] {
+            let p = dest.join(d);
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+    });
+    let wanted = [dir("x"), file("x/a", b"new a"), dir("y"), file("y/b", b"b")];
+    let mut agent = a.agent();
+    let reply = offer(&mut agent, a.begin(), &wanted);
+    assert_eq!(reply.name(), "NeedSummary", "{reply:?}");
+    let summary = Manifest::from_unsorted(wanted.to_vec()).dir_summary();
+    agent.send(&Message::Summary(summary));
+    agent.send(&Message::SummaryEnd);
+    match agent.recv() {
+        // The top, `x`, `y`: only `x` differs.
+        Message::NeedDirs(dirs) => assert_eq!(dirs, vec![1]),
+        other => panic!("expected NeedDirs, got {other:?}"),
+    }
+    agent.send(&Message::Manifest(vec![
+        file("x/a", b"new a"),
+        file("y/b", b"not what the summary said"),
+    ]));
+    agent.send(&Message::ManifestEnd);
+    agent.expect("NeedManifest");
+    a.assert_untouched();
+    assert_eq!(std::fs::read(a.dest().join("y/b")).unwrap(), b"b");
+}
