@@ -480,10 +480,13 @@ fn transfer<R: Read + Send, W: Write + Send>(
     Ok(streams)
 }
 
-/// A small source file's content (see [`crate::hash::open_file`]).
-fn read_source(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    let mut data = Vec::new();
-    crate::hash::open_file(path)?.read_to_end(&mut data)?;
+/// A small source file's content, at most one byte past its manifest `size` (which is enough
+/// for the agent to see that it changed; see [`crate::hash::open_file`]).
+fn read_source(path: &std::path::Path, size: u64) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(size as usize + 1);
+    crate::hash::open_file(path)?
+        .take(size + 1)
+        .read_to_end(&mut data)?;
     Ok(data)
 }
 
@@ -537,7 +540,13 @@ impl<W: Write> Sender<'_, W> {
             }
             let read: Vec<(u32, std::io::Result<Vec<u8>>)> = small[start..end]
                 .par_iter()
-                .map(|&i| (i, read_source(&tree.sources[i as usize])))
+                .map(|&i| {
+                    let size = match tree.manifest.entries()[i as usize].kind {
+                        Kind::File { size, .. } => size,
+                        _ => 0,
+                    };
+                    (i, read_source(&tree.sources[i as usize], size))
+                })
                 .collect();
             start = end;
             self.take_read(read)?;
