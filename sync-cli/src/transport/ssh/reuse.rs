@@ -306,9 +306,16 @@ fn start_master(
         let n = log.read_at(&mut buf, 0).unwrap_or(0);
         String::from_utf8_lossy(&buf[..n]).trim().to_owned()
     };
-    let status = match wait_until(&mut child, Instant::now() + timeout, || {
-        said().contains(RACE_LOST)
-    }) {
+    let lost = || {
+        let lost = said().contains(RACE_LOST);
+        if lost {
+            // ssh removes its temporary socket (`path.XXXX`) just after saying so: let it,
+            // before it is stopped, or the socket is left behind.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lost
+    };
+    let status = match wait_until(&mut child, Instant::now() + timeout, lost) {
         Waited::Exited(s) => Some(s),
         Waited::GaveUp => return Ok(Some(path.to_owned())),
         Waited::TimedOut => None,
