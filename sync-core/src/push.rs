@@ -520,11 +520,15 @@ impl<W: Write> Sender<'_, W> {
     }
 
     fn answer(&mut self, wants: Vec<Want>) -> Result<(), PushError> {
-        let mut small = Vec::new();
+        // Small files with their manifest sizes, looked up (and checked) once.
+        let mut small: Vec<(u32, u64)> = Vec::new();
         let mut rest = Vec::new();
         for want in wants {
             match want {
-                Want::Whole { index } if self.file(index)?.0 <= SMALL_FILE => small.push(index),
+                Want::Whole { index } => match self.file(index)?.0 {
+                    size if size <= SMALL_FILE => small.push((index, size)),
+                    _ => rest.push(want),
+                },
                 other => rest.push(other),
             }
         }
@@ -535,18 +539,12 @@ impl<W: Write> Sender<'_, W> {
             let mut end = start;
             let mut bytes = 0;
             while end < small.len() && (end == start || bytes < READ_AHEAD) {
-                bytes += self.file(small[end])?.0;
+                bytes += small[end].1;
                 end += 1;
             }
             let read: Vec<(u32, std::io::Result<Vec<u8>>)> = small[start..end]
                 .par_iter()
-                .map(|&i| {
-                    let size = match tree.manifest.entries()[i as usize].kind {
-                        Kind::File { size, .. } => size,
-                        _ => 0,
-                    };
-                    (i, read_source(&tree.sources[i as usize], size))
-                })
+                .map(|&(i, size)| (i, read_source(&tree.sources[i as usize], size)))
                 .collect();
             start = end;
             self.take_read(read)?;
