@@ -22,3 +22,8 @@ pub(crate) fn drop_in_background<T: Send + 'static>(value: T) {
     // Without a thread to be had, the closure, and `value` with it, is dropped right here.
     let _ = std::thread::Builder::new().spawn(move || drop(value));
 }
+
+/// The last non-blank line of a tool's output, trimmed: usually its reason for failing.
+pub fn last_line(text: &str) -> Option<&str> {
+    text.lines().rev().map(str::trim).find(|l| !l.is_empty())
+}

@@ -96,13 +96,7 @@ pub fn lost(t: &Target, mut e: TargetError) -> TargetError {
             "run the sync again once the server is back; files are old or new, never half-written",
         ),
     };
-    let last = e
-        .stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(str::trim)
-        .map(str::to_owned);
+    let last = sync_core::last_line(&e.stderr).map(str::to_owned);
     e.error = match last {
         Some(l) if !e.remote => anyhow!("{what} ({}): {l}", e.error),
         _ => anyhow!("{what} ({})", e.error),

@@ -253,14 +253,7 @@ fn explain(mut e: TargetError, host: &str) -> TargetError {
         ))
     );
     if closed {
-        let last = e
-            .stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_owned();
+        let last = sync_core::last_line(&e.stderr).unwrap_or("").to_owned();
         e.error = if last.is_empty() {
             anyhow!(
                 "cannot reach `{host}` over ssh: the connection closed before the rdist handshake"

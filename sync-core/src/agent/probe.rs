@@ -118,12 +118,7 @@ fn run_script(python: &str, script: &str) -> Result<String, String> {
     let _ = writer.join();
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
+        let last = crate::last_line(&err).unwrap_or("");
         return Err(format!("`{python}` failed ({}): {last}", out.status));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

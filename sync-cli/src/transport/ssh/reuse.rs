@@ -330,12 +330,7 @@ fn start_master(
             Ok(None)
         }
         Some(_) => {
-            let last = stderr
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim();
+            let last = sync_core::last_line(&stderr).unwrap_or("");
             let error = if last.is_empty() {
                 anyhow!("cannot reach `{host}` over ssh: ssh failed without a message")
             } else {
