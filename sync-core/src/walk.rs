@@ -8,7 +8,7 @@ use std::ffi::{CStr, CString};
 use std::fs::Metadata;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -75,23 +75,41 @@ pub struct WalkRoot {
 /// # Errors
 /// A message for entries that cannot be mirrored.
 pub fn classify(abs: &Path, meta: &Metadata) -> Result<Found, String> {
-    let ft = meta.file_type();
-    let mode = meta.mode() & 0o7777;
-    if ft.is_file() {
-        Ok(Found::File {
-            stamp: Stamp::of(meta),
-            mode,
-        })
-    } else if ft.is_dir() {
-        Ok(Found::Dir { mode })
-    } else if ft.is_symlink() {
-        let target = std::fs::read_link(abs).map_err(|e| format!("cannot read link: {e}"))?;
-        match target.into_os_string().into_string() {
-            Ok(t) if !t.is_empty() && !t.contains('\0') => Ok(Found::Symlink { target: t }),
-            _ => Err("symlink target is not valid UTF-8; skipped".to_owned()),
+    classify_mode(meta.mode(), Stamp::of(meta), || {
+        std::fs::read_link(abs).map(|t| t.into_os_string().into_vec())
+    })
+}
+
+/// Classifies an entry by its `st_mode` (and `stamp`, for a file); `read_link` gives a
+/// symlink's target.
+fn classify_mode(
+    mode: u32,
+    stamp: Stamp,
+    read_link: impl FnOnce() -> std::io::Result<Vec<u8>>,
+) -> Result<Found, String> {
+    use rustix::fs::FileType;
+    let perm = mode & 0o7777;
+    match FileType::from_raw_mode(mode) {
+        FileType::RegularFile => Ok(Found::File { stamp, mode: perm }),
+        FileType::Directory => Ok(Found::Dir { mode: perm }),
+        FileType::Symlink => {
+            let target = read_link().map_err(|e| format!("cannot read link: {e}"))?;
+            match String::from_utf8(target) {
+                Ok(t) if !t.is_empty() && !t.contains('\0') => Ok(Found::Symlink { target: t }),
+                _ => Err("symlink target is not valid UTF-8; skipped".to_owned()),
+            }
         }
-    } else {
-        Err(special(meta.mode()))
+        other => {
+            let what = match other {
+                FileType::Fifo => "FIFO",
+                FileType::Socket => "socket",
+                FileType::BlockDevice | FileType::CharacterDevice => "device",
+                _ => "special file",
+            };
+            Err(format!(
+                "{what} skipped (only files, directories and symlinks are synced)"
+            ))
+        }
     }
 }
 
@@ -238,36 +256,11 @@ fn stat_at(dir: &OwnedFd, name: &CStr) -> rustix::io::Result<Meta> {
 
 /// Classifies what [`stat_at`] found.
 fn classify_at(dir: &OwnedFd, name: &CStr, meta: &Meta) -> Result<Found, String> {
-    use rustix::fs::FileType;
-    let perm = meta.mode & 0o7777;
-    match FileType::from_raw_mode(meta.mode) {
-        FileType::RegularFile => Ok(Found::File {
-            stamp: meta.stamp,
-            mode: perm,
-        }),
-        FileType::Directory => Ok(Found::Dir { mode: perm }),
-        FileType::Symlink => {
-            let target = rustix::fs::readlinkat(dir, name, Vec::new())
-                .map_err(|e| format!("cannot read link: {}", std::io::Error::from(e)))?;
-            match target.into_string() {
-                Ok(t) if !t.is_empty() => Ok(Found::Symlink { target: t }),
-                _ => Err("symlink target is not valid UTF-8; skipped".to_owned()),
-            }
-        }
-        _ => Err(special(meta.mode)),
-    }
-}
-
-/// The message for an entry that is neither a file, a directory nor a symlink.
-fn special(mode: u32) -> String {
-    use rustix::fs::FileType;
-    let what = match FileType::from_raw_mode(mode) {
-        FileType::Fifo => "FIFO",
-        FileType::Socket => "socket",
-        FileType::BlockDevice | FileType::CharacterDevice => "device",
-        _ => "special file",
-    };
-    format!("{what} skipped (only files, directories and symlinks are synced)")
+    classify_mode(meta.mode, meta.stamp, || {
+        rustix::fs::readlinkat(dir, name, Vec::new())
+            .map(CString::into_bytes)
+            .map_err(std::io::Error::from)
+    })
 }
 
 /// Lists directory `dir` (task `id`), whose path in the destination is `sub` (`None`: the
