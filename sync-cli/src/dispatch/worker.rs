@@ -162,7 +162,7 @@ impl Worker {
             }
             Place::Remote { host, dest, base } => {
                 host.attach(events);
-                host.send(&Message::StartWorker(WorkerStart {
+                host.start(WorkerStart {
                     id: id as u32,
                     dest: dest.clone(),
                     base: *base,
@@ -170,7 +170,7 @@ impl Worker {
                     args: pytest_args.to_vec(),
                     env,
                     nice: spec.nice,
-                }))?;
+                })?;
                 Ok(Worker::Remote {
                     host: host.clone(),
                     id: id as u32,
@@ -236,16 +236,27 @@ impl Worker {
     }
 }
 
-/// Exit code and stderr tail of each finished remote worker.
-type Exits = HashMap<u32, (Option<i32>, String)>;
+/// Which of a host's workers are running, how the finished ones ended, and why the connection
+/// ended (once it has).
+#[derive(Default)]
+struct Book {
+    running: std::collections::BTreeSet<u32>,
+    exits: HashMap<u32, (Option<i32>, String)>,
+    lost: Option<String>,
+}
 
 /// The agent connection of one host, carrying its workers: commands go out through `send`, and
 /// a reader thread turns the agent's worker messages into dispatcher events.
+///
+/// Every worker `start` accepts gets exactly one `Closed` event: from its `WorkerExit`, or when
+/// the connection ends. Starting and losing the connection take the same lock, so a worker
+/// started (a restart, say) as the connection goes is either refused or closed with it, never
+/// left waiting for a reader that has gone.
 pub struct RemoteHost {
     pub label: String,
     writer: Mutex<Option<BufWriter<crate::transport::Writer>>>,
     reader: Mutex<Option<std::io::BufReader<crate::transport::Reader>>>,
-    exits: Arc<Mutex<Exits>>,
+    book: Arc<Mutex<Book>>,
     child: Mutex<Option<crate::transport::AgentChild>>,
 }
 
@@ -257,9 +268,32 @@ impl RemoteHost {
             label,
             writer: Mutex::new(Some(w)),
             reader: Mutex::new(Some(r)),
-            exits: Arc::new(Mutex::new(HashMap::new())),
+            book: Arc::default(),
             child: Mutex::new(opened.child),
         })
+    }
+
+    /// Asks the agent to start a worker, which is then running until its `Closed` event.
+    fn start(&self, w: WorkerStart) -> std::io::Result<()> {
+        let id = w.id;
+        {
+            let mut book = self.book.lock().unwrap();
+            if let Some(why) = &book.lost {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    why.clone(),
+                ));
+            }
+            book.exits.remove(&id);
+            book.running.insert(id);
+        }
+        let sent = self.send(&Message::StartWorker(w));
+        if sent.is_err() {
+            // Not started; the reader closes it anyway if the connection went meanwhile, which
+            // the dispatcher ignores for a worker it already counts as dead.
+            self.book.lock().unwrap().running.remove(&id);
+        }
+        sent
     }
 
     /// Sends one message to the agent.
@@ -273,7 +307,7 @@ impl RemoteHost {
     }
 
     fn exit_of(&self, id: u32) -> Option<(Option<i32>, String)> {
-        self.exits.lock().unwrap().get(&id).cloned()
+        self.book.lock().unwrap().exits.get(&id).cloned()
     }
 
     /// Starts relaying the agent's worker messages to `events` (once).
@@ -281,14 +315,12 @@ impl RemoteHost {
         let Some(mut r) = self.reader.lock().unwrap().take() else {
             return;
         };
-        let exits = self.exits.clone();
+        let book = self.book.clone();
         let label = self.label.clone();
         std::thread::spawn(move || {
-            let mut started: std::collections::BTreeSet<u32> = Default::default();
             let why = loop {
                 match read_frame(&mut r) {
                     Ok((Message::WorkerOutput { id, line }, _)) => {
-                        started.insert(id);
                         let ev = match serde_json::from_str::<WorkerMsg>(&line) {
                             Ok(m) => Event::Msg(id as usize, m),
                             Err(_) => Event::Garbage(id as usize, line),
@@ -298,8 +330,11 @@ impl RemoteHost {
                         }
                     }
                     Ok((Message::WorkerExit { id, code, stderr }, _)) => {
-                        started.remove(&id);
-                        exits.lock().unwrap().insert(id, (code, stderr));
+                        {
+                            let mut book = book.lock().unwrap();
+                            book.running.remove(&id);
+                            book.exits.insert(id, (code, stderr));
+                        }
                         if events.send(Event::Closed(id as usize)).is_err() {
                             return;
                         }
@@ -313,9 +348,17 @@ impl RemoteHost {
                     Err(e) => break format!("connection to `{label}` lost: {e}"),
                 }
             };
-            // Every worker still running there is gone with the connection.
-            for id in started {
-                exits.lock().unwrap().insert(id, (None, why.clone()));
+            // Every worker still running there is gone with the connection, and none starts.
+            let gone = {
+                let mut book = book.lock().unwrap();
+                book.lost = Some(why.clone());
+                let gone = std::mem::take(&mut book.running);
+                for &id in &gone {
+                    book.exits.insert(id, (None, why.clone()));
+                }
+                gone
+            };
+            for id in gone {
                 let _ = events.send(Event::Closed(id as usize));
             }
         });
@@ -415,4 +458,68 @@ pub const PLUGIN: &str = include_str!("rdist_worker.py");
 /// When the cache directory cannot be written.
 pub fn install_plugin(cache: &std::path::Path) -> std::io::Result<PathBuf> {
     sync_core::agent::workers::install_plugin(cache, PLUGIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufReader, BufWriter};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A host whose connection has already ended (the reader is at EOF) but whose writer still
+    /// takes bytes, as a pipe does while the ssh client exits.
+    fn ended_host() -> Arc<RemoteHost> {
+        let r: crate::transport::Reader = Box::new(std::io::empty());
+        let w: crate::transport::Writer = Box::new(std::io::sink());
+        Arc::new(RemoteHost {
+            label: "h".to_owned(),
+            writer: Mutex::new(Some(BufWriter::new(w))),
+            reader: Mutex::new(Some(BufReader::new(r))),
+            book: Arc::default(),
+            child: Mutex::new(None),
+        })
+    }
+
+    fn start(host: &RemoteHost, id: u32) -> std::io::Result<()> {
+        host.start(WorkerStart {
+            id,
+            dest: "d".to_owned(),
+            base: DestBase::Cwd,
+            python: "python3".to_owned(),
+            args: vec![],
+            env: vec![],
+            nice: None,
+        })
+    }
+
+    #[test]
+    fn a_worker_running_when_the_connection_ends_is_closed_with_the_reason() {
+        let host = ended_host();
+        start(&host, 3).unwrap();
+        let (tx, rx) = mpsc::channel();
+        host.attach(tx);
+        let ev = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(matches!(ev, Event::Closed(3)), "{ev:?}");
+        let (code, why) = host.exit_of(3).unwrap();
+        assert_eq!(code, None);
+        assert!(why.starts_with("connection to `h` lost"), "{why}");
+    }
+
+    #[test]
+    fn a_restart_after_the_connection_ended_is_refused_not_left_waiting() {
+        let host = ended_host();
+        let (tx, rx) = mpsc::channel();
+        host.attach(tx);
+        // The reader thread ends with the connection; wait until it has recorded that.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while host.book.lock().unwrap().lost.is_none() {
+            assert!(std::time::Instant::now() < deadline, "reader never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The writer would still take the bytes; the start must fail anyway.
+        let e = start(&host, 0).unwrap_err();
+        assert!(e.to_string().contains("connection to `h` lost"), "{e}");
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    }
 }
