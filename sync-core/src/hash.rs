@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::listing::Listing;
 use crate::manifest::{Hash, Stamp};
 
 /// Files at least this big are hashed with several threads, [`BIG_BUF`] at a time.
@@ -116,9 +117,10 @@ pub fn now_ns() -> i64 {
 struct CacheFile {
     version: u32,
     records: Vec<(Stamp, Hash)>,
+    listings: Vec<Listing>,
 }
 
-const CACHE_VERSION: u32 = 3;
+const CACHE_VERSION: u32 = 4;
 
 struct Slot {
     stamp: Stamp,
@@ -127,7 +129,8 @@ struct Slot {
     seen: bool,
 }
 
-/// A persistent map from a file's [`Stamp`] to its hash.
+/// A persistent map from a file's [`Stamp`] to its hash, and the directory listings of the
+/// last scan (see [`crate::listing`]).
 ///
 /// Keyed by (device, inode), not by path: an unchanged stamp means the same inode with the same
 /// size, mtime and ctime, so the same bytes whatever name reaches it, and records carry no path
@@ -138,6 +141,8 @@ pub struct HashCache {
     map: Records,
     seen: usize,
     changed: bool,
+    listings: Vec<Listing>,
+    listings_changed: bool,
 }
 
 type Records = FxHashMap<(u64, u64), Slot>;
@@ -151,11 +156,25 @@ impl HashCache {
     /// Loads the cache stored at `file`; a missing, unreadable or outdated file gives an empty
     /// cache (it is only an optimisation).
     pub fn load(file: PathBuf) -> HashCache {
+        let (map, listings) = read_file(&file);
         HashCache {
-            map: read_records(&file),
+            map,
+            listings,
             file: Some(file),
             ..HashCache::default()
         }
+    }
+
+    /// The directory listings of the last scan; `None` for a cache that is not saved (then
+    /// there is no point recording them either).
+    pub fn listings(&self) -> Option<&[Listing]> {
+        self.file.as_ref().map(|_| self.listings.as_slice())
+    }
+
+    /// Keeps this scan's listings for the next; `changed`: they differ from the loaded ones.
+    pub fn set_listings(&mut self, listings: Vec<Listing>, changed: bool) {
+        self.listings_changed |= changed || listings.len() != self.listings.len();
+        self.listings = listings;
     }
 
     /// The cached hash of the file with `stamp`, if that stamp is unchanged.
@@ -207,7 +226,7 @@ impl HashCache {
         let Some(file) = self.file else {
             return Ok(());
         };
-        if !self.changed && self.seen == self.map.len() {
+        if !self.changed && !self.listings_changed && self.seen == self.map.len() {
             return Ok(());
         }
         let records = self
@@ -219,25 +238,26 @@ impl HashCache {
         let bytes = postcard::to_stdvec(&CacheFile {
             version: CACHE_VERSION,
             records,
+            listings: self.listings,
         })
         .map_err(io::Error::other)?;
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, &file)
+        crate::write_atomic(&file, &bytes)
     }
 }
 
-/// The records stored at `file`: none when it is missing, unreadable or of another version.
-fn read_records(file: &Path) -> Records {
+/// The records and listings stored at `file`: none when it is missing, unreadable or of
+/// another version.
+fn read_file(file: &Path) -> (Records, Vec<Listing>) {
     std::fs::read(file)
         .ok()
         .and_then(|b| postcard::from_bytes::<CacheFile>(&b).ok())
         .filter(|c| c.version == CACHE_VERSION)
         .map(|c| {
-            c.records
+            let records = c
+                .records
                 .into_iter()
                 .map(|(stamp, hash)| {
                     let slot = Slot {
@@ -247,7 +267,8 @@ fn read_records(file: &Path) -> Records {
                     };
                     ((stamp.dev, stamp.ino), slot)
                 })
-                .collect()
+                .collect();
+            (records, c.listings)
         })
         .unwrap_or_default()
 }

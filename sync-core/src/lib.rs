@@ -8,6 +8,7 @@ pub mod auth;
 pub mod delta;
 pub mod filter;
 pub mod hash;
+pub mod listing;
 pub mod manifest;
 pub mod path;
 pub mod proto;
@@ -26,4 +27,15 @@ pub(crate) fn drop_in_background<T: Send + 'static>(value: T) {
 /// The last non-blank line of a tool's output, trimmed: usually its reason for failing.
 pub fn last_line(text: &str) -> Option<&str> {
     text.lines().rev().map(str::trim).find(|l| !l.is_empty())
+}
+
+/// Writes `bytes` to `file` through a temp file beside it (named for this process) renamed
+/// into place, so a reader sees the old file or the new one, never part of one.
+pub(crate) fn write_atomic(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, file))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
 }

@@ -289,7 +289,7 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
         report.wire_sent += offered.map_err(|e| explained(&mut r, e))? as u64;
         // The agent answers the offer: up to date, or it asks for the whole manifest, or for a
         // per-directory summary and then the entries of the directories that differ.
-        let dirs = std::cell::OnceCell::new();
+        let index = std::cell::OnceCell::new();
         report.plan = loop {
             let (msg, n) = read_frame(&mut r)?;
             report.wire_received += n as u64;
@@ -303,7 +303,7 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
                         .map_err(|e| explained_push(&mut r, e))?;
                 }
                 Message::NeedSummary => {
-                    let keys = m.dir_summary_with(dirs.get_or_init(|| m.dirs()), &tree.framed);
+                    let keys = &index.get_or_init(|| m.dir_index(&tree.framed)).keys;
                     for part in keys.chunks(64 << 10) {
                         report.wire_sent +=
                             write_frame_as(&mut w, &Message::Summary(part.to_vec()), packed)?
@@ -313,26 +313,24 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
                     w.flush().map_err(ProtoError::from)?;
                 }
                 Message::NeedDirs(wanted) => {
-                    let dirs = dirs.get_or_init(|| m.dirs());
-                    let mut picked = Vec::new();
+                    let index = index.get_or_init(|| m.dir_index(&tree.framed));
+                    let mut asked = vec![false; index.keys.len()];
                     for i in wanted {
-                        let (_, kids) = dirs.get(i as usize).ok_or_else(|| {
+                        *asked.get_mut(i as usize).ok_or_else(|| {
                             PushError::Invalid(format!(
                                 "asked for directory #{i} of {}",
-                                dirs.len()
+                                index.keys.len()
                             ))
-                        })?;
-                        picked.extend(kids.iter().copied());
+                        })? = true;
                     }
-                    picked.sort_unstable();
-                    picked.dedup();
-                    send_entries(
-                        &mut w,
-                        picked.iter().map(|&i| &m.entries()[i]),
-                        &mut report,
-                        packed,
-                    )
-                    .map_err(|e| explained_push(&mut r, e))?;
+                    let picked = m
+                        .entries()
+                        .iter()
+                        .zip(&index.parent)
+                        .filter(|(_, d)| asked.get(**d as usize).copied().unwrap_or(false))
+                        .map(|(e, _)| e);
+                    send_entries(&mut w, picked, &mut report, packed)
+                        .map_err(|e| explained_push(&mut r, e))?;
                 }
                 Message::Plan(p) => break p,
                 other => {

@@ -14,7 +14,7 @@ use crate::filter::Filter;
 use crate::hash::{HashCache, hash_file, now_ns};
 use crate::manifest::{Entry, Kind, Manifest};
 use crate::path::RelPath;
-use crate::walk::{Found, Problem, WalkRoot, Walked, classify, walk};
+use crate::walk::{Found, Problem, WalkRoot, Walked, classify, walk_listed};
 
 /// A scanned source tree.
 #[derive(Debug, Default)]
@@ -31,6 +31,8 @@ pub struct SourceTree {
     /// How many files were read to hash them (the rest came from the cache).
     pub hashed_files: usize,
     pub hashed_bytes: u64,
+    /// Directories not read again, because the last scan's listing vouched for their names.
+    pub reused_dirs: usize,
 }
 
 /// Why a scan could not run at all.
@@ -62,6 +64,7 @@ pub fn scan(
     let started = now_ns();
     let mut walked: Vec<Walked> = Vec::new();
     let mut problems = Vec::new();
+    let (mut listings, mut listings_changed, mut reused_dirs) = (Vec::new(), false, 0);
     for root in roots {
         let meta = std::fs::symlink_metadata(&root.abs).map_err(|source| ScanError::Root {
             path: root.abs.clone(),
@@ -93,10 +96,16 @@ pub fn scan(
             });
         }
         if matches!(found, Found::Dir { .. }) {
-            let (mut w, mut p) = walk(root, filter);
-            walked.append(&mut w);
-            problems.append(&mut p);
+            let mut w = walk_listed(root, filter, cache.listings());
+            walked.append(&mut w.entries);
+            problems.append(&mut w.problems);
+            reused_dirs += w.reused;
+            listings_changed |= w.changed;
+            listings.push(w.listing);
         }
+    }
+    if cache.listings().is_some() {
+        cache.set_listings(listings, listings_changed);
     }
     // Each walk is sorted already: this only merges the roots (and their ancestors).
     walked.sort_by(|a, b| a.path.cmp(&b.path));
@@ -198,6 +207,7 @@ pub fn scan(
         problems,
         hashed_files,
         hashed_bytes,
+        reused_dirs,
     })
 }
 

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::filter::Filter;
+use crate::hash::{now_ns, stamp_trustworthy};
+use crate::listing::{ListedDir, Listing};
 use crate::manifest::Stamp;
 use crate::path::RelPath;
 
@@ -123,12 +125,46 @@ fn classify_mode(
 /// the sorted directories together: no sort of the whole tree, whose path comparisons cost
 /// more than the rest of the walk's user time together (see DESIGN.md).
 pub fn walk(root: &WalkRoot, filter: &Filter) -> (Vec<Walked>, Vec<Problem>) {
+    let w = walk_listed(root, filter, None);
+    (w.entries, w.problems)
+}
+
+/// What [`walk_listed`] found.
+pub struct Walk {
+    /// The entries, sorted by path.
+    pub entries: Vec<Walked>,
+    pub problems: Vec<Problem>,
+    /// The directories for the next walk of this root to reuse.
+    pub listing: Listing,
+    /// How many directories this walk did not read, because `known` vouched for their names.
+    pub reused: usize,
+    /// Whether `listing` differs from the known one (and is worth saving).
+    pub changed: bool,
+}
+
+/// [`walk`], reusing the names of the directories in `known` whose stamp is unchanged (see
+/// [`crate::listing`]), and recording the listing for the next walk (`None`: neither).
+/// Listings taken with another root or other rules are not used.
+pub fn walk_listed(root: &WalkRoot, filter: &Filter, known: Option<&[Listing]>) -> Walk {
+    let key = Listing::key_for(root, filter);
+    let known_dirs: rustc_hash::FxHashMap<&str, &ListedDir> = known
+        .unwrap_or_default()
+        .iter()
+        .filter(|l| l.serves(&key))
+        .flat_map(|l| &l.dirs)
+        .map(|d| (d.path.as_str(), d))
+        .collect();
     let ctx = Ctx {
         root,
         filter,
         next_id: AtomicUsize::new(1),
         listed: Mutex::new(Vec::new()),
         problems: Mutex::new(Vec::new()),
+        known: known_dirs,
+        trusted_dev: known.and_then(|_| trusted_dev(&root.abs)),
+        started_ns: now_ns(),
+        recorded: Mutex::new(Vec::new()),
+        reused: AtomicUsize::new(0),
     };
     rayon::scope(|s| visit_dir(s, &ctx, 0, root.abs.clone(), None, None));
     let listed = ctx.listed.into_inner().unwrap();
@@ -149,7 +185,38 @@ pub fn walk(root: &WalkRoot, filter: &Filter) -> (Vec<Walked>, Vec<Problem>) {
             }
         }
     }
-    (out, ctx.problems.into_inner().unwrap())
+    let recorded = ctx.recorded.into_inner().unwrap();
+    let reused = ctx.reused.into_inner();
+    // Every known directory reused, and no other recorded: the same listing.
+    let changed = !(reused == ctx.known.len() && recorded.len() == reused);
+    Walk {
+        entries: out,
+        problems: ctx.problems.into_inner().unwrap(),
+        listing: Listing::new(key, recorded),
+        reused,
+        changed,
+    }
+}
+
+/// File systems whose directory times the kernel keeps itself (so a directory's stamp changes
+/// with its names): ext2/3/4, XFS, Btrfs, tmpfs, F2FS, ZFS and overlayfs. Network file systems
+/// cache attributes, and FUSE ones keep whatever times their daemon reports.
+const TRUSTED_FS: [u32; 7] = [
+    0xEF53,
+    0x5846_5342,
+    0x9123_683E,
+    0x0102_1994,
+    0xF2F5_2010,
+    0x2FC1_2FC1,
+    0x794C_7630,
+];
+
+/// The device of `root` when it is on a file system listings can be trusted on.
+fn trusted_dev(root: &Path) -> Option<u64> {
+    let fs = rustix::fs::statfs(root).ok()?;
+    // `f_type` is a C long holding a 32-bit magic number.
+    TRUSTED_FS.contains(&(fs.f_type as u32)).then_some(())?;
+    rustix::fs::stat(root).ok().map(|st| st.st_dev)
 }
 
 struct Ctx<'a> {
@@ -160,6 +227,15 @@ struct Ctx<'a> {
     /// Each directory's items, sorted, by task id.
     listed: Mutex<Vec<(usize, Vec<Item>)>>,
     problems: Mutex<Vec<Problem>>,
+    /// Names of directories from an earlier walk, by destination path.
+    known: rustc_hash::FxHashMap<&'a str, &'a ListedDir>,
+    /// The root's device, when listings are used and recorded (see [`trusted_dev`]).
+    trusted_dev: Option<u64>,
+    /// When the walk started: a directory stamp is recorded only when older than this by more
+    /// than the racy window.
+    started_ns: i64,
+    recorded: Mutex<Vec<ListedDir>>,
+    reused: AtomicUsize,
 }
 
 impl Ctx<'_> {
@@ -263,54 +339,105 @@ fn classify_at(dir: &OwnedFd, name: &CStr, meta: &Meta) -> Result<Found, String>
     })
 }
 
-/// Lists directory `dir` (task `id`), whose path in the destination is `sub` (`None`: the
-/// top), queueing a task for each subdirectory. A subdirectory is `name` in the directory open
-/// as `parent`: opened relative to it, without following a link, so no path is resolved again
-/// and a directory swapped for a link meanwhile (itself or any directory above it) cannot lead
-/// the walk out of the root. The root itself is opened by path, following a link.
-fn visit_dir<'s>(
-    s: &rayon::Scope<'s>,
-    ctx: &'s Ctx<'s>,
+/// A subdirectory found in a directory, to be walked once the directory is done.
+struct Pending {
     id: usize,
-    dir: PathBuf,
-    sub: Option<RelPath>,
-    parent: Option<(Arc<OwnedFd>, CString)>,
-) {
-    use rustix::fs::{FileType, Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let opened = match &parent {
-        None => rustix::fs::open(&dir, flags, Mode::empty()),
-        Some((fd, name)) => rustix::fs::openat(fd, name, flags | OFlags::NOFOLLOW, Mode::empty()),
-    };
-    // The parent stays open only until its subdirectories are.
-    let is_root = parent.is_none();
-    drop(parent);
-    let fd = match opened {
-        Ok(fd) => Arc::new(fd),
-        Err(e) => {
-            use rustix::io::Errno;
-            // Gone, or replaced by a link or a file since its parent was read.
-            let raced = e == Errno::NOENT || (!is_root && matches!(e, Errno::LOOP | Errno::NOTDIR));
-            if !raced {
-                let e = std::io::Error::from(e);
-                ctx.problem(&dir, format!("cannot read directory: {e}"));
-            }
-            return;
+    name: CString,
+    abs: PathBuf,
+    path: RelPath,
+    stamp: Stamp,
+}
+
+/// One directory's entries, before its subdirectories are queued.
+#[derive(Default)]
+struct Listed {
+    items: Vec<Item>,
+    subs: Vec<Pending>,
+    /// Nothing went wrong that the listing would hide: it may be recorded for the next walk.
+    clean: bool,
+}
+
+impl Listed {
+    /// Adds entry `name` (at `path`) of directory `dir`, open as `fd`, which `meta` describes.
+    ///
+    /// # Errors
+    /// A message for an entry that cannot be mirrored.
+    fn add(
+        &mut self,
+        ctx: &Ctx<'_>,
+        fd: &OwnedFd,
+        dir: &Path,
+        (name, cname): (&str, &CStr),
+        path: RelPath,
+        meta: &Meta,
+    ) -> Result<(), String> {
+        let abs = dir.join(name);
+        let found = classify_at(fd, cname, meta)?;
+        if matches!(found, Found::Dir { .. }) {
+            let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+            self.subs.push(Pending {
+                id,
+                name: cname.to_owned(),
+                abs: abs.clone(),
+                path: path.clone(),
+                stamp: meta.stamp,
+            });
+            self.items.push(Item::Sub {
+                name: name.into(),
+                id,
+            });
         }
+        let at = path.as_str().len() - name.len();
+        self.items
+            .push(Item::Entry(Walked { path, abs, found }, at));
+        Ok(())
+    }
+}
+
+/// The listing of a directory's sorted `items`, for the next walk.
+fn record(items: &[Item], path: &RelPath, stamp: Stamp) -> ListedDir {
+    let mut names = String::new();
+    let mut dirs = Vec::new();
+    let entries = items.iter().filter_map(|i| match i {
+        Item::Entry(w, _) => Some(w),
+        Item::Sub { .. } => None,
+    });
+    for (n, w) in entries.enumerate() {
+        if matches!(w.found, Found::Dir { .. }) {
+            dirs.push(n as u32);
+        }
+        names.push_str(w.path.name());
+        names.push('\0');
+    }
+    ListedDir {
+        path: path.as_str().to_owned(),
+        stamp,
+        names,
+        dirs,
+    }
+}
+
+/// Reads directory `dir`, open as `fd`, whose destination path is `sub` (`None`: the top):
+/// `getdents64`, the ignore rules, and a `statx` per entry they keep.
+fn read_dir(ctx: &Ctx<'_>, fd: &OwnedFd, dir: &Path, sub: Option<&RelPath>) -> Listed {
+    use rustix::fs::FileType;
+    let dest_prefix = sub.or(ctx.root.dest_rel.as_ref());
+    let mut listed = Listed {
+        clean: true,
+        ..Listed::default()
     };
-    let dest_prefix = match &sub {
-        Some(p) => Some(p),
-        None => ctx.root.dest_rel.as_ref(),
+    let problem = |listed: &mut Listed, path: &Path, msg: String| {
+        listed.clean = false;
+        ctx.problem(path, msg);
     };
-    let mut items = Vec::new();
     let mut buf = [MaybeUninit::<u8>::uninit(); 32 << 10];
-    let mut entries = rustix::fs::RawDir::new(&fd, &mut buf);
+    let mut entries = rustix::fs::RawDir::new(fd, &mut buf);
     while let Some(ent) = entries.next() {
         let ent = match ent {
             Ok(e) => e,
             Err(e) => {
                 let e = std::io::Error::from(e);
-                ctx.problem(&dir, format!("cannot read directory: {e}"));
+                problem(&mut listed, dir, format!("cannot read directory: {e}"));
                 break;
             }
         };
@@ -321,23 +448,30 @@ fn visit_dir<'s>(
         }
         let Ok(name) = std::str::from_utf8(bytes) else {
             let abs = dir.join(std::ffi::OsStr::from_bytes(bytes));
-            ctx.problem(&abs, "name is not valid UTF-8; skipped".to_owned());
+            problem(
+                &mut listed,
+                &abs,
+                "name is not valid UTF-8; skipped".to_owned(),
+            );
             continue;
         };
         // `d_type` says whether it is a directory, except on file systems that leave it
         // unknown: then the stat decides, before the ignore rules look at it.
         let mut meta = None;
         let is_dir = match ent.file_type() {
-            FileType::Unknown => match stat_at(&fd, cname) {
+            FileType::Unknown => match stat_at(fd, cname) {
                 Ok(m) => {
                     let d = FileType::from_raw_mode(m.mode) == FileType::Directory;
                     meta = Some(m);
                     d
                 }
-                Err(rustix::io::Errno::NOENT) => continue,
+                Err(rustix::io::Errno::NOENT) => {
+                    listed.clean = false;
+                    continue;
+                }
                 Err(e) => {
                     let e = std::io::Error::from(e);
-                    ctx.problem(&dir.join(name), format!("cannot stat: {e}"));
+                    problem(&mut listed, &dir.join(name), format!("cannot stat: {e}"));
                     continue;
                 }
             },
@@ -354,7 +488,7 @@ fn visit_dir<'s>(
         let path = match path {
             Ok(p) => p,
             Err(e) => {
-                ctx.problem(&dir.join(name), format!("{e}; skipped"));
+                problem(&mut listed, &dir.join(name), format!("{e}; skipped"));
                 continue;
             }
         };
@@ -375,42 +509,157 @@ fn visit_dir<'s>(
                 continue;
             }
         }
-        let abs = dir.join(name);
-        let meta = match meta.map_or_else(|| stat_at(&fd, cname), Ok) {
+        let meta = match meta.map_or_else(|| stat_at(fd, cname), Ok) {
             Ok(m) => m,
             // Vanished between readdir and stat: as if it was never there.
-            Err(rustix::io::Errno::NOENT) => continue,
+            Err(rustix::io::Errno::NOENT) => {
+                listed.clean = false;
+                continue;
+            }
             Err(e) => {
                 let e = std::io::Error::from(e);
-                ctx.problem(&abs, format!("cannot stat: {e}"));
+                problem(&mut listed, &dir.join(name), format!("cannot stat: {e}"));
                 continue;
             }
         };
-        match classify_at(&fd, cname, &meta) {
-            Ok(found) => {
-                if matches!(found, Found::Dir { .. }) {
-                    let child = ctx.next_id.fetch_add(1, Ordering::Relaxed);
-                    let (abs, rel) = (abs.clone(), path.clone());
-                    let at = (Arc::clone(&fd), cname.to_owned());
-                    s.spawn(move |s| visit_dir(s, ctx, child, abs, Some(rel), Some(at)));
-                    items.push(Item::Sub {
-                        name: name.into(),
-                        id: child,
-                    });
-                }
-                let at = path.as_str().len() - name.len();
-                items.push(Item::Entry(Walked { path, abs, found }, at));
-            }
-            Err(msg) => ctx.problem(&abs, msg),
+        if let Err(msg) = listed.add(ctx, fd, dir, (name, cname), path, &meta) {
+            problem(&mut listed, &dir.join(name), msg);
         }
+    }
+    listed
+}
+
+/// Lists directory `dir`, open as `fd`, from its `known` names: a `statx` each, no reading
+/// and no ignore rules (the names are the ones they kept). `None` when anything is not as the
+/// listing says (a name gone, a type changed, a corrupt listing): then the directory is read.
+fn list_known(
+    ctx: &Ctx<'_>,
+    fd: &OwnedFd,
+    dir: &Path,
+    sub: &RelPath,
+    known: &ListedDir,
+) -> Option<Listed> {
+    use rustix::fs::FileType;
+    let mut listed = Listed {
+        clean: true,
+        ..Listed::default()
+    };
+    let mut dirs = known.dirs.iter().copied().peekable();
+    let mut rest = known.names.as_bytes();
+    let mut n = 0u32;
+    while !rest.is_empty() {
+        let end = rest.iter().position(|&b| b == 0)?;
+        let cname = CStr::from_bytes_with_nul(&rest[..=end]).ok()?;
+        let name = std::str::from_utf8(&rest[..end]).ok()?;
+        rest = &rest[end + 1..];
+        let want_dir = dirs.next_if_eq(&n).is_some();
+        n += 1;
+        // A name with a `/` (a corrupt listing) is refused here, before any system call.
+        let path = sub.join(name).ok()?;
+        let meta = stat_at(fd, cname).ok()?;
+        if (FileType::from_raw_mode(meta.mode) == FileType::Directory) != want_dir {
+            return None;
+        }
+        listed.add(ctx, fd, dir, (name, cname), path, &meta).ok()?;
+    }
+    Some(listed)
+}
+
+/// Lists directory `dir` (task `id`), whose path in the destination is `sub` (`None`: the
+/// top), queueing a task for each subdirectory. A subdirectory is `name` in the directory open
+/// as `parent`: opened relative to it, without following a link, so no path is resolved again
+/// and a directory swapped for a link meanwhile (itself or any directory above it) cannot lead
+/// the walk out of the root. The root itself is opened by path, following a link.
+///
+/// `stamp` is the directory's own, from its parent's `statx`: when an earlier walk's listing
+/// has the same, the directory's known names are `statx`ed instead of reading it again.
+fn visit_dir<'s>(
+    s: &rayon::Scope<'s>,
+    ctx: &'s Ctx<'s>,
+    id: usize,
+    dir: PathBuf,
+    sub: Option<RelPath>,
+    parent: Option<(Arc<OwnedFd>, CString, Stamp)>,
+) {
+    use rustix::fs::{Mode, OFlags};
+    let trusted = parent
+        .as_ref()
+        .map(|p| p.2)
+        .filter(|st| Some(st.dev) == ctx.trusted_dev);
+    let known = sub
+        .as_ref()
+        .zip(trusted)
+        .and_then(|(p, st)| ctx.known.get(p.as_str()).filter(|k| k.stamp == st));
+    let open = |flags: OFlags| {
+        let flags = flags | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        match &parent {
+            None => rustix::fs::open(&dir, flags, Mode::empty()),
+            Some((fd, name, _)) => {
+                rustix::fs::openat(fd, name, flags | OFlags::NOFOLLOW, Mode::empty())
+            }
+        }
+    };
+    // Known names need no reading: a path-only open does (and is cheaper).
+    let mut reused = None;
+    if let (Some(k), Some(sub)) = (known, &sub) {
+        reused = open(OFlags::PATH)
+            .ok()
+            .and_then(|fd| Some((list_known(ctx, &fd, &dir, sub, k)?, fd)));
+    }
+    let from_known = reused.is_some();
+    let (listed, fd) = match reused {
+        Some((listed, fd)) => {
+            ctx.reused.fetch_add(1, Ordering::Relaxed);
+            (listed, fd)
+        }
+        None => {
+            let opened = open(OFlags::RDONLY);
+            let is_root = parent.is_none();
+            let fd = match opened {
+                Ok(fd) => fd,
+                Err(e) => {
+                    use rustix::io::Errno;
+                    // Gone, or replaced by a link or a file since its parent was read.
+                    let raced =
+                        e == Errno::NOENT || (!is_root && matches!(e, Errno::LOOP | Errno::NOTDIR));
+                    if !raced {
+                        let e = std::io::Error::from(e);
+                        ctx.problem(&dir, format!("cannot read directory: {e}"));
+                    }
+                    return;
+                }
+            };
+            (read_dir(ctx, &fd, &dir, sub.as_ref()), fd)
+        }
+    };
+    // The parent stays open only until its subdirectories are.
+    drop(parent);
+    let Listed {
+        mut items,
+        subs,
+        clean,
+    } = listed;
+    let fd = Arc::new(fd);
+    for p in subs {
+        let at = (Arc::clone(&fd), p.name, p.stamp);
+        s.spawn(move |s| visit_dir(s, ctx, p.id, p.abs, Some(p.path), Some(at)));
     }
     drop(fd);
     items.sort_unstable_by(|a, b| key_cmp(a.key(), b.key()));
     // A name listed twice (an entry renamed while the directory was read may be): once.
     items.dedup_by(|b, a| key_cmp(a.key(), b.key()).is_eq());
+    if clean
+        && let (Some(sub), Some(stamp)) = (&sub, trusted)
+        && stamp_trustworthy(&stamp, ctx.started_ns)
+    {
+        let l = match known {
+            Some(k) if from_known => (*k).clone(),
+            _ => record(&items, sub, stamp),
+        };
+        ctx.recorded.lock().unwrap().push(l);
+    }
     ctx.listed.lock().unwrap().push((id, items));
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,5 +752,144 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         swapper.join().unwrap();
         assert_eq!(escaped, 0, "the walk listed a file outside the root");
+    }
+
+    /// A tree whose directories are older than the racy window, so their listings count.
+    fn settled_tree() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for d in ["a/b/c", "d", "e/f", "g"] {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        for f in [
+            "a/1.py",
+            "a/b/2.py",
+            "a/b/c/3.txt",
+            "d/4",
+            "e/f/5",
+            "e/x.pyc",
+            "top",
+        ] {
+            std::fs::write(t.path().join(f), f).unwrap();
+        }
+        std::os::unix::fs::symlink("1.py", t.path().join("a/l")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        t
+    }
+
+    fn root_of(t: &tempfile::TempDir) -> WalkRoot {
+        WalkRoot {
+            abs: t.path().to_owned(),
+            filter_rel: None,
+            dest_rel: None,
+        }
+    }
+
+    fn same_entries(a: &[Walked], b: &[Walked]) {
+        let view = |w: &[Walked]| -> Vec<(String, Found)> {
+            w.iter()
+                .map(|w| (w.path.to_string(), w.found.clone()))
+                .collect()
+        };
+        assert_eq!(view(a), view(b));
+    }
+
+    #[test]
+    fn known_names_are_reused_while_the_directories_are_unchanged() {
+        let t = settled_tree();
+        let (root, filter) = (root_of(&t), Filter::new::<&str>(&[]).unwrap());
+        let first = walk_listed(&root, &filter, Some(&[]));
+        assert_eq!((first.reused, first.changed), (0, true));
+        // Every directory below the root: a, a/b, a/b/c, d, e, e/f, g.
+        assert_eq!(first.listing.len(), 7);
+        let second = walk_listed(&root, &filter, Some(std::slice::from_ref(&first.listing)));
+        assert_eq!((second.reused, second.changed), (7, false));
+        same_entries(&second.entries, &walk(&root, &filter).0);
+        same_entries(&second.entries, &first.entries);
+    }
+
+    /// Adding, removing and renaming change a directory's stamp; so does putting its mtime back
+    /// (the ctime moves). Each such directory is read again, and the walk matches a plain one.
+    #[test]
+    fn changed_directories_are_read_again() {
+        let t = settled_tree();
+        let (root, filter) = (root_of(&t), Filter::new::<&str>(&[]).unwrap());
+        let known = vec![walk_listed(&root, &filter, Some(&[])).listing];
+        let p = |s: &str| t.path().join(s);
+        std::fs::write(p("a/b/new.py"), "n").unwrap();
+        std::fs::remove_file(p("d/4")).unwrap();
+        std::fs::rename(p("e/f/5"), p("e/f/6")).unwrap();
+        // A name added to `g`, and `g`'s mtime set back to what it was.
+        let before = std::fs::metadata(p("g")).unwrap().modified().unwrap();
+        std::fs::write(p("g/hidden-by-mtime"), "h").unwrap();
+        std::fs::File::open(p("g"))
+            .unwrap()
+            .set_modified(before)
+            .unwrap();
+        let w = walk_listed(&root, &filter, Some(&known));
+        same_entries(&w.entries, &walk(&root, &filter).0);
+        assert!(
+            w.entries
+                .iter()
+                .any(|e| e.path.as_str() == "g/hidden-by-mtime")
+        );
+        // a, a/b/c and e reused; a/b, d, e/f and g read.
+        assert_eq!((w.reused, w.changed), (3, true));
+        // The directories just changed are too recent to be recorded.
+        let listed: Vec<&str> = w.listing.dirs.iter().map(|d| d.path.as_str()).collect();
+        assert!(
+            !listed.contains(&"a/b") && !listed.contains(&"g"),
+            "{listed:?}"
+        );
+    }
+
+    #[test]
+    fn a_listing_taken_with_other_ignore_rules_or_root_is_not_used() {
+        let t = settled_tree();
+        let root = root_of(&t);
+        let known = vec![walk_listed(&root, &Filter::new::<&str>(&[]).unwrap(), Some(&[])).listing];
+        let filter = Filter::new(&["*.py"]).unwrap();
+        let w = walk_listed(&root, &filter, Some(&known));
+        assert_eq!(w.reused, 0);
+        same_entries(&w.entries, &walk(&root, &filter).0);
+        let moved = WalkRoot {
+            dest_rel: Some(RelPath::new("elsewhere").unwrap()),
+            ..root.clone()
+        };
+        assert_eq!(
+            walk_listed(&moved, &Filter::new::<&str>(&[]).unwrap(), Some(&known)).reused,
+            0
+        );
+    }
+
+    /// A listing is not trusted input: a name with `/`, a `..`, a name that is not there or a
+    /// file listed as a directory makes the walk read the directory instead of following the
+    /// listing anywhere.
+    #[test]
+    fn a_corrupt_listing_makes_the_walk_read_the_directory() {
+        let t = settled_tree();
+        std::fs::write(t.path().join("secret"), "s").unwrap();
+        let (root, filter) = (root_of(&t), Filter::new::<&str>(&[]).unwrap());
+        let mut listing = walk_listed(&root, &filter, Some(&[])).listing;
+        for d in &mut listing.dirs {
+            if d.path == "d" {
+                d.names = "../secret\0".to_owned();
+                d.dirs.clear();
+            }
+            if d.path == "g" {
+                d.names = "ghost\0".to_owned();
+            }
+            if d.path == "a/b/c" {
+                d.names = "..\0".to_owned();
+                d.dirs = vec![0];
+            }
+            if d.path == "e/f" {
+                // `5` is a file, listed as a directory.
+                d.dirs = vec![0];
+            }
+        }
+        let w = walk_listed(&root, &filter, Some(&[listing]));
+        same_entries(&w.entries, &walk(&root, &filter).0);
+        // Only a, a/b and e were as listed.
+        assert_eq!(w.reused, 3);
     }
 }

@@ -771,6 +771,66 @@ fn noop_resync_is_up_to_date_for_every_target() {
     assert!(stderr(&o).contains("all up to date"), "{}", show(&o));
 }
 
+/// The number in `... (N directories not read)` of the timing line that starts with `prefix`.
+fn not_read(o: &Output, prefix: &str) -> usize {
+    let err = stderr(o);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line: {}", show(o)));
+    let before = line.split(" directories not read").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Both sides keep their directory listings between syncs and reuse a directory's names while
+/// its stamp is unchanged. Every kind of change in such a directory is still seen: a file added
+/// to the source, a file renamed there, and a stray file on the worker whose directory then
+/// had its mtime set back (only the ctime gives it away).
+#[test]
+fn changes_in_directories_with_kept_listings_are_all_seen() {
+    let sb = Sandbox::new();
+    sb.write("pkg/a.py", "a");
+    sb.write("pkg/sub/b.py", "b");
+    sb.write("tests/t.py", "t");
+    let dest = sb.worker("w");
+    let run = || {
+        let o = sb
+            .rdist()
+            .env("RDIST_TIMINGS", "1")
+            .args(["sync", "--rsyncdir", ".", "--tx", &tx(&dest)])
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        o
+    };
+    run();
+    // Past the racy window, the next sync records every directory; the one after reuses them.
+    std::thread::sleep(Duration::from_millis(150));
+    run();
+    let o = run();
+    assert_eq!(not_read(&o, "timings: scan"), 3, "{}", show(&o));
+    assert_eq!(
+        not_read(&o, "agent timings: current state"),
+        3,
+        "{}",
+        show(&o)
+    );
+
+    sb.write("pkg/sub/c.py", "c");
+    std::fs::rename(sb.proj().join("tests/t.py"), sb.proj().join("tests/u.py")).unwrap();
+    let pkg = dest.join("pkg");
+    let before = mtime_of(&pkg);
+    write(&pkg.join("stray.txt"), "only on the worker");
+    std::fs::File::open(&pkg)
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
+    let o = run();
+    assert_mirrors(&sb, &dest);
+    assert!(!pkg.join("stray.txt").exists(), "{}", show(&o));
+    assert!(dest.join("tests/u.py").exists() && dest.join("pkg/sub/c.py").exists());
+}
+
 #[test]
 fn foreign_destination_is_refused_unless_adopted() {
     let sb = Sandbox::new();

@@ -162,9 +162,10 @@ fn scan_tree(settings: &SyncSettings) -> Result<(SourceTree, HashCache), Failure
     .map_err(Failure::failed)?;
     if std::env::var_os("RDIST_TIMINGS").is_some() {
         eprintln!(
-            "timings: scan {:.3?} ({} files hashed)",
+            "timings: scan {:.3?} ({} files hashed, {} directories not read)",
             t0.elapsed(),
-            tree.hashed_files
+            tree.hashed_files,
+            tree.reused_dirs
         );
     }
     Ok((tree, cache))

@@ -301,12 +301,18 @@ fn session<R: BufRead, W: Write + Send>(
     let current = state::current(&dest, &filter);
     if std::env::var_os("RDIST_TIMINGS").is_some() {
         eprintln!(
-            "agent timings: current state {:.3?} ({} rehashed)",
+            "agent timings: current state {:.3?} ({} rehashed, {} directories not read)",
             t0.elapsed(),
-            current.rehashed
+            current.rehashed,
+            current.reused_dirs
         );
     }
     // Computed before waiting: the controller is usually still scanning, so this is free time.
+    // The listing can be saved before the sync changes anything: a directory the sync changes
+    // gets a new stamp, so its saved names are not used again.
+    if !begin.dry_run {
+        let _ = state::save_listing(&dest, &current);
+    }
     let framed = current.manifest.framed();
     let ours = framed.digest();
     let (digest, entries) = match read_frame(r)?.0 {
@@ -433,10 +439,10 @@ fn receive_changed<R: BufRead, W: Write>(
     write_frame(w, &Message::NeedSummary)?;
     w.flush().map_err(ProtoError::from)?;
     // Ours is computed while the controller computes and sends its own.
-    let ours_dirs = current.dirs();
-    let ours: FxHashMap<[u8; 8], ([u8; 8], usize)> = current
-        .dir_summary_with(&ours_dirs, framed)
-        .into_iter()
+    let index = current.dir_index(framed);
+    let ours: FxHashMap<[u8; 8], ([u8; 8], usize)> = index
+        .keys
+        .iter()
         .enumerate()
         .map(|(i, k)| {
             let (path, content) = k.split_at(8);
@@ -491,12 +497,15 @@ fn receive_changed<R: BufRead, W: Write>(
     // (theirs unless the peer lies, which the check below catches). Each entry comes with the
     // index of its copy on this side, whose encoding is then reused.
     const THEIRS: usize = usize::MAX;
-    let mut keep = vec![false; current.len()];
+    let mut same_dir = vec![false; index.keys.len()];
     for i in same {
-        for &k in &ours_dirs[i].1 {
-            keep[k] = true;
-        }
+        same_dir[i] = true;
     }
+    let keep: Vec<bool> = index
+        .parent
+        .iter()
+        .map(|&d| same_dir.get(d as usize).copied().unwrap_or(false))
+        .collect();
     let kept = keep.iter().filter(|&&k| k).count();
     let mut entries = Vec::with_capacity(kept + theirs.len());
     let mut origin = Vec::with_capacity(kept + theirs.len());

@@ -10,13 +10,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::filter::Filter;
 use crate::hash::{hash_file, now_ns, racy_window_ns, stamp_trustworthy};
+use crate::listing::{self, Listing};
 use crate::manifest::{Entry, Hash, Kind, Manifest, Stamp};
 use crate::path::RelPath;
 use crate::stage::STATE_DIR;
-use crate::walk::{Found, Problem, WalkRoot, walk};
+use crate::walk::{Found, Problem, WalkRoot, walk_listed};
 
 const STATE_VERSION: u32 = 2;
 const STATE_FILE: &str = "state";
+/// The walk's directory listing: its own file, read before the walk (which needs it) while the
+/// state is read alongside the walk.
+const LISTING_FILE: &str = "listing";
 
 /// What [`save`] writes; read back as [`LoadedState`], with borrowed paths.
 #[derive(Serialize)]
@@ -40,10 +44,19 @@ pub struct Current {
     /// pytest made on the worker): left out of `manifest`, so they neither block "up to date"
     /// nor get reported as deleted on every sync.
     pub kept: Vec<RelPath>,
+    /// The walk's directory listing, when it differs from the saved one (see
+    /// [`crate::listing`]): saved with the state.
+    pub listing: Option<Listing>,
+    /// Directories the walk did not read, because the saved listing vouched for their names.
+    pub reused_dirs: usize,
 }
 
 fn state_path(dest: &Path) -> std::path::PathBuf {
     dest.join(STATE_DIR).join(STATE_FILE)
+}
+
+fn listing_path(dest: &Path) -> std::path::PathBuf {
+    dest.join(STATE_DIR).join(LISTING_FILE)
 }
 
 /// The saved state as read back: paths borrowed from the file's bytes (they are only compared
@@ -75,9 +88,13 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
         filter_rel: None,
         dest_rel: None,
     };
+    let known = listing::load(&listing_path(dest));
     let bytes = std::fs::read(state_path(dest)).unwrap_or_default();
-    let (saved, (mut walked, mut problems)) =
-        rayon::join(|| load_saved(&bytes), || walk(&root, filter));
+    let (saved, walk) = rayon::join(
+        || load_saved(&bytes),
+        || walk_listed(&root, filter, Some(&known)),
+    );
+    let (mut walked, mut problems) = (walk.entries, walk.problems);
     let saved_ns = saved.saved_ns;
     let kept_before: HashSet<&RelPath> = saved.kept.iter().collect();
     debug_assert!(walked.is_sorted_by(|a, b| a.path < b.path));
@@ -182,6 +199,8 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
         problems,
         rehashed,
         kept,
+        listing: walk.changed.then_some(walk.listing),
+        reused_dirs: walk.reused,
     }
 }
 
@@ -209,6 +228,17 @@ pub struct SaveFile<'a> {
 /// When the state file cannot be written.
 pub fn save(dest: &Path, files: Vec<SaveFile<'_>>, kept: Vec<RelPath>) -> std::io::Result<()> {
     save_waiting(dest, files, kept, RACY_WAIT_MIN)
+}
+
+/// Saves the walk's listing of `current` for the next sync, if it changed.
+///
+/// # Errors
+/// When the listing file cannot be written.
+pub fn save_listing(dest: &Path, current: &Current) -> std::io::Result<()> {
+    match &current.listing {
+        Some(l) => listing::save(&listing_path(dest), std::slice::from_ref(l)),
+        None => Ok(()),
+    }
 }
 
 fn save_waiting(
@@ -266,10 +296,7 @@ fn save_waiting(
     // Sized for a typical record, so the encoding is not copied over and over as it grows.
     let bytes = postcard::to_extend(&state, Vec::with_capacity(files.len() * 112 + 64))
         .map_err(std::io::Error::other)?;
-    let path = state_path(dest);
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, &path)
+    crate::write_atomic(&state_path(dest), &bytes)
 }
 
 #[cfg(test)]
