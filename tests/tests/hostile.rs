@@ -87,9 +87,13 @@ impl Ended {
 impl Agent {
     /// Starts an agent in `cwd` and reads its hello.
     fn start(cwd: &Path) -> Agent {
-        let mut child = Command::new(rdist_bin())
+        Agent::start_with(Command::new(rdist_bin()).current_dir(cwd))
+    }
+
+    /// Starts `cmd` (an `rdist` command: `agent --stdio` is added) and reads its hello.
+    fn start_with(cmd: &mut Command) -> Agent {
+        let mut child = cmd
             .args(["agent", "--stdio"])
-            .current_dir(cwd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -424,6 +428,57 @@ fn evil_manifest_frame(evil: &str) -> Vec<u8> {
     assert_eq!(at.len(), 1, "placeholder must occur once");
     frame[at[0]..at[0] + evil.len()].copy_from_slice(evil.as_bytes());
     frame
+}
+
+/// A controller that hangs up while a test runs (its ssh connection dropped): the agent kills
+/// the worker and exits, instead of waiting for a worker that waits for commands. (It used
+/// to wait for the worker's output to end before killing it, which a worker busy in a test
+/// never ends.)
+#[test]
+fn an_agent_whose_controller_hangs_up_mid_test_kills_its_worker_and_exits() {
+    if !rdist_tests::have_pytest() {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write(
+        "tests/test_slow.py",
+        "import time\n\ndef test_slow():\n    time.sleep(60)\n",
+    );
+    let mut agent = Agent::start_with(
+        Command::new(rdist_bin())
+            .current_dir(sb.proj())
+            .env("RDIST_CACHE_DIR", sb.cache()),
+    );
+    agent.hello();
+    agent.send(&Message::StartWorker(sync_core::proto::WorkerStart {
+        id: 0,
+        dest: sb.proj().display().to_string(),
+        base: DestBase::Cwd,
+        python: rdist_tests::python::python().display().to_string(),
+        args: vec![],
+        env: vec![],
+        nice: None,
+    }));
+    // Once it has collected, run the slow test, then hang up.
+    loop {
+        match agent.recv() {
+            Message::WorkerOutput { line, .. } if line.contains("\"collected\"") => break,
+            Message::WorkerOutput { .. } => {}
+            other => panic!("expected the worker's output, got {other:?}"),
+        }
+    }
+    agent.send(&Message::WorkerInput {
+        id: 0,
+        line: r#"{"run": [0]}"#.to_owned(),
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let ended = agent.finish();
+    assert!(ended.status.success(), "{}", ended.describe());
+    let gone = rdist_tests::sshd::wait_until(DEADLINE, || {
+        rdist_tests::processes_in(&sb.proj()).is_empty()
+    });
+    let left = rdist_tests::processes_in(&sb.proj()).join("\n");
+    assert!(gone, "left running:\n{left}");
 }
 
 #[test]

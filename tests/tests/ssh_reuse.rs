@@ -2,15 +2,15 @@
 //! through the master the first one left (no new login in sshd's log), `RDIST_SSH_REUSE=0` and
 //! `ssh_reuse = 0` turn it off, the user's own sharing settings are left alone, a stale socket
 //! from a killed master is replaced, concurrent first runs agree on one master, and a master
-//! killed during `rdist run` ends the run with an error. The sandbox stops its masters when
-//! dropped.
+//! killed during `rdist run` ends the run with an error (and the agent on the host, which lost
+//! its connection too, its worker). The sandbox stops its masters when dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use rdist_tests::sshd::{Sshd, output_within, wait_output};
-use rdist_tests::{Sandbox, assert_mirrors, assert_ok, show, ssh_control};
+use rdist_tests::sshd::{Sshd, output_within, wait_output, wait_until};
+use rdist_tests::{Sandbox, assert_mirrors, assert_ok, processes_in, show, ssh_control};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -258,4 +258,10 @@ fn a_master_killed_mid_run_ends_the_run_instead_of_hanging() {
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("connection to `rdist-a` lost"), "{}", show(&o));
+    // On the host, the agent lost its connection too: it kills its worker and exits.
+    for dir in [dest, sshd.remote_cache("rdist-a")] {
+        let gone = wait_until(Duration::from_secs(10), || processes_in(&dir).is_empty());
+        let left = processes_in(&dir).join("\n");
+        assert!(gone, "left running in `{}`:\n{left}", dir.display());
+    }
 }

@@ -109,76 +109,89 @@ pub(super) fn serve_workers<R: BufRead, W: Write + Send>(
     })?;
     let out = Mutex::new(w);
     let mut running: HashMap<u32, Running> = HashMap::new();
-    let result = std::thread::scope(|scope| -> Result<(), AgentError> {
-        let mut next = Some(first);
-        loop {
-            if let Some(ws) = next.take() {
-                let id = ws.id;
-                match start(&ws, &plugin_dir, opts) {
-                    Ok((child, stdin, stdout, stderr)) => {
-                        let child = Arc::new(Mutex::new(child));
-                        let tail = Arc::new(Mutex::new(Vec::<u8>::new()));
-                        let t = tail.clone();
-                        scope.spawn(move || keep_tail(stderr, &t));
-                        let (c, out) = (child.clone(), &out);
-                        scope.spawn(move || relay(id, stdout, &c, &tail, out));
-                        running.insert(
-                            id,
-                            Running {
-                                child,
-                                stdin: Some(stdin),
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        let msg = Message::WorkerExit {
-                            id,
-                            code: Some(127),
-                            stderr: format!("cannot start `{}`: {e}", ws.python),
-                        };
-                        let mut o = out.lock().unwrap();
-                        write_frame(&mut **o, &msg)?;
-                        o.flush().map_err(ProtoError::from)?;
-                    }
+    std::thread::scope(|scope| -> Result<(), AgentError> {
+        let result = serve_loop(scope, r, &out, &mut running, first, &plugin_dir, opts);
+        // The connection is gone or broken: no worker outlives it. Killed here, before the
+        // scope waits for the relay threads, which end once their worker has.
+        for rw in running.values_mut() {
+            rw.stdin = None;
+            let _ = rw.child.lock().unwrap().kill();
+        }
+        result
+    })
+}
+
+/// Starts and feeds workers until the connection ends.
+fn serve_loop<'scope, R: BufRead, W: Write + Send>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    r: &mut R,
+    out: &'scope Mutex<&mut W>,
+    running: &mut HashMap<u32, Running>,
+    first: WorkerStart,
+    plugin_dir: &Path,
+    opts: &AgentOptions,
+) -> Result<(), AgentError> {
+    let mut next = Some(first);
+    loop {
+        if let Some(ws) = next.take() {
+            let id = ws.id;
+            match start(&ws, plugin_dir, opts) {
+                Ok((child, stdin, stdout, stderr)) => {
+                    let child = Arc::new(Mutex::new(child));
+                    let tail = Arc::new(Mutex::new(Vec::<u8>::new()));
+                    let t = tail.clone();
+                    scope.spawn(move || keep_tail(stderr, &t));
+                    let c = child.clone();
+                    scope.spawn(move || relay(id, stdout, &c, &tail, out));
+                    running.insert(
+                        id,
+                        Running {
+                            child,
+                            stdin: Some(stdin),
+                        },
+                    );
                 }
-            }
-            match read_frame(r) {
-                Ok((Message::StartWorker(ws), _)) => next = Some(ws),
-                Ok((Message::WorkerInput { id, line }, _)) => {
-                    if let Some(Running {
-                        stdin: Some(stdin), ..
-                    }) = running.get_mut(&id)
-                    {
-                        // A worker that died is reported by its relay; a failed write adds nothing.
-                        let _ = writeln!(stdin, "{line}").and_then(|()| stdin.flush());
-                    }
+                Err(e) => {
+                    let msg = Message::WorkerExit {
+                        id,
+                        code: Some(127),
+                        stderr: format!("cannot start `{}`: {e}", ws.python),
+                    };
+                    let mut o = out.lock().unwrap();
+                    write_frame(&mut **o, &msg)?;
+                    o.flush().map_err(ProtoError::from)?;
                 }
-                Ok((Message::KillWorker { id }, _)) => {
-                    if let Some(rw) = running.get_mut(&id) {
-                        let _ = rw.child.lock().unwrap().kill();
-                        rw.stdin = None;
-                    }
-                }
-                Ok((Message::Error(e), _)) => return Err(ProtoError::Remote(e).into()),
-                Ok((other, _)) => {
-                    return Err(ProtoError::Unexpected {
-                        got: other.name(),
-                        expected: "worker messages",
-                    }
-                    .into());
-                }
-                Err(ProtoError::Closed) => return Ok(()),
-                Err(e) => return Err(e.into()),
             }
         }
-        // Unreachable: the loop only ends by returning.
-    });
-    // The connection is gone or broken: no worker outlives it.
-    for rw in running.values_mut() {
-        rw.stdin = None;
-        let _ = rw.child.lock().unwrap().kill();
+        match read_frame(r) {
+            Ok((Message::StartWorker(ws), _)) => next = Some(ws),
+            Ok((Message::WorkerInput { id, line }, _)) => {
+                if let Some(Running {
+                    stdin: Some(stdin), ..
+                }) = running.get_mut(&id)
+                {
+                    // A worker that died is reported by its relay; a failed write adds nothing.
+                    let _ = writeln!(stdin, "{line}").and_then(|()| stdin.flush());
+                }
+            }
+            Ok((Message::KillWorker { id }, _)) => {
+                if let Some(rw) = running.get_mut(&id) {
+                    let _ = rw.child.lock().unwrap().kill();
+                    rw.stdin = None;
+                }
+            }
+            Ok((Message::Error(e), _)) => return Err(ProtoError::Remote(e).into()),
+            Ok((other, _)) => {
+                return Err(ProtoError::Unexpected {
+                    got: other.name(),
+                    expected: "worker messages",
+                }
+                .into());
+            }
+            Err(ProtoError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
     }
-    result
 }
 
 /// `[nice -n N] PYTHON -m pytest -p rdist_worker ARGS` in `dir`, with the plugin on `PYTHONPATH`,
@@ -251,6 +264,22 @@ fn start(ws: &WorkerStart, plugin_dir: &Path, opts: &AgentOptions) -> Result<Sta
     Ok((child, stdin, stdout, stderr))
 }
 
+/// Waits for `child` to exit and returns its exit code (`None`: killed by a signal). The lock
+/// is only held to look, never while waiting, so the agent can still kill the child meanwhile
+/// (a relay whose connection broke stops reading and ends up here while its worker runs on).
+fn reap(child: &Mutex<Child>) -> Option<i32> {
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match child.lock().unwrap().try_wait() {
+            Ok(Some(status)) => return status.code(),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
 fn keep_tail(mut r: impl Read, tail: &Mutex<Vec<u8>>) {
     let mut buf = [0u8; 4096];
     while let Ok(n) = r.read(&mut buf) {
@@ -284,7 +313,7 @@ fn relay<W: Write>(
         },
         || out.lock().unwrap().flush().is_ok(),
     );
-    let code = child.lock().unwrap().wait().ok().and_then(|s| s.code());
+    let code = reap(child);
     // Give the stderr reader a moment to take the last words.
     std::thread::sleep(std::time::Duration::from_millis(50));
     let stderr = String::from_utf8_lossy(&tail.lock().unwrap())
