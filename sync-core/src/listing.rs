@@ -8,11 +8,14 @@
 //! recorded when it is older than the walk by more than the file system's timestamp tick (the
 //! racy rule of [`crate::hash::stamp_trustworthy`]), so a change in the same tick as the stamp
 //! cannot hide behind it. Only local file systems whose directory times are kept by the kernel
-//! are trusted (not NFS and other network file systems, whose attributes are cached), and
-//! only directories on the root's device.
+//! are trusted (not NFS and other network file systems, whose attributes are cached, nor
+//! overlayfs, whose merged directories show the upper layer's times), and only directories on
+//! the root's device.
 //!
-//! A listing also records what it was taken with (the root, where it lands, the ignore rules):
-//! one taken with other rules says nothing and is not used.
+//! A listing also records what it was taken with (the build, the user, the root, where it
+//! lands, the ignore rules): one taken with other rules says nothing and is not used. It is
+//! not trusted either: names out of order, repeated, or ignored by the rules make the walk read
+//! the directory instead.
 
 use std::path::Path;
 
@@ -48,13 +51,20 @@ pub(crate) struct ListedDir {
 }
 
 impl Listing {
-    /// What identifies the walks a listing can serve: the root, its place in the destination
-    /// and in the project, and the ignore rules.
+    /// What identifies the walks a listing can serve: the build (whose ignore rules, fixed
+    /// ones included, decided the names), the user (whose permissions let the walk read the
+    /// directories), the root, its place in the destination and in the project, and the
+    /// user's ignore patterns.
     pub(crate) fn key_for(root: &WalkRoot, filter: &Filter) -> [u8; 32] {
         use std::os::unix::ffi::OsStrExt;
         let mut h = blake3::Hasher::new();
         h.update(&LISTING_VERSION.to_le_bytes());
-        h.update(root.abs.as_os_str().as_bytes());
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        for p in crate::filter::FIXED_IGNORES {
+            h.update(b"\0").update(p.as_bytes());
+        }
+        h.update(&rustix::process::geteuid().as_raw().to_le_bytes());
+        h.update(b"\0").update(root.abs.as_os_str().as_bytes());
         for p in [&root.filter_rel, &root.dest_rel] {
             h.update(b"\0");
             match p {

@@ -199,16 +199,16 @@ pub fn walk_listed(root: &WalkRoot, filter: &Filter, known: Option<&[Listing]>) 
 }
 
 /// File systems whose directory times the kernel keeps itself (so a directory's stamp changes
-/// with its names): ext2/3/4, XFS, Btrfs, tmpfs, F2FS, ZFS and overlayfs. Network file systems
-/// cache attributes, and FUSE ones keep whatever times their daemon reports.
-const TRUSTED_FS: [u32; 7] = [
+/// with its names): ext2/3/4, XFS, Btrfs, tmpfs, F2FS and ZFS. Network file systems cache
+/// attributes, FUSE ones keep whatever times their daemon reports, and overlayfs shows the
+/// upper directory's times, which a name added to a lower layer does not change.
+const TRUSTED_FS: [u32; 6] = [
     0xEF53,
     0x5846_5342,
     0x9123_683E,
     0x0102_1994,
     0xF2F5_2010,
     0x2FC1_2FC1,
-    0x794C_7630,
 ];
 
 /// The device of `root` when it is on a file system listings can be trusted on.
@@ -492,22 +492,9 @@ fn read_dir(ctx: &Ctx<'_>, fd: &OwnedFd, dir: &Path, sub: Option<&RelPath>) -> L
                 continue;
             }
         };
-        if ctx.filter.has_path_patterns() {
-            // The path below the root, then as seen from the project root.
-            let rel = match &ctx.root.dest_rel {
-                Some(d) => &path.as_str()[d.as_str().len() + 1..],
-                None => path.as_str(),
-            };
-            let ignored = match &ctx.root.filter_rel {
-                // The name rules were applied above; only the `/` ones are left.
-                Some(prefix) => ctx
-                    .filter
-                    .is_path_ignored(&format!("{prefix}/{rel}"), is_dir),
-                None => ctx.filter.is_path_ignored(rel, is_dir),
-            };
-            if ignored {
-                continue;
-            }
+        // The name rules were applied above; only the `/` ones are left.
+        if path_ignored(ctx, &path, is_dir) {
+            continue;
         }
         let meta = match meta.map_or_else(|| stat_at(fd, cname), Ok) {
             Ok(m) => m,
@@ -529,9 +516,11 @@ fn read_dir(ctx: &Ctx<'_>, fd: &OwnedFd, dir: &Path, sub: Option<&RelPath>) -> L
     listed
 }
 
-/// Lists directory `dir`, open as `fd`, from its `known` names: a `statx` each, no reading
-/// and no ignore rules (the names are the ones they kept). `None` when anything is not as the
-/// listing says (a name gone, a type changed, a corrupt listing): then the directory is read.
+/// Lists directory `dir`, open as `fd`, from its `known` names: a `statx` each, no reading.
+/// `None` when anything is not as the listing says (a name gone, a type changed) or not as a
+/// walk records it (names out of order or repeated, a name the ignore rules drop, a directory
+/// index that names nothing): then the directory is read. The listing is not trusted input: it
+/// lies in the destination, and an older build may have written it.
 fn list_known(
     ctx: &Ctx<'_>,
     fd: &OwnedFd,
@@ -547,22 +536,52 @@ fn list_known(
     let mut dirs = known.dirs.iter().copied().peekable();
     let mut rest = known.names.as_bytes();
     let mut n = 0u32;
+    let mut last: Option<&[u8]> = None;
     while !rest.is_empty() {
         let end = rest.iter().position(|&b| b == 0)?;
+        let bytes = &rest[..end];
+        // Strictly ascending, as recorded: no name twice (each would be walked again, and
+        // a subdirectory listed k times at each level would cost k to the depth visits).
+        if last.is_some_and(|l| l >= bytes) {
+            return None;
+        }
+        last = Some(bytes);
         let cname = CStr::from_bytes_with_nul(&rest[..=end]).ok()?;
-        let name = std::str::from_utf8(&rest[..end]).ok()?;
+        let name = std::str::from_utf8(bytes).ok()?;
         rest = &rest[end + 1..];
         let want_dir = dirs.next_if_eq(&n).is_some();
         n += 1;
-        // A name with a `/` (a corrupt listing) is refused here, before any system call.
+        // A name with a `/` is refused here, before any system call.
         let path = sub.join(name).ok()?;
+        if ctx.filter.is_name_ignored(name, want_dir) || path_ignored(ctx, &path, want_dir) {
+            return None;
+        }
         let meta = stat_at(fd, cname).ok()?;
         if (FileType::from_raw_mode(meta.mode) == FileType::Directory) != want_dir {
             return None;
         }
         listed.add(ctx, fd, dir, (name, cname), path, &meta).ok()?;
     }
-    Some(listed)
+    // Every directory index used, in order.
+    dirs.next().is_none().then_some(listed)
+}
+
+/// Whether a pattern with `/` ignores the entry at destination `path` (see [`read_dir`]).
+fn path_ignored(ctx: &Ctx<'_>, path: &RelPath, is_dir: bool) -> bool {
+    if !ctx.filter.has_path_patterns() {
+        return false;
+    }
+    // The path below the root, then as seen from the project root.
+    let rel = match &ctx.root.dest_rel {
+        Some(d) => &path.as_str()[d.as_str().len() + 1..],
+        None => path.as_str(),
+    };
+    match &ctx.root.filter_rel {
+        Some(prefix) => ctx
+            .filter
+            .is_path_ignored(&format!("{prefix}/{rel}"), is_dir),
+        None => ctx.filter.is_path_ignored(rel, is_dir),
+    }
 }
 
 /// Lists directory `dir` (task `id`), whose path in the destination is `sub` (`None`: the
@@ -891,5 +910,74 @@ mod tests {
         same_entries(&w.entries, &walk(&root, &filter).0);
         // Only a, a/b and e were as listed.
         assert_eq!(w.reused, 3);
+    }
+
+    /// What a walk never records is refused in a listing too: a name the ignore rules drop
+    /// (the agent would delete a protected `.env`), a name twice (a subdirectory named six times
+    /// at each of seven levels made 6^7 visits), names out of order, a directory index past the
+    /// names. Each makes the walk read the directory.
+    #[test]
+    fn a_listing_unlike_any_walk_records_is_not_followed() {
+        let t = settled_tree();
+        for (f, body) in [
+            ("d/.env", "secret"),
+            ("d/x.pyc", "c"),
+            ("d/.git/config", "c"),
+        ] {
+            std::fs::create_dir_all(t.path().join(f).parent().unwrap()).unwrap();
+            std::fs::write(t.path().join(f), body).unwrap();
+        }
+        std::fs::create_dir_all(t.path().join("deep/a/a/a/a/a/a/a")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        let (root, filter) = (root_of(&t), Filter::new::<&str>(&[]).unwrap());
+        let mut listing = walk_listed(&root, &filter, Some(&[])).listing;
+        for d in &mut listing.dirs {
+            match d.path.as_str() {
+                "d" => (d.names, d.dirs) = (".env\0.git\x004\0x.pyc\0".to_owned(), vec![1]),
+                "a/b" => d.names = "c\x002.py\0".to_owned(),
+                "e/f" => d.dirs = vec![0, 1],
+                p if p.starts_with("deep") => {
+                    (d.names, d.dirs) = ("a\0".repeat(6), (0..6).collect());
+                }
+                _ => {}
+            }
+        }
+        let w = walk_listed(&root, &filter, Some(&[listing]));
+        same_entries(&w.entries, &walk(&root, &filter).0);
+        // Only a, a/b/c, e and g were as a walk lists them.
+        assert_eq!(w.reused, 4);
+    }
+
+    /// Directories renamed, swapped and replaced between walks (a listing is keyed by path and
+    /// checked by inode and times): every walk matches a plain one.
+    #[test]
+    fn renamed_swapped_and_replaced_directories_are_listed_right() {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        let t = settled_tree();
+        let (root, filter) = (root_of(&t), Filter::new::<&str>(&[]).unwrap());
+        let p = |s: &str| t.path().join(s);
+        let known = vec![walk_listed(&root, &filter, Some(&[])).listing];
+        // `a` moved to `z`, and a new `a` with other names given the old one's mtime.
+        let mtime = std::fs::metadata(p("a")).unwrap().modified().unwrap();
+        std::fs::rename(p("a"), p("z")).unwrap();
+        std::fs::create_dir(p("a")).unwrap();
+        std::fs::write(p("a/other"), "o").unwrap();
+        std::fs::File::open(p("a"))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        // `d` and `g` swapped; `e/f` replaced by a directory moved in.
+        renameat_with(CWD, p("d"), CWD, p("g"), RenameFlags::EXCHANGE).unwrap();
+        std::fs::create_dir(p("moved")).unwrap();
+        std::fs::write(p("moved/new"), "n").unwrap();
+        std::fs::remove_dir_all(p("e/f")).unwrap();
+        std::fs::rename(p("moved"), p("e/f")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        let w = walk_listed(&root, &filter, Some(&known));
+        same_entries(&w.entries, &walk(&root, &filter).0);
+        // And swapped back, against the listing just recorded.
+        renameat_with(CWD, p("d"), CWD, p("g"), RenameFlags::EXCHANGE).unwrap();
+        let w = walk_listed(&root, &filter, Some(&[w.listing]));
+        same_entries(&w.entries, &walk(&root, &filter).0);
     }
 }

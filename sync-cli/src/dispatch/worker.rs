@@ -330,12 +330,17 @@ impl RemoteHost {
                         }
                     }
                     Ok((Message::WorkerExit { id, code, stderr }, _)) => {
-                        {
+                        // Only a worker that was started closes (once): an agent that reports
+                        // others is ignored.
+                        let started = {
                             let mut book = book.lock().unwrap();
-                            book.running.remove(&id);
-                            book.exits.insert(id, (code, stderr));
-                        }
-                        if events.send(Event::Closed(id as usize)).is_err() {
+                            let started = book.running.remove(&id);
+                            if started {
+                                book.exits.insert(id, (code, stderr));
+                            }
+                            started
+                        };
+                        if started && events.send(Event::Closed(id as usize)).is_err() {
                             return;
                         }
                     }
