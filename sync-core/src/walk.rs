@@ -679,6 +679,7 @@ fn visit_dir<'s>(
     }
     ctx.listed.lock().unwrap().push((id, items));
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
