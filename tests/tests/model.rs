@@ -5,7 +5,9 @@
 //!
 //! The properties drive controller and agent in this process over OS pipes, the way
 //! `sync-core/tests/common` does, with a hash cache file so the cache paths run too: hundreds of
-//! syncs per run would be slow as processes. One property goes through the real binary.
+//! syncs per run would be slow as processes. One property goes through the real binary, and
+//! one lets every change age past the racy window before each sync, so that both sides record
+//! their directory listings and reuse them where the changes left a directory alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, FileTimes, Permissions};
@@ -230,6 +232,10 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Driver {
     InProcess,
+    /// In process, each sync started only once the last changes are older than the racy
+    /// window: both sides then record their directory listings, and the next sync reuses the
+    /// listing of every directory the changes in between left alone.
+    InProcessSettled,
     Binary,
 }
 
@@ -590,7 +596,10 @@ impl World {
 
     fn run_sync(&self) -> Synced {
         match self.driver {
-            Driver::InProcess => {
+            Driver::InProcess | Driver::InProcessSettled => {
+                if matches!(self.driver, Driver::InProcessSettled) {
+                    std::thread::sleep(Duration::from_millis(70));
+                }
                 let (tree, rep) = sync_in_process(&self.src(), &self.dest, &self.cache);
                 assert!(
                     tree.problems.is_empty(),
@@ -753,6 +762,20 @@ proptest! {
         ops in prop::collection::vec(op(), 1..12),
     ) {
         run_ops(Driver::InProcess, &start, &ops);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// The same, with the directory listings of both sides in play: a change the listings
+    /// would hide shows up as a worker that differs from the project.
+    #[test]
+    fn random_changes_mirror_exactly_with_kept_listings(
+        start in start(),
+        ops in prop::collection::vec(op(), 1..10),
+    ) {
+        run_ops(Driver::InProcessSettled, &start, &ops);
     }
 }
 
