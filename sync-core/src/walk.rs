@@ -981,4 +981,78 @@ mod tests {
         let w = walk_listed(&root, &filter, Some(&[w.listing]));
         same_entries(&w.entries, &walk(&root, &filter).0);
     }
+
+    /// Names sorting around `/` (` `, `!`, `-`, `.`, and `é` above it) beside directories
+    /// whose names are prefixes of them are recorded in the order a listing must have: a
+    /// second walk reuses every directory, also below a destination and a project prefix with
+    /// `/` patterns.
+    #[test]
+    fn names_sorting_around_a_slash_are_recorded_in_an_order_the_next_walk_accepts() {
+        let t = tempfile::tempdir().unwrap();
+        let dirs = [
+            "a",
+            "a/a",
+            "a/a-",
+            "a!",
+            "a b",
+            "a-x",
+            "a.egg-info",
+            "a/a.d",
+            "a/a a",
+            "é",
+            "é/é!",
+            "pkg",
+            "pkg.egg-info",
+            "pkg/sub",
+            "pkg/sub-2",
+            "pkg/sub/x",
+            "0",
+            "0/0.0",
+        ];
+        for d in dirs {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        for f in [
+            "a-",
+            "a.",
+            "a ",
+            "a!b",
+            "a.py",
+            "a/a.py",
+            "a/a!",
+            "a/a-/f",
+            "pkg.py",
+            "pkg-1",
+            "pkg/sub.py",
+            "pkg/sub!",
+            "pkg/sub ",
+            "pkg/sub/x.txt",
+            "0.0",
+            "é-",
+            "éa",
+            "0/0",
+        ] {
+            std::fs::write(t.path().join(f), f).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        let (root, filter) = (root_of(&t), Filter::new::<&str>(&[]).unwrap());
+        let first = walk_listed(&root, &filter, Some(&[]));
+        assert_eq!(first.listing.len(), dirs.len());
+        let second = walk_listed(&root, &filter, Some(std::slice::from_ref(&first.listing)));
+        same_entries(&second.entries, &walk(&root, &filter).0);
+        assert_eq!((second.reused, second.changed), (dirs.len(), false));
+        // The same below a destination prefix and a project prefix, with `/` patterns.
+        let root = WalkRoot {
+            abs: t.path().to_owned(),
+            filter_rel: Some(RelPath::new("proj/sub").unwrap()),
+            dest_rel: Some(RelPath::new("dst").unwrap()),
+        };
+        let filter = Filter::new(&["proj/sub/pkg/sub/x", "a/a-", "/proj/sub/0/0.0"]).unwrap();
+        let first = walk_listed(&root, &filter, Some(&[]));
+        let kept = first.listing.len();
+        assert!(kept >= dirs.len() - 3, "{kept}");
+        let second = walk_listed(&root, &filter, Some(std::slice::from_ref(&first.listing)));
+        same_entries(&second.entries, &walk(&root, &filter).0);
+        assert_eq!((second.reused, second.changed), (kept, false));
+    }
 }

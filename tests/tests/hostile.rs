@@ -430,10 +430,10 @@ fn evil_manifest_frame(evil: &str) -> Vec<u8> {
     frame
 }
 
-/// A controller that hangs up while a test runs (its ssh connection dropped): the agent kills
-/// the worker and exits, instead of waiting for a worker that waits for commands. (It used
-/// to wait for the worker's output to end before killing it, which a worker busy in a test
-/// never ends.)
+/// A controller that hangs up while a test runs (its ssh connection dropped): the agent tells
+/// the worker to stop, gives it a grace period to end by itself, then kills it and exits.
+/// (It used to wait for the worker's output to end before closing its input, which a worker
+/// waiting for commands never does.)
 #[test]
 fn an_agent_whose_controller_hangs_up_mid_test_kills_its_worker_and_exits() {
     if !rdist_tests::have_pytest() {
@@ -442,7 +442,8 @@ fn an_agent_whose_controller_hangs_up_mid_test_kills_its_worker_and_exits() {
     let sb = Sandbox::new();
     sb.write(
         "tests/test_slow.py",
-        "import time\n\ndef test_slow():\n    time.sleep(60)\n",
+        "import pathlib, time\n\ndef test_slow():\n    \
+         pathlib.Path('started').write_text('y')\n    time.sleep(60)\n",
     );
     let mut agent = Agent::start_with(
         Command::new(rdist_bin())
@@ -467,18 +468,83 @@ fn an_agent_whose_controller_hangs_up_mid_test_kills_its_worker_and_exits() {
             other => panic!("expected the worker's output, got {other:?}"),
         }
     }
+    // With `shutdown`, the last test runs without waiting for a next one.
     agent.send(&Message::WorkerInput {
         id: 0,
-        line: r#"{"run": [0]}"#.to_owned(),
+        line: r#"{"run": [0], "shutdown": true}"#.to_owned(),
     });
-    std::thread::sleep(Duration::from_millis(300));
+    let started = rdist_tests::sshd::wait_until(DEADLINE, || sb.proj().join("started").exists());
+    assert!(started, "the slow test never started");
+    let t0 = Instant::now();
     let ended = agent.finish();
+    // The worker was told to stop after its test, and killed after the grace period.
+    assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
     assert!(ended.status.success(), "{}", ended.describe());
     let gone = rdist_tests::sshd::wait_until(DEADLINE, || {
         rdist_tests::processes_in(&sb.proj()).is_empty()
     });
     let left = rdist_tests::processes_in(&sb.proj()).join("\n");
     assert!(gone, "left running:\n{left}");
+}
+
+/// A controller that hangs up as a worker finishes its session (`run`, `shutdown`, the worker
+/// says `done`, and the controller goes): the worker ends its session by itself (its
+/// `pytest_sessionfinish` runs to the end) and its exit code is reported, not a kill.
+#[test]
+fn a_worker_finishing_its_session_is_not_killed_by_the_hang_up() {
+    if !rdist_tests::have_pytest() {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write("tests/test_quick.py", "def test_quick():\n    pass\n");
+    sb.write(
+        "tests/conftest.py",
+        "import time, pathlib\n\ndef pytest_sessionfinish(session):\n    time.sleep(1)\n    pathlib.Path(session.config.rootpath, 'finished').write_text('yes')\n",
+    );
+    let mut agent = Agent::start_with(
+        Command::new(rdist_bin())
+            .current_dir(sb.proj())
+            .env("RDIST_CACHE_DIR", sb.cache()),
+    );
+    agent.hello();
+    agent.send(&Message::StartWorker(sync_core::proto::WorkerStart {
+        id: 0,
+        dest: sb.proj().display().to_string(),
+        base: DestBase::Cwd,
+        python: rdist_tests::python::python().display().to_string(),
+        args: vec![],
+        env: vec![],
+        nice: None,
+    }));
+    loop {
+        match agent.recv() {
+            Message::WorkerOutput { line, .. } if line.contains("\"collected\"") => break,
+            Message::WorkerOutput { .. } => {}
+            other => panic!("expected the worker's output, got {other:?}"),
+        }
+    }
+    agent.send(&Message::WorkerInput {
+        id: 0,
+        line: r#"{"run": [0], "shutdown": true}"#.to_owned(),
+    });
+    loop {
+        match agent.recv() {
+            Message::WorkerOutput { line, .. } if line.contains("\"done\"") => break,
+            Message::WorkerOutput { .. } => {}
+            other => panic!("expected the worker's output, got {other:?}"),
+        }
+    }
+    let ended = agent.finish();
+    assert!(ended.status.success(), "{}", ended.describe());
+    let exit = ended.frames.iter().find_map(|m| match m {
+        Message::WorkerExit { code, stderr, .. } => Some((*code, stderr.clone())),
+        _ => None,
+    });
+    let finished = sb.proj().join("finished").exists();
+    assert!(
+        matches!(exit, Some((Some(0), _))) && finished,
+        "exit {exit:?}, sessionfinish completed: {finished}"
+    );
 }
 
 #[test]

@@ -425,3 +425,41 @@ fn frozen_worker_on_a_socket_server_is_stopped_by_the_heartbeat_and_nothing_is_l
     // Workers run below the server's root.
     assert_nothing_left_in(&serve.root(), &o);
 }
+
+/// A remote worker's session end (`pytest_sessionfinish`, after its `done`) runs to the end
+/// when the run ends normally: `rdist run` waits for each remote worker's exit before it hangs
+/// up, and the agent does not kill a worker that is exiting by itself.
+#[test]
+fn remote_workers_finish_their_session_after_a_normal_run() {
+    if !have_pytest() {
+        return;
+    }
+    let sb = project();
+    let marks = sb.worker("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    sb.write(
+        "tests/conftest.py",
+        format!(
+            "import os, pathlib, time\n\n\
+             def pytest_sessionfinish(session):\n    time.sleep(1)\n    \
+             pathlib.Path({:?}, os.environ.get('PYTEST_XDIST_WORKER', 'x')).write_text('done')\n",
+            marks.display().to_string()
+        ),
+    );
+    let serve = Serve::start_with_test_python(&sb.worker("serve"));
+    let mut c = over_socket(&sb);
+    c.env_remove("RDIST_TOKEN")
+        .args(["run", "--tx", &format!("2*socket={}", serve.addr())])
+        .arg("--token-file")
+        .arg(serve.token_file());
+    let o = output_within(&mut c, LIMIT);
+    assert_ended(&o, 1, "1 failed, 2 passed in ");
+    let both = wait_until(Duration::from_secs(8), || {
+        marks.join("gw0").exists() && marks.join("gw1").exists()
+    });
+    let got: Vec<_> = std::fs::read_dir(&marks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(both, "sessionfinish completed on: {got:?}\n{}", show(&o));
+}

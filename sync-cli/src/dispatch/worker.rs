@@ -218,12 +218,15 @@ impl Worker {
         }
     }
 
-    /// Waits for the worker to exit (after its `Closed` event); returns its exit code (`None`:
-    /// killed by a signal).
+    /// Waits for the worker to exit; returns its exit code (`None`: killed by a signal). A
+    /// remote worker is waited for until its host reports its exit or the connection ends (at
+    /// most [`EXIT_WAIT`]): hanging up earlier would cut its session's end short.
     pub fn wait(&mut self) -> Option<i32> {
         match self {
             Worker::Local(w) => w.wait(),
-            Worker::Remote { host, id } => host.exit_of(*id).and_then(|(code, _)| code),
+            Worker::Remote { host, id } => {
+                host.wait_exit(*id, EXIT_WAIT).and_then(|(code, _)| code)
+            }
         }
     }
 
@@ -256,9 +259,19 @@ pub struct RemoteHost {
     pub label: String,
     writer: Mutex<Option<BufWriter<crate::transport::Writer>>>,
     reader: Mutex<Option<std::io::BufReader<crate::transport::Reader>>>,
-    book: Arc<Mutex<Book>>,
+    book: Arc<Shared>,
     child: Mutex<Option<crate::transport::AgentChild>>,
 }
+
+/// The [`Book`], and a signal for each exit recorded in it.
+#[derive(Default)]
+struct Shared {
+    book: Mutex<Book>,
+    exited: std::sync::Condvar,
+}
+
+/// How long the end of a run waits for a remote worker to finish its session and exit.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl RemoteHost {
     /// Takes over a connection (and the ssh process behind it) after the syncs.
@@ -277,7 +290,7 @@ impl RemoteHost {
     fn start(&self, w: WorkerStart) -> std::io::Result<()> {
         let id = w.id;
         {
-            let mut book = self.book.lock().unwrap();
+            let mut book = self.book.book.lock().unwrap();
             if let Some(why) = &book.lost {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::NotConnected,
@@ -291,7 +304,7 @@ impl RemoteHost {
         if sent.is_err() {
             // Not started; the reader closes it anyway if the connection went meanwhile, which
             // the dispatcher ignores for a worker it already counts as dead.
-            self.book.lock().unwrap().running.remove(&id);
+            self.book.book.lock().unwrap().running.remove(&id);
         }
         sent
     }
@@ -307,7 +320,24 @@ impl RemoteHost {
     }
 
     fn exit_of(&self, id: u32) -> Option<(Option<i32>, String)> {
-        self.book.lock().unwrap().exits.get(&id).cloned()
+        self.book.book.lock().unwrap().exits.get(&id).cloned()
+    }
+
+    /// Waits (at most `limit`) for worker `id` to exit, or the connection to end; returns its
+    /// exit as [`RemoteHost::exit_of`] does.
+    fn wait_exit(&self, id: u32, limit: std::time::Duration) -> Option<(Option<i32>, String)> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut book = self.book.book.lock().unwrap();
+        loop {
+            if let Some(exit) = book.exits.get(&id) {
+                return Some(exit.clone());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if !book.running.contains(&id) || left.is_zero() {
+                return None;
+            }
+            book = self.book.exited.wait_timeout(book, left).unwrap().0;
+        }
     }
 
     /// Starts relaying the agent's worker messages to `events` (once).
@@ -333,10 +363,11 @@ impl RemoteHost {
                         // Only a worker that was started closes (once): an agent that reports
                         // others is ignored.
                         let started = {
-                            let mut book = book.lock().unwrap();
-                            let started = book.running.remove(&id);
+                            let mut b = book.book.lock().unwrap();
+                            let started = b.running.remove(&id);
                             if started {
-                                book.exits.insert(id, (code, stderr));
+                                b.exits.insert(id, (code, stderr));
+                                book.exited.notify_all();
                             }
                             started
                         };
@@ -355,12 +386,13 @@ impl RemoteHost {
             };
             // Every worker still running there is gone with the connection, and none starts.
             let gone = {
-                let mut book = book.lock().unwrap();
-                book.lost = Some(why.clone());
-                let gone = std::mem::take(&mut book.running);
+                let mut b = book.book.lock().unwrap();
+                b.lost = Some(why.clone());
+                let gone = std::mem::take(&mut b.running);
                 for &id in &gone {
-                    book.exits.insert(id, (None, why.clone()));
+                    b.exits.insert(id, (None, why.clone()));
                 }
+                book.exited.notify_all();
                 gone
             };
             for id in gone {
@@ -518,7 +550,7 @@ mod tests {
         host.attach(tx);
         // The reader thread ends with the connection; wait until it has recorded that.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while host.book.lock().unwrap().lost.is_none() {
+        while host.book.book.lock().unwrap().lost.is_none() {
             assert!(std::time::Instant::now() < deadline, "reader never ended");
             std::thread::sleep(Duration::from_millis(5));
         }

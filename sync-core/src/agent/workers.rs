@@ -111,15 +111,31 @@ pub(super) fn serve_workers<R: BufRead, W: Write + Send>(
     let mut running: HashMap<u32, Running> = HashMap::new();
     std::thread::scope(|scope| -> Result<(), AgentError> {
         let result = serve_loop(scope, r, &out, &mut running, first, &plugin_dir, opts);
-        // The connection is gone or broken: no worker outlives it. Killed here, before the
-        // scope waits for the relay threads, which end once their worker has.
+        // No worker outlives the connection; this is done before the scope waits for the relay
+        // threads, which end once their worker has. Closed stdin tells a worker to stop after
+        // its running test and end its session (hooks, coverage files); after a clean hang-up
+        // it gets `EXIT_GRACE` to do so. A broken connection, or a worker still running then
+        // (a test that does not end), gets it killed.
         for rw in running.values_mut() {
             rw.stdin = None;
+        }
+        if result.is_ok() {
+            let deadline = std::time::Instant::now() + EXIT_GRACE;
+            let running_still =
+                |rw: &Running| matches!(rw.child.lock().unwrap().try_wait(), Ok(None));
+            while std::time::Instant::now() < deadline && running.values().any(running_still) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        for rw in running.values_mut() {
             let _ = rw.child.lock().unwrap().kill();
         }
         result
     })
 }
+
+/// How long workers get to end by themselves once the controller has hung up cleanly.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Starts and feeds workers until the connection ends.
 fn serve_loop<'scope, R: BufRead, W: Write + Send>(
