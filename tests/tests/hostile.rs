@@ -136,6 +136,44 @@ impl Agent {
         agent
     }
 
+    /// An agent in `sb`'s project running one test worker there (`gw0`) that has collected
+    /// and was told to run the first test and then shut down (so it runs it without waiting
+    /// for a next one).
+    fn worker(sb: &Sandbox) -> Agent {
+        let mut agent = Agent::start_with(
+            Command::new(rdist_bin())
+                .current_dir(sb.proj())
+                .env("RDIST_CACHE_DIR", sb.cache()),
+        );
+        agent.hello();
+        agent.send(&Message::StartWorker(sync_core::proto::WorkerStart {
+            id: 0,
+            dest: sb.proj().display().to_string(),
+            base: DestBase::Cwd,
+            python: rdist_tests::python::python().display().to_string(),
+            args: vec![],
+            env: vec![],
+            nice: None,
+        }));
+        agent.worker_says("\"collected\"");
+        agent.send(&Message::WorkerInput {
+            id: 0,
+            line: r#"{"run": [0], "shutdown": true}"#.to_owned(),
+        });
+        agent
+    }
+
+    /// Reads the worker's lines up to one that contains `fragment`.
+    fn worker_says(&mut self, fragment: &str) {
+        loop {
+            match self.recv() {
+                Message::WorkerOutput { line, .. } if line.contains(fragment) => return,
+                Message::WorkerOutput { .. } => {}
+                other => panic!("expected the worker's output, got {other:?}"),
+            }
+        }
+    }
+
     /// Writes raw bytes; a refused write (the agent already gave up) is not an error here.
     fn raw(&mut self, bytes: &[u8]) {
         if let Some(w) = self.input.as_mut() {
@@ -445,34 +483,7 @@ fn an_agent_whose_controller_hangs_up_mid_test_kills_its_worker_and_exits() {
         "import pathlib, time\n\ndef test_slow():\n    \
          pathlib.Path('started').write_text('y')\n    time.sleep(60)\n",
     );
-    let mut agent = Agent::start_with(
-        Command::new(rdist_bin())
-            .current_dir(sb.proj())
-            .env("RDIST_CACHE_DIR", sb.cache()),
-    );
-    agent.hello();
-    agent.send(&Message::StartWorker(sync_core::proto::WorkerStart {
-        id: 0,
-        dest: sb.proj().display().to_string(),
-        base: DestBase::Cwd,
-        python: rdist_tests::python::python().display().to_string(),
-        args: vec![],
-        env: vec![],
-        nice: None,
-    }));
-    // Once it has collected, run the slow test, then hang up.
-    loop {
-        match agent.recv() {
-            Message::WorkerOutput { line, .. } if line.contains("\"collected\"") => break,
-            Message::WorkerOutput { .. } => {}
-            other => panic!("expected the worker's output, got {other:?}"),
-        }
-    }
-    // With `shutdown`, the last test runs without waiting for a next one.
-    agent.send(&Message::WorkerInput {
-        id: 0,
-        line: r#"{"run": [0], "shutdown": true}"#.to_owned(),
-    });
+    let agent = Agent::worker(&sb);
     let started = rdist_tests::sshd::wait_until(DEADLINE, || sb.proj().join("started").exists());
     assert!(started, "the slow test never started");
     let t0 = Instant::now();
@@ -501,39 +512,8 @@ fn a_worker_finishing_its_session_is_not_killed_by_the_hang_up() {
         "tests/conftest.py",
         "import time, pathlib\n\ndef pytest_sessionfinish(session):\n    time.sleep(1)\n    pathlib.Path(session.config.rootpath, 'finished').write_text('yes')\n",
     );
-    let mut agent = Agent::start_with(
-        Command::new(rdist_bin())
-            .current_dir(sb.proj())
-            .env("RDIST_CACHE_DIR", sb.cache()),
-    );
-    agent.hello();
-    agent.send(&Message::StartWorker(sync_core::proto::WorkerStart {
-        id: 0,
-        dest: sb.proj().display().to_string(),
-        base: DestBase::Cwd,
-        python: rdist_tests::python::python().display().to_string(),
-        args: vec![],
-        env: vec![],
-        nice: None,
-    }));
-    loop {
-        match agent.recv() {
-            Message::WorkerOutput { line, .. } if line.contains("\"collected\"") => break,
-            Message::WorkerOutput { .. } => {}
-            other => panic!("expected the worker's output, got {other:?}"),
-        }
-    }
-    agent.send(&Message::WorkerInput {
-        id: 0,
-        line: r#"{"run": [0], "shutdown": true}"#.to_owned(),
-    });
-    loop {
-        match agent.recv() {
-            Message::WorkerOutput { line, .. } if line.contains("\"done\"") => break,
-            Message::WorkerOutput { .. } => {}
-            other => panic!("expected the worker's output, got {other:?}"),
-        }
-    }
+    let mut agent = Agent::worker(&sb);
+    agent.worker_says("\"done\"");
     let ended = agent.finish();
     assert!(ended.status.success(), "{}", ended.describe());
     let exit = ended.frames.iter().find_map(|m| match m {
