@@ -140,6 +140,11 @@ impl Agent {
     /// and was told to run the first test and then shut down (so it runs it without waiting
     /// for a next one).
     fn worker(sb: &Sandbox) -> Agent {
+        Agent::worker_with(sb, &[])
+    }
+
+    /// [`Agent::worker`] with these pytest arguments.
+    fn worker_with(sb: &Sandbox, args: &[&str]) -> Agent {
         let mut agent = Agent::start_with(
             Command::new(rdist_bin())
                 .current_dir(sb.proj())
@@ -151,7 +156,7 @@ impl Agent {
             dest: sb.proj().display().to_string(),
             base: DestBase::Cwd,
             python: rdist_tests::python::python().display().to_string(),
-            args: vec![],
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             env: vec![],
             nice: None,
         }));
@@ -524,6 +529,35 @@ fn a_worker_finishing_its_session_is_not_killed_by_the_hang_up() {
     assert!(
         matches!(exit, Some((Some(0), _))) && finished,
         "exit {exit:?}, sessionfinish completed: {finished}"
+    );
+}
+
+/// A test that leaves a process behind holding the worker's stderr (`-s`, a background
+/// `sleep`): the agent still exits once the controller hangs up, instead of waiting for that
+/// process to close the stream it only keeps a tail of.
+#[test]
+fn a_process_left_holding_the_workers_stderr_does_not_keep_the_agent() {
+    if !rdist_tests::have_pytest() {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write(
+        "tests/test_bg.py",
+        "import pathlib, subprocess\n\ndef test_bg():\n    \
+         p = subprocess.Popen(['sleep', '30'])\n    pathlib.Path('bg.pid').write_text(str(p.pid))\n",
+    );
+    let mut agent = Agent::worker_with(&sb, &["-s"]);
+    agent.worker_says("\"done\"");
+    let t0 = Instant::now();
+    let ended = agent.finish();
+    let took = t0.elapsed();
+    if let Ok(pid) = std::fs::read_to_string(sb.proj().join("bg.pid")) {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+    }
+    assert!(ended.status.success(), "{}", ended.describe());
+    assert!(
+        took < Duration::from_secs(5),
+        "the agent took {took:?} to exit"
     );
 }
 

@@ -156,7 +156,9 @@ fn serve_loop<'scope, R: BufRead, W: Write + Send>(
                     let child = Arc::new(Mutex::new(child));
                     let tail = Arc::new(Mutex::new(Vec::<u8>::new()));
                     let t = tail.clone();
-                    scope.spawn(move || keep_tail(stderr, &t));
+                    // Not in the scope: a process the worker left behind may hold its stderr
+                    // open for long after, and the agent keeps only a tail of it.
+                    std::thread::spawn(move || keep_tail(stderr, &t));
                     let c = child.clone();
                     scope.spawn(move || relay(id, stdout, &c, &tail, out));
                     running.insert(
