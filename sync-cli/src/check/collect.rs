@@ -79,7 +79,7 @@ pub fn collect(
             }
         }
         w.kill();
-        let _ = w.wait();
+        let _ = w.wait_until(Instant::now() + Duration::from_secs(5));
     }
     got
 }

@@ -507,12 +507,13 @@ pub fn run_session(cfg: &SessionConfig, rep: &mut Reporter, stop: &AtomicBool) -
     }
     // The last results show while the workers finish their sessions and exit.
     rep.flush();
+    let deadline = Instant::now() + worker::EXIT_WAIT;
     for s in &mut slots {
         if let Some(wk) = &mut s.worker {
             if interrupted {
                 wk.kill();
             }
-            wk.wait();
+            wk.wait_until(deadline);
         }
     }
     let ending = if interrupted {
@@ -585,12 +586,13 @@ fn take_report(
 }
 
 fn stop_all(slots: &mut [Slot]) {
+    let deadline = Instant::now() + worker::EXIT_WAIT;
     for s in slots {
         if let Some(wk) = &mut s.worker
             && s.exit.is_none()
         {
             wk.shutdown();
-            let code = wk.wait();
+            let code = wk.wait_until(deadline);
             s.exit = Some((code, wk.stderr_text()));
         }
         s.state = State::Done;

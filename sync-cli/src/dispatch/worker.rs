@@ -222,11 +222,16 @@ impl Worker {
     /// remote worker is waited for until its host reports its exit or the connection ends (at
     /// most [`EXIT_WAIT`]): hanging up earlier would cut its session's end short.
     pub fn wait(&mut self) -> Option<i32> {
+        self.wait_until(std::time::Instant::now() + EXIT_WAIT)
+    }
+
+    /// [`Worker::wait`], giving up on a remote worker at `deadline`: one deadline for all the
+    /// workers a run waits for, so that hung session ends cost [`EXIT_WAIT`] once, not once
+    /// per worker.
+    pub fn wait_until(&mut self, deadline: std::time::Instant) -> Option<i32> {
         match self {
             Worker::Local(w) => w.wait(),
-            Worker::Remote { host, id } => {
-                host.wait_exit(*id, EXIT_WAIT).and_then(|(code, _)| code)
-            }
+            Worker::Remote { host, id } => host.wait_exit(*id, deadline).and_then(|(code, _)| code),
         }
     }
 
@@ -270,8 +275,8 @@ struct Shared {
     exited: std::sync::Condvar,
 }
 
-/// How long the end of a run waits for a remote worker to finish its session and exit.
-const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long the end of a run waits for its remote workers to finish their sessions and exit.
+pub const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl RemoteHost {
     /// Takes over a connection (and the ssh process behind it) after the syncs.
@@ -323,10 +328,9 @@ impl RemoteHost {
         self.book.book.lock().unwrap().exits.get(&id).cloned()
     }
 
-    /// Waits (at most `limit`) for worker `id` to exit, or the connection to end; returns its
+    /// Waits (until `deadline`) for worker `id` to exit, or the connection to end; returns its
     /// exit as [`RemoteHost::exit_of`] does.
-    fn wait_exit(&self, id: u32, limit: std::time::Duration) -> Option<(Option<i32>, String)> {
-        let deadline = std::time::Instant::now() + limit;
+    fn wait_exit(&self, id: u32, deadline: std::time::Instant) -> Option<(Option<i32>, String)> {
         let mut book = self.book.book.lock().unwrap();
         loop {
             if let Some(exit) = book.exits.get(&id) {
@@ -507,7 +511,10 @@ mod tests {
     /// A host whose connection has already ended (the reader is at EOF) but whose writer still
     /// takes bytes, as a pipe does while the ssh client exits.
     fn ended_host() -> Arc<RemoteHost> {
-        let r: crate::transport::Reader = Box::new(std::io::empty());
+        host_reading(Box::new(std::io::empty()))
+    }
+
+    fn host_reading(r: crate::transport::Reader) -> Arc<RemoteHost> {
         let w: crate::transport::Writer = Box::new(std::io::sink());
         Arc::new(RemoteHost {
             label: "h".to_owned(),
@@ -558,5 +565,33 @@ mod tests {
         let e = start(&host, 0).unwrap_err();
         assert!(e.to_string().contains("connection to `h` lost"), "{e}");
         assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    }
+
+    /// Workers whose exits never come (a hung session end on a live connection): waiting for
+    /// them all against one deadline costs that deadline once, not once per worker.
+    #[test]
+    fn hung_workers_are_waited_for_against_one_deadline() {
+        // A connection that stays open and says nothing.
+        let (r, w) = std::io::pipe().unwrap();
+        let host = host_reading(Box::new(r));
+        let (tx, _rx) = mpsc::channel();
+        host.attach(tx);
+        let mut workers: Vec<Worker> = (0..3)
+            .map(|id| {
+                start(&host, id).unwrap();
+                Worker::Remote {
+                    host: host.clone(),
+                    id,
+                }
+            })
+            .collect();
+        let t0 = std::time::Instant::now();
+        let deadline = t0 + Duration::from_millis(300);
+        for wk in &mut workers {
+            assert_eq!(wk.wait_until(deadline), None);
+        }
+        let took = t0.elapsed();
+        assert!(took < Duration::from_millis(600), "{took:?}");
+        drop(w);
     }
 }

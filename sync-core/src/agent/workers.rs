@@ -113,9 +113,10 @@ pub(super) fn serve_workers<R: BufRead, W: Write + Send>(
         let result = serve_loop(scope, r, &out, &mut running, first, &plugin_dir, opts);
         // No worker outlives the connection; this is done before the scope waits for the relay
         // threads, which end once their worker has. Closed stdin tells a worker to stop after
-        // its running test and end its session (hooks, coverage files); after a clean hang-up
-        // it gets `EXIT_GRACE` to do so. A broken connection, or a worker still running then
-        // (a test that does not end), gets it killed.
+        // its running test and end its session (hooks, coverage files). When the stream ended
+        // at a frame boundary (the controller hung up, or its process or ssh went away) the
+        // workers get `EXIT_GRACE` to do so; after a protocol or read error, or for a worker
+        // still running then (a test that does not end), they are killed.
         for rw in running.values_mut() {
             rw.stdin = None;
         }
