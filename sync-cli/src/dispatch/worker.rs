@@ -264,7 +264,7 @@ pub struct RemoteHost {
     pub label: String,
     writer: Mutex<Option<BufWriter<crate::transport::Writer>>>,
     reader: Mutex<Option<std::io::BufReader<crate::transport::Reader>>>,
-    book: Arc<Shared>,
+    shared: Arc<Shared>,
     child: Mutex<Option<crate::transport::AgentChild>>,
 }
 
@@ -286,7 +286,7 @@ impl RemoteHost {
             label,
             writer: Mutex::new(Some(w)),
             reader: Mutex::new(Some(r)),
-            book: Arc::default(),
+            shared: Arc::default(),
             child: Mutex::new(opened.child),
         })
     }
@@ -295,7 +295,7 @@ impl RemoteHost {
     fn start(&self, w: WorkerStart) -> std::io::Result<()> {
         let id = w.id;
         {
-            let mut book = self.book.book.lock().unwrap();
+            let mut book = self.shared.book.lock().unwrap();
             if let Some(why) = &book.lost {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::NotConnected,
@@ -309,7 +309,7 @@ impl RemoteHost {
         if sent.is_err() {
             // Not started; the reader closes it anyway if the connection went meanwhile, which
             // the dispatcher ignores for a worker it already counts as dead.
-            self.book.book.lock().unwrap().running.remove(&id);
+            self.shared.book.lock().unwrap().running.remove(&id);
         }
         sent
     }
@@ -325,13 +325,13 @@ impl RemoteHost {
     }
 
     fn exit_of(&self, id: u32) -> Option<(Option<i32>, String)> {
-        self.book.book.lock().unwrap().exits.get(&id).cloned()
+        self.shared.book.lock().unwrap().exits.get(&id).cloned()
     }
 
     /// Waits (until `deadline`) for worker `id` to exit, or the connection to end; returns its
     /// exit as [`RemoteHost::exit_of`] does.
     fn wait_exit(&self, id: u32, deadline: std::time::Instant) -> Option<(Option<i32>, String)> {
-        let mut book = self.book.book.lock().unwrap();
+        let mut book = self.shared.book.lock().unwrap();
         loop {
             if let Some(exit) = book.exits.get(&id) {
                 return Some(exit.clone());
@@ -340,7 +340,7 @@ impl RemoteHost {
             if !book.running.contains(&id) || left.is_zero() {
                 return None;
             }
-            book = self.book.exited.wait_timeout(book, left).unwrap().0;
+            book = self.shared.exited.wait_timeout(book, left).unwrap().0;
         }
     }
 
@@ -349,7 +349,7 @@ impl RemoteHost {
         let Some(mut r) = self.reader.lock().unwrap().take() else {
             return;
         };
-        let book = self.book.clone();
+        let shared = self.shared.clone();
         let label = self.label.clone();
         std::thread::spawn(move || {
             let why = loop {
@@ -367,11 +367,11 @@ impl RemoteHost {
                         // Only a worker that was started closes (once): an agent that reports
                         // others is ignored.
                         let started = {
-                            let mut b = book.book.lock().unwrap();
+                            let mut b = shared.book.lock().unwrap();
                             let started = b.running.remove(&id);
                             if started {
                                 b.exits.insert(id, (code, stderr));
-                                book.exited.notify_all();
+                                shared.exited.notify_all();
                             }
                             started
                         };
@@ -390,13 +390,13 @@ impl RemoteHost {
             };
             // Every worker still running there is gone with the connection, and none starts.
             let gone = {
-                let mut b = book.book.lock().unwrap();
+                let mut b = shared.book.lock().unwrap();
                 b.lost = Some(why.clone());
                 let gone = std::mem::take(&mut b.running);
                 for &id in &gone {
                     b.exits.insert(id, (None, why.clone()));
                 }
-                book.exited.notify_all();
+                shared.exited.notify_all();
                 gone
             };
             for id in gone {
@@ -520,7 +520,7 @@ mod tests {
             label: "h".to_owned(),
             writer: Mutex::new(Some(BufWriter::new(w))),
             reader: Mutex::new(Some(BufReader::new(r))),
-            book: Arc::default(),
+            shared: Arc::default(),
             child: Mutex::new(None),
         })
     }
@@ -557,7 +557,7 @@ mod tests {
         host.attach(tx);
         // The reader thread ends with the connection; wait until it has recorded that.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while host.book.book.lock().unwrap().lost.is_none() {
+        while host.shared.book.lock().unwrap().lost.is_none() {
             assert!(std::time::Instant::now() < deadline, "reader never ended");
             std::thread::sleep(Duration::from_millis(5));
         }

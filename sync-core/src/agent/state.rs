@@ -45,7 +45,7 @@ pub struct Current {
     /// nor get reported as deleted on every sync.
     pub kept: Vec<RelPath>,
     /// The walk's directory listing, when it differs from the saved one (see
-    /// [`crate::listing`]): saved with the state.
+    /// [`crate::listing`]): [`save_listing`] writes it.
     pub listing: Option<Listing>,
     /// Directories the walk did not read, because the saved listing vouched for their names.
     pub reused_dirs: usize,
