@@ -102,7 +102,7 @@ pub fn file_signature(path: &Path, len: u64) -> io::Result<FileSignature> {
 
 /// Files at least this big are signed a chunk per thread. (Smaller ones are not worth it: a
 /// sync's other files keep the cores busy, and the other process runs too.)
-const PARALLEL_SIGN_MIN: u64 = 64 << 20;
+const PARALLEL_SIGN_MIN: u64 = 8 << 20;
 
 /// [`file_signature`] with the chunks read (by offset) and signed in parallel.
 fn file_signature_parallel(path: &Path, len: u64, bs: u32) -> io::Result<FileSignature> {

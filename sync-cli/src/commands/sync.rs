@@ -82,11 +82,18 @@ pub fn sync_settings_keep(settings: &SyncSettings, keep: bool) -> Result<Kept, F
         for feed in feeds {
             let _ = feed.send(tree.as_ref().ok().cloned());
         }
-        // Saved while the agents work, not before they get the tree.
-        if let Some(Err(e)) = cache.map(HashCache::save) {
-            output::warn(&format!(
-                "cannot save the hash cache (next run rehashes): {e}"
-            ));
+        // Saved while the agents work, not before they get the tree, and at the lowest
+        // priority: on two cores it would otherwise take turns with the exchange of manifests,
+        // on which the sync waits, rather than run while this process waits for the agents.
+        if let Some(cache) = cache {
+            scope.spawn(|| {
+                let _ = rustix::process::setpriority_process(None, 19);
+                if let Err(e) = cache.save() {
+                    output::warn(&format!(
+                        "cannot save the hash cache (next run rehashes): {e}"
+                    ));
+                }
+            });
         }
         let mut results: Vec<Option<Result<PushReport, TargetError>>> =
             settings.targets.iter().map(|_| None).collect();

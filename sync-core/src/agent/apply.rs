@@ -69,11 +69,12 @@ pub(super) fn file_list<'a>(
             continue;
         }
         let stamp = if touched.get(i).copied().unwrap_or(false) {
-            None
+            state::SaveStamp::Written
         } else {
             cur.get(k)
                 .filter(|c| c.path == e.path && c.kind == e.kind)
                 .and_then(|_| current.stamps.get(k).copied().flatten())
+                .map_or(state::SaveStamp::Uncertified, state::SaveStamp::Certified)
         };
         out.push(state::SaveFile {
             path: &e.path,

@@ -1,7 +1,7 @@
 //! Planning: the difference between the destination as it is ([`Current`]) and the manifest it
 //! must match, as a list of actions. Pure; nothing touches the disk here.
 
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::manifest::{Entry, Hash, Kind, Manifest};
 use crate::path::RelPath;
@@ -43,15 +43,38 @@ pub struct Actions {
 /// fetched as deltas, smaller ones whole.
 pub fn plan(current: &Manifest, want: &Manifest, delta_min: u64) -> Actions {
     let mut a = Actions::default();
-    let by_hash: HashMap<&Hash, &RelPath> = current
-        .entries()
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Kind::File { hash, size, .. } if *size > 0 => Some((hash, &e.path)),
-            _ => None,
-        })
-        .collect();
     let (cur, wnt) = (current.entries(), want.entries());
+    // Old files with the content of a wanted file that is new or changed, to copy locally.
+    // Usually few files change: only their hashes are looked for.
+    let mut wanted: HashSet<&Hash> = HashSet::default();
+    let mut i = 0;
+    for w in wnt {
+        if let Kind::File { hash, size, .. } = &w.kind
+            && *size > 0
+        {
+            while i < cur.len() && cur[i].path < w.path {
+                i += 1;
+            }
+            if cur
+                .get(i)
+                .is_none_or(|c| c.path != w.path || c.kind != w.kind)
+            {
+                wanted.insert(hash);
+            }
+        }
+    }
+    let by_hash: HashMap<&Hash, &RelPath> = if wanted.is_empty() {
+        HashMap::default()
+    } else {
+        cur.iter()
+            .filter_map(|e| match &e.kind {
+                Kind::File { hash, size, .. } if *size > 0 && wanted.contains(hash) => {
+                    Some((hash, &e.path))
+                }
+                _ => None,
+            })
+            .collect()
+    };
     let (mut i, mut j) = (0, 0);
     while i < cur.len() || j < wnt.len() {
         let order = match (cur.get(i), wnt.get(j)) {

@@ -1,6 +1,14 @@
 //! What the destination holds now: a walk of the destination checked against the state the
-//! agent saved after its last sync, so only files whose stamp changed (or is too recent to
-//! trust) are read and hashed again.
+//! agent saved after its last sync, so only files whose stamp changed (or was too recent to
+//! vouch for their content) are read and hashed again.
+//!
+//! Every stamp the state holds is *certified*: it was taken after the file system's clock had
+//! moved past the file's last change, so any later change gives the file another stamp (git's
+//! racy-clean rule). A stamp the walk took is certified when the change is older than the walk
+//! by the racy window. A file this sync wrote is certified against the file system's own clock,
+//! read from a probe file created just before the stamps are taken (Mercurial's "mtime
+//! boundary"), so a file written a few milliseconds before the end of a sync is not read again
+//! by the next one.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::path::Path;
@@ -9,14 +17,14 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::filter::Filter;
-use crate::hash::{hash_file, now_ns, racy_window_ns, stamp_trustworthy};
+use crate::hash::{hash_file, now_ns, stamp_trustworthy};
 use crate::listing::{self, Listing};
 use crate::manifest::{Entry, Hash, Kind, Manifest, Stamp};
 use crate::path::RelPath;
 use crate::stage::STATE_DIR;
 use crate::walk::{Found, Problem, WalkRoot, walk_listed};
 
-const STATE_VERSION: u32 = 2;
+const STATE_VERSION: u32 = 3;
 const STATE_FILE: &str = "state";
 /// The walk's directory listing: its own file, read before the walk (which needs it) while the
 /// state is read alongside the walk.
@@ -26,7 +34,7 @@ const LISTING_FILE: &str = "listing";
 #[derive(Serialize)]
 struct SavedState<'a> {
     version: u32,
-    saved_ns: i64,
+    /// Certified stamps only (see the module's doc).
     files: Vec<(&'a RelPath, Stamp, Hash)>,
     /// Worker-only directories kept because they hold only protected entries.
     kept: Vec<RelPath>,
@@ -35,7 +43,8 @@ struct SavedState<'a> {
 /// The destination as it is, with the stamp of every regular file.
 pub struct Current {
     pub manifest: Manifest,
-    /// Stamps of regular files, by manifest index (`None` for other entries).
+    /// Certified stamps of regular files, by manifest index: `None` for other entries and for
+    /// files changed too recently for their stamp to vouch for the content just read.
     pub stamps: Vec<Option<Stamp>>,
     pub problems: Vec<Problem>,
     /// Files read to hash them.
@@ -64,7 +73,6 @@ fn listing_path(dest: &Path) -> std::path::PathBuf {
 #[derive(Deserialize, Default)]
 struct LoadedState<'a> {
     version: u32,
-    saved_ns: i64,
     #[serde(borrow)]
     files: Vec<(&'a str, Stamp, Hash)>,
     kept: Vec<RelPath>,
@@ -90,12 +98,13 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
     };
     let known = listing::load(&listing_path(dest));
     let bytes = std::fs::read(state_path(dest)).unwrap_or_default();
+    // Before any stamp is taken: a change older than this by the racy window is certified.
+    let started = now_ns();
     let (saved, walk) = rayon::join(
         || load_saved(&bytes),
         || walk_listed(&root, filter, Some(&known)),
     );
     let (mut walked, mut problems) = (walk.entries, walk.problems);
-    let saved_ns = saved.saved_ns;
     let kept_before: HashSet<&RelPath> = saved.kept.iter().collect();
     debug_assert!(walked.is_sorted_by(|a, b| a.path < b.path));
     // A kept-aside directory is one kept before whose walked children are all kept-aside
@@ -143,13 +152,13 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
             }
         })
         .collect();
-    // `(hash, read)`: `read` when the file had to be read (changed, or too recent to trust).
+    // `(hash, read)`: `read` when the file had to be read (changed, or not certified before).
     let hashes: Vec<Option<Result<(Hash, bool), String>>> = walked
         .par_iter()
         .zip(&prior)
         .map(|(w, prior)| match &w.found {
             Found::File { stamp, .. } => Some(match prior {
-                Some((s, h)) if s == stamp && stamp_trustworthy(s, saved_ns) => Ok((*h, false)),
+                Some((s, h)) if s == stamp => Ok((*h, false)),
                 _ => hash_file(&w.abs, stamp.size)
                     .map(|h| (h, true))
                     .map_err(|e| e.to_string()),
@@ -160,6 +169,11 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
     let mut rehashed = 0;
     let mut entries = Vec::with_capacity(walked.len());
     let mut stamps = Vec::with_capacity(walked.len());
+    // The walk's paths lie scattered over the heap (threads made them, among other
+    // allocations); the manifest gets copies made one after another, which every later pass
+    // over it reads several times faster. The originals are freed afterwards: freed one by
+    // one, each would make room for its own copy.
+    let mut walked_paths = Vec::with_capacity(walked.len());
     for (w, h) in walked.into_iter().zip(hashes) {
         let mut stamped = None;
         let kind = match (w.found, h) {
@@ -169,7 +183,8 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
                 if read {
                     rehashed += 1;
                 }
-                stamped = Some(stamp);
+                // A certified stamp stays certified while it is unchanged.
+                stamped = (!read || stamp_trustworthy(&stamp, started)).then_some(stamp);
                 Kind::File {
                     size: stamp.size,
                     mtime_ns: stamp.mtime_ns,
@@ -189,9 +204,14 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
                 continue;
             }
         };
-        entries.push(Entry { path: w.path, kind });
+        entries.push(Entry {
+            path: w.path.clone(),
+            kind,
+        });
+        walked_paths.push(w.path);
         stamps.push(stamped);
     }
+    drop(walked_paths);
     debug_assert!(entries.is_sorted_by(|a, b| a.path < b.path));
     Current {
         manifest: Manifest::from_unsorted(entries),
@@ -204,25 +224,39 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
     }
 }
 
-/// Written data from which [`save`] waits out the racy window rather than leave it to be read
-/// again by the next sync (reading 128 MiB costs about what the wait does).
+/// Written data from which [`save`] waits for the file system's clock to pass the last writes
+/// rather than leave them to be read again by the next sync (reading 128 MiB costs about what
+/// the wait does).
 const RACY_WAIT_MIN: u64 = 128 << 20;
-/// The longest such wait: the window of file systems with sub-second timestamps. (On
-/// whole-second ones the next sync reads the files again instead.)
+/// The longest such wait. (On whole-second file systems the next sync reads the files again
+/// instead.)
 const MAX_RACY_WAIT_NS: i64 = 50_000_000;
+/// The probe file whose change time is the file system's clock (see the module's doc).
+const CLOCK_FILE: &str = "clock";
+
+/// What the state may record of a regular file's stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveStamp {
+    /// Certified when it was taken, and unchanged since.
+    Certified(Stamp),
+    /// The file was written by this sync: stamped when the state is saved, against the file
+    /// system's clock.
+    Written,
+    /// Changed too recently for its stamp to vouch for its content: left out, read next time.
+    Uncertified,
+}
 
 /// A regular file of the destination as a sync left it.
 pub struct SaveFile<'a> {
     pub path: &'a RelPath,
     pub size: u64,
     pub hash: Hash,
-    /// Its stamp, when this sync did not touch it (otherwise it is read again).
-    pub stamp: Option<Stamp>,
+    pub stamp: SaveStamp,
 }
 
 /// Records the stamps and hashes of `files` (the destination's regular files as they now are)
-/// for the next sync. Files whose stamp no longer matches their size are left out and will be
-/// hashed again.
+/// for the next sync. Files whose stamp is not certified, or no longer matches their size, are
+/// left out and will be hashed again.
 ///
 /// # Errors
 /// When the state file cannot be written.
@@ -241,6 +275,26 @@ pub fn save_listing(dest: &Path, current: &Current) -> std::io::Result<()> {
     }
 }
 
+/// The clock of the file system `dest` is on, read as the stamp of a file created in its state
+/// directory now: any change made there after this returns gets a change time at least the
+/// stamp's.
+fn fs_clock(dest: &Path) -> std::io::Result<Stamp> {
+    let p = dest.join(STATE_DIR).join(CLOCK_FILE);
+    match std::fs::remove_file(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let f = std::fs::File::create_new(&p)?;
+    Ok(Stamp::of(&f.metadata()?))
+}
+
+/// Whether a stamp taken after the file system's clock read `clock` is certified: its changes
+/// are older than the clock, on the same file system (another one, a mount below the
+/// destination, may keep another clock).
+fn before_clock(s: &Stamp, clock: &Stamp) -> bool {
+    s.dev == clock.dev && s.ctime_ns < clock.ctime_ns && s.mtime_ns < clock.ctime_ns
+}
+
 fn save_waiting(
     dest: &Path,
     files: Vec<SaveFile<'_>>,
@@ -248,48 +302,64 @@ fn save_waiting(
     wait_min: u64,
 ) -> std::io::Result<()> {
     // Files untouched by this sync keep the stamp taken when their hash was checked; the ones
-    // it wrote are stamped now (in parallel: they may be many).
-    let written: Vec<&SaveFile<'_>> = files.iter().filter(|f| f.stamp.is_none()).collect();
-    let stamp_written = || -> Vec<Option<Stamp>> {
+    // it wrote are stamped now (in parallel: they may be many), after the clock is read.
+    let written: Vec<&SaveFile<'_>> = files
+        .iter()
+        .filter(|f| f.stamp == SaveStamp::Written)
+        .collect();
+    // `(stamp, certified)`, or `None` for a file that is gone or changed size.
+    let stamp_written = || -> Vec<Option<(Stamp, bool)>> {
+        // Without a clock nothing written is certified: it is read again next time.
+        let clock = fs_clock(dest).ok();
         written
             .par_iter()
             .map(|f| {
                 let m = std::fs::symlink_metadata(f.path.to_native(dest)).ok()?;
                 let s = Stamp::of(&m);
-                (m.is_file() && s.size == f.size).then_some(s)
+                let certified = clock.as_ref().is_some_and(|c| before_clock(&s, c));
+                (m.is_file() && s.size == f.size).then_some((s, certified))
             })
             .collect()
     };
     let mut fresh = stamp_written();
-    // Files this sync wrote are too recent for their stamps to be trusted (the racy rule), so
-    // the next sync would read them again. When that is a lot of data, waiting out the rest of
-    // the window now is the cheaper deal: then their stamps are taken late enough to count.
-    let now = now_ns();
-    let racy = fresh
-        .iter()
-        .flatten()
-        .filter(|s| !stamp_trustworthy(s, now));
-    let racy_bytes: u64 = racy.clone().map(|s| s.size).sum();
-    if racy_bytes >= wait_min {
-        let until = racy
-            .map(|s| s.ctime_ns.max(s.mtime_ns) + racy_window_ns(s))
+    // Files written within the clock's last tick are not certified, so the next sync would
+    // read them again. When that is a lot of data, waiting for the clock to move on is the
+    // cheaper deal.
+    let racy = || {
+        fresh.iter().zip(&written).filter_map(|(s, f)| match s {
+            Some((s, false)) => Some((s, f.size)),
+            _ => None,
+        })
+    };
+    if racy().map(|(_, size)| size).sum::<u64>() >= wait_min {
+        let last = racy()
+            .map(|(s, _)| s.ctime_ns.max(s.mtime_ns))
             .max()
-            .unwrap_or(now);
-        let wait = (until - now).clamp(0, MAX_RACY_WAIT_NS) + 1_000_000;
-        std::thread::sleep(std::time::Duration::from_nanos(wait as u64));
+            .unwrap_or(i64::MIN);
+        let until = now_ns() + MAX_RACY_WAIT_NS;
+        while now_ns() < until && fs_clock(dest).is_ok_and(|c| c.ctime_ns <= last) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         fresh = stamp_written();
     }
+    let _ = std::fs::remove_file(dest.join(STATE_DIR).join(CLOCK_FILE));
     let mut fresh = fresh.into_iter();
     let stamped = files
         .iter()
         .filter_map(|f| {
-            let s = f.stamp.or_else(|| fresh.next().flatten())?;
+            let s = match f.stamp {
+                SaveStamp::Certified(s) => s,
+                SaveStamp::Written => match fresh.next().flatten() {
+                    Some((s, true)) => s,
+                    _ => return None,
+                },
+                SaveStamp::Uncertified => return None,
+            };
             Some((f.path, s, f.hash))
         })
         .collect();
     let state = SavedState {
         version: STATE_VERSION,
-        saved_ns: now_ns(),
         files: stamped,
         kept,
     };
@@ -302,35 +372,126 @@ fn save_waiting(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::racy_window_ns;
 
-    /// Writes `a` (as a sync would), saves the state with the given waiting threshold, and
-    /// says whether the next sync may trust the saved stamp of `a`.
-    fn trusted_after_save(wait_min: u64) -> bool {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a"), b"fresh bytes").unwrap();
-        std::fs::create_dir_all(dir.path().join(crate::stage::STATE_DIR)).unwrap();
-        let path = RelPath::new("a").unwrap();
-        let files = vec![SaveFile {
-            path: &path,
+    fn saved_after(dir: &Path, files: Vec<SaveFile<'_>>, wait_min: u64) -> Vec<(String, Stamp)> {
+        std::fs::create_dir_all(dir.join(crate::stage::STATE_DIR)).unwrap();
+        save_waiting(dir, files, Vec::new(), wait_min).unwrap();
+        assert!(!dir.join(STATE_DIR).join(CLOCK_FILE).exists());
+        let bytes = std::fs::read(state_path(dir)).unwrap();
+        let saved = load_saved(&bytes);
+        assert_eq!(saved.version, STATE_VERSION);
+        saved
+            .files
+            .iter()
+            .map(|(p, s, _)| ((*p).to_owned(), *s))
+            .collect()
+    }
+
+    fn written(path: &RelPath) -> SaveFile<'_> {
+        SaveFile {
+            path,
             size: 11,
             hash: *blake3::hash(b"fresh bytes").as_bytes(),
-            stamp: None,
-        }];
-        save_waiting(dir.path(), files, Vec::new(), wait_min).unwrap();
-        let bytes = std::fs::read(state_path(dir.path())).unwrap();
-        let saved = load_saved(&bytes);
-        let (p, stamp, _) = saved.files[0];
-        assert_eq!(p, "a");
-        stamp_trustworthy(&stamp, saved.saved_ns)
+            stamp: SaveStamp::Written,
+        }
     }
 
     #[test]
-    fn much_freshly_written_data_is_waited_for_a_little_is_read_again() {
-        // A sync that wrote little: its files are read again next time.
-        assert!(!trusted_after_save(u64::MAX));
-        // One that wrote a lot (here: any amount) waits out the window and saves trusted stamps.
+    fn a_written_file_is_certified_once_the_file_systems_clock_moved_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RelPath::new("a").unwrap();
+        std::fs::write(dir.path().join("a"), b"fresh bytes").unwrap();
+        // Well past any clock tick: no waiting needed, and no re-read next time.
+        std::thread::sleep(std::time::Duration::from_millis(30));
         let started = std::time::Instant::now();
-        assert!(trusted_after_save(1));
+        let saved = saved_after(dir.path(), vec![written(&a)], u64::MAX);
+        assert_eq!(saved.len(), 1);
+        assert_eq!(saved[0].0, "a");
+        let meta = std::fs::symlink_metadata(dir.path().join("a")).unwrap();
+        assert_eq!(saved[0].1, Stamp::of(&meta));
         assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    }
+
+    #[test]
+    fn much_freshly_written_data_is_waited_for() {
+        // Written just now, so within the clock's current tick: a sync that wrote a lot (here:
+        // any amount) waits for the clock to move on and saves a certified stamp.
+        let dir = tempfile::tempdir().unwrap();
+        let a = RelPath::new("a").unwrap();
+        std::fs::write(dir.path().join("a"), b"fresh bytes").unwrap();
+        let started = std::time::Instant::now();
+        let saved = saved_after(dir.path(), vec![written(&a)], 1);
+        assert_eq!(saved.len(), 1);
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_change_time_the_clock_has_not_passed_is_never_certified() {
+        // An mtime in the future: no wait makes it certain, and the wait is bounded.
+        let dir = tempfile::tempdir().unwrap();
+        let a = RelPath::new("a").unwrap();
+        std::fs::write(dir.path().join("a"), b"fresh bytes").unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("a"))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let started = std::time::Instant::now();
+        assert!(saved_after(dir.path(), vec![written(&a)], 1).is_empty());
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    }
+
+    #[test]
+    fn uncertified_stamps_are_left_out_and_certified_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (RelPath::new("a").unwrap(), RelPath::new("b").unwrap());
+        let stamp = Stamp {
+            dev: 1,
+            ino: 2,
+            size: 11,
+            mtime_ns: 3,
+            ctime_ns: 4,
+        };
+        let files = vec![
+            SaveFile {
+                stamp: SaveStamp::Certified(stamp),
+                ..written(&a)
+            },
+            SaveFile {
+                stamp: SaveStamp::Uncertified,
+                ..written(&b)
+            },
+        ];
+        assert_eq!(
+            saved_after(dir.path(), files, u64::MAX),
+            vec![("a".to_owned(), stamp)]
+        );
+    }
+
+    #[test]
+    fn a_file_changed_just_before_the_walk_is_read_now_and_not_vouched_for() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(STATE_DIR)).unwrap();
+        std::fs::write(dir.path().join("a"), b"fresh bytes").unwrap();
+        let changed = Stamp::of(&std::fs::symlink_metadata(dir.path().join("a")).unwrap());
+        let filter = Filter::new::<&str>(&[]).unwrap();
+        let cur = current(dir.path(), &filter);
+        let took = now_ns() - changed.ctime_ns;
+        assert_eq!(cur.rehashed, 1);
+        let i = cur.manifest.position(&RelPath::new("a").unwrap()).unwrap();
+        // The walk began within the racy window of the change (unless this machine stalled
+        // for longer than the window): its stamp must not be saved as certified.
+        if took < racy_window_ns(&changed) {
+            assert_eq!(cur.stamps[i], None);
+        }
+        // Once the change is older than the window, the next walk certifies it.
+        std::thread::sleep(std::time::Duration::from_nanos(
+            racy_window_ns(&changed).max(0) as u64 + 5_000_000,
+        ));
+        let cur = current(dir.path(), &filter);
+        assert_eq!(cur.stamps[i], Some(changed));
     }
 }
