@@ -68,6 +68,9 @@ pub struct Progress {
     _multi: MultiProgress,
     lines: Vec<ProgressBar>,
     files: Vec<std::sync::atomic::AtomicU64>,
+    /// Targets that have been sent all their data, or are done.
+    sent: std::sync::atomic::AtomicUsize,
+    all_sent: Vec<std::sync::atomic::AtomicBool>,
 }
 
 impl Progress {
@@ -94,8 +97,23 @@ impl Progress {
         Progress {
             _multi: multi,
             files: labels.iter().map(|_| Default::default()).collect(),
+            sent: Default::default(),
+            all_sent: labels.iter().map(|_| Default::default()).collect(),
             lines,
         }
+    }
+
+    fn sent_all_to(&self, i: usize) {
+        use std::sync::atomic::Ordering;
+        if !self.all_sent[i].swap(true, Ordering::Relaxed) {
+            self.sent.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Whether every target has been sent all its data (or is done): then only the agents are
+    /// still at work, finishing, and this process's own work no longer competes with the sync.
+    pub fn all_sent(&self) -> bool {
+        self.sent.load(std::sync::atomic::Ordering::Acquire) >= self.lines.len()
     }
 
     /// Sets target `i`'s state text.
@@ -105,6 +123,10 @@ impl Progress {
 
     /// Counts data sent to target `i`.
     pub fn add(&self, i: usize, files: u64, bytes: u64) {
+        if files == 0 && bytes == 0 {
+            // Everything asked for has been sent (see `sync_core::push::Progress`).
+            self.sent_all_to(i);
+        }
         let n = self.files[i].fetch_add(files, std::sync::atomic::Ordering::Relaxed) + files;
         if files > 0 {
             self.lines[i].set_message(format!("syncing, {} files sent,", count(n)));
@@ -116,6 +138,7 @@ impl Progress {
 
     /// Ends target `i`'s line with `msg`.
     pub fn done(&self, i: usize, msg: &str) {
+        self.sent_all_to(i);
         self.lines[i].finish_with_message(msg.to_owned());
     }
 

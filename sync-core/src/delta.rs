@@ -232,29 +232,58 @@ fn weak_sum(block: &[u8]) -> u32 {
     s1 as u32 | (s2 as u32) << 16
 }
 
+const DELTA_MAGIC: u32 = 0x7273_0236;
+const OP_END: u8 = 0;
+
+/// `n` in the smallest of 1/2/4/8 big-endian bytes, and that size's class (0 to 3) as librsync's
+/// opcodes count it.
+fn be_smallest(n: u64) -> (Vec<u8>, u8) {
+    let bytes: Vec<u8> = if n <= u8::MAX as u64 {
+        vec![n as u8]
+    } else if n <= u16::MAX as u64 {
+        (n as u16).to_be_bytes().to_vec()
+    } else if n <= u32::MAX as u64 {
+        (n as u32).to_be_bytes().to_vec()
+    } else {
+        n.to_be_bytes().to_vec()
+    };
+    let class = bytes.len().trailing_zeros() as u8;
+    (bytes, class)
+}
+
 /// A librsync delta that copies the first `len` bytes of the old chunk: the magic, one
 /// `COPY` command (offset 0 in one byte, the length in the smallest of 1/2/4/8 big-endian
 /// bytes) and `END`.
-fn copy_whole(len: u64) -> Vec<u8> {
-    const DELTA_MAGIC: u32 = 0x7273_0236;
+pub fn copy_whole(len: u64) -> Vec<u8> {
     const OP_COPY_N1_N1: u8 = 0x45;
-    const OP_END: u8 = 0;
     let mut out = DELTA_MAGIC.to_be_bytes().to_vec();
-    let len_bytes: Vec<u8> = if len <= u8::MAX as u64 {
-        vec![len as u8]
-    } else if len <= u16::MAX as u64 {
-        (len as u16).to_be_bytes().to_vec()
-    } else if len <= u32::MAX as u64 {
-        (len as u32).to_be_bytes().to_vec()
-    } else {
-        len.to_be_bytes().to_vec()
-    };
-    let class = len_bytes.len().trailing_zeros() as u8;
+    let (len_bytes, class) = be_smallest(len);
     out.push(OP_COPY_N1_N1 + class);
     out.push(0);
     out.extend_from_slice(&len_bytes);
     out.push(OP_END);
     out
+}
+
+/// A librsync delta that is `data` itself: the magic, one `LITERAL` command (the length in the
+/// smallest of 1/2/4/8 big-endian bytes, then the bytes) and `END`. Needs no old chunk.
+pub fn literal(data: &[u8]) -> Vec<u8> {
+    const OP_LITERAL_N1: u8 = 0x41;
+    let mut out = Vec::with_capacity(data.len() + 16);
+    out.extend_from_slice(&DELTA_MAGIC.to_be_bytes());
+    if !data.is_empty() {
+        let (len_bytes, class) = be_smallest(data.len() as u64);
+        out.push(OP_LITERAL_N1 + class);
+        out.extend_from_slice(&len_bytes);
+        out.extend_from_slice(data);
+    }
+    out.push(OP_END);
+    out
+}
+
+/// Whether `delta` is exactly [`copy_whole`] of `len` bytes.
+pub fn is_copy_of(delta: &[u8], len: u64) -> bool {
+    delta == copy_whole(len)
 }
 
 /// Whether `delta` is exactly the one `COPY` of all of `base` that [`Differ::diff`] sends for
@@ -305,6 +334,22 @@ pub fn read_new_chunk(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<usize>
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn literal_and_copy_whole_deltas_apply_as_librsync_would() {
+        for len in [0usize, 1, 64, 255, 256, 65_535, 65_536, DELTA_CHUNK] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut out = Vec::new();
+            apply_chunk(&[], &literal(&data), len, &mut out).unwrap();
+            assert_eq!(out, data, "literal of {len} bytes");
+            if len > 0 {
+                apply_chunk(&data, &copy_whole(len as u64), len, &mut out).unwrap();
+                assert_eq!(out, data, "copy of {len} bytes");
+                // A literal does not fit a smaller limit.
+                assert!(apply_chunk(&[], &literal(&data), len - 1, &mut out).is_err());
+            }
+        }
+    }
 
     fn roundtrip(old: &[u8], new: &[u8]) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();

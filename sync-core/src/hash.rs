@@ -19,39 +19,222 @@ use crate::manifest::{Hash, Stamp};
 const PARALLEL_FILE_MIN: u64 = 4 << 20;
 const BIG_BUF: usize = 4 << 20;
 
+/// The leaves of a big file: its 2 MiB pieces, each a whole subtree of the file's BLAKE3 tree,
+/// and the unit of delta chunks ([`crate::delta::DELTA_CHUNK`]). Both sides keep the chaining
+/// values of a big file's leaves, so a changed big file is compared leaf by leaf and its
+/// unchanged leaves are neither signed, nor sent, nor hashed again (the file's hash is merged
+/// from the leaves').
+pub const LEAF: u64 = 2 << 20;
+
+/// A leaf's BLAKE3 chaining value.
+pub type Cv = [u8; 32];
+
+/// BLAKE3 of a stream, hashed leaf by leaf: the same hash as [`blake3::hash`], and for a stream
+/// longer than one leaf the chaining values of its leaves. Leaves known by their chaining
+/// value can be appended without their bytes ([`LeafHasher::push_leaf`]).
+pub struct LeafHasher {
+    /// The leaf being hashed.
+    cur: blake3::Hasher,
+    cur_len: u64,
+    /// The leaves before it.
+    cvs: Vec<Cv>,
+    len: u64,
+    /// A short leaf was pushed: nothing may follow it.
+    sealed: bool,
+    /// Something was appended out of place: there is no hash.
+    broken: bool,
+}
+
+impl Default for LeafHasher {
+    fn default() -> Self {
+        LeafHasher {
+            cur: blake3::Hasher::new(),
+            cur_len: 0,
+            cvs: Vec::new(),
+            len: 0,
+            sealed: false,
+            broken: false,
+        }
+    }
+}
+
+impl LeafHasher {
+    pub fn new() -> LeafHasher {
+        LeafHasher::default()
+    }
+
+    /// Bytes appended so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn close_leaf(&mut self) {
+        use blake3::hazmat::HasherExt;
+        let done = std::mem::replace(&mut self.cur, blake3::Hasher::new());
+        self.cvs.push(done.finalize_non_root());
+        self.cur_len = 0;
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        if self.sealed && !data.is_empty() {
+            self.broken = true;
+            return;
+        }
+        while !data.is_empty() {
+            if self.cur_len == LEAF {
+                self.close_leaf();
+            }
+            if self.cur_len == 0 && self.len > 0 {
+                use blake3::hazmat::HasherExt;
+                self.cur.set_input_offset(self.len);
+            }
+            let n = ((LEAF - self.cur_len) as usize).min(data.len());
+            self.cur.update(&data[..n]);
+            self.cur_len += n as u64;
+            self.len += n as u64;
+            data = &data[n..];
+        }
+    }
+
+    /// Appends a leaf of `len` bytes known by its chaining value, at a leaf boundary. A leaf
+    /// shorter than [`LEAF`] must be the last. (A stream of one leaf has no hash this way: its
+    /// hash is not merged from chaining values. [`LeafHasher::finalize`] then gives `None`.)
+    pub fn push_leaf(&mut self, cv: Cv, len: u64) {
+        if self.cur_len == LEAF {
+            self.close_leaf();
+        }
+        if self.cur_len != 0 || self.sealed || len == 0 || len > LEAF {
+            self.broken = true;
+            return;
+        }
+        self.cvs.push(cv);
+        self.len += len;
+        self.sealed = len < LEAF;
+    }
+
+    /// The hash, and the leaves' chaining values when there is more than one leaf; `None` when
+    /// the appended leaves cannot form a hash (see [`LeafHasher::push_leaf`]).
+    pub fn finalize(mut self) -> Option<(Hash, Vec<Cv>)> {
+        if self.broken {
+            return None;
+        }
+        if self.cvs.is_empty() {
+            // One leaf or less, all hashed here from offset 0: the plain hash.
+            return Some((*self.cur.finalize().as_bytes(), Vec::new()));
+        }
+        if self.cur_len > 0 {
+            self.close_leaf();
+        }
+        // (One leaf here was pushed: no hash.)
+        let root = root_of(&self.cvs, self.len)?;
+        Some((root, self.cvs))
+    }
+}
+
+/// The BLAKE3 hash of a stream of `len` bytes from the chaining values of its leaves (at least
+/// two); `None` if they do not fit `len`.
+pub fn root_of(cvs: &[Cv], len: u64) -> Option<Hash> {
+    use blake3::hazmat::{Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root};
+    fn subtree(cvs: &[Cv], len: u64) -> Cv {
+        if cvs.len() == 1 {
+            return cvs[0];
+        }
+        let left = left_subtree_len(len);
+        let n = (left / LEAF) as usize;
+        merge_subtrees_non_root(
+            &subtree(&cvs[..n], left),
+            &subtree(&cvs[n..], len - left),
+            Mode::Hash,
+        )
+    }
+    if cvs.len() < 2 || len.div_ceil(LEAF) != cvs.len() as u64 {
+        return None;
+    }
+    let left = left_subtree_len(len);
+    let n = (left / LEAF) as usize;
+    let root = merge_subtrees_root(
+        &subtree(&cvs[..n], left),
+        &subtree(&cvs[n..], len - left),
+        Mode::Hash,
+    );
+    Some(*root.as_bytes())
+}
+
+/// The chaining value of the leaf at byte `offset` (a multiple of [`LEAF`]) of a stream longer
+/// than one leaf.
+pub fn leaf_cv(offset: u64, leaf: &[u8]) -> Cv {
+    use blake3::hazmat::HasherExt;
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(offset);
+    h.update(leaf);
+    h.finalize_non_root()
+}
+
 /// Hashes the file at `path`, which is expected to be `size` bytes long.
 ///
 /// # Errors
 /// When the file cannot be read.
 pub fn hash_file(path: &Path, size: u64) -> io::Result<Hash> {
+    hash_file_leaves(path, size).map(|(h, _)| h)
+}
+
+/// [`hash_file`], with the chaining values of the file's leaves when it has more than one.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn hash_file_leaves(path: &Path, size: u64) -> io::Result<(Hash, Vec<Cv>)> {
     // A file that grew since it was stamped is read one byte past its stamp, which is enough
     // for the hash to differ: a device swapped in cannot keep this reading forever.
     let mut f = open_file(path)?.take(size.saturating_add(1));
-    let mut h = blake3::Hasher::new();
     if size < 64 << 10 {
         let mut buf = Vec::with_capacity(size as usize + 1);
         f.read_to_end(&mut buf)?;
-        h.update(&buf);
-    } else if size < PARALLEL_FILE_MIN {
-        h.update_reader(&mut f)?;
-    } else {
-        // Two buffers: the next piece is read while the last one is hashed (itself on all
-        // threads), which is 1.5x faster than reading and hashing in turn, and the buffers
-        // stay small enough to be reused from the cache (see DESIGN.md).
-        let (mut cur, mut next) = (vec![0u8; BIG_BUF], vec![0u8; BIG_BUF]);
-        let mut n = read_full(&mut f, &mut cur)?;
-        while n > 0 {
-            let (read, ()) = rayon::join(
-                || read_full(&mut f, &mut next),
-                || {
-                    h.update_rayon(&cur[..n]);
-                },
-            );
-            n = read?;
-            std::mem::swap(&mut cur, &mut next);
-        }
+        return Ok((*blake3::hash(&buf).as_bytes(), Vec::new()));
     }
-    Ok(*h.finalize().as_bytes())
+    if size < PARALLEL_FILE_MIN {
+        let mut h = LeafHasher::new();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = read_full(&mut f, &mut buf)?;
+            h.update(&buf[..n]);
+            if n < buf.len() {
+                break;
+            }
+        }
+        return Ok(h.finalize().expect("nothing pushed"));
+    }
+    // Two buffers: the next piece is read while the last one's leaves are hashed (one per
+    // thread), which is 1.5x faster than reading and hashing in turn, and the buffers stay
+    // small enough to be reused from the cache (see DESIGN.md).
+    use rayon::prelude::*;
+    let (mut cur, mut next) = (vec![0u8; BIG_BUF], vec![0u8; BIG_BUF]);
+    let mut n = read_full(&mut f, &mut cur)?;
+    if n as u64 <= LEAF {
+        return Ok((*blake3::hash(&cur[..n]).as_bytes(), Vec::new()));
+    }
+    let (mut cvs, mut at) = (Vec::new(), 0u64);
+    while n > 0 {
+        let (read, leaves) = rayon::join(
+            || read_full(&mut f, &mut next),
+            || {
+                cur[..n]
+                    .par_chunks(LEAF as usize)
+                    .enumerate()
+                    .map(|(k, leaf)| leaf_cv(at + k as u64 * LEAF, leaf))
+                    .collect::<Vec<Cv>>()
+            },
+        );
+        cvs.extend(leaves);
+        at += n as u64;
+        n = read?;
+        std::mem::swap(&mut cur, &mut next);
+    }
+    let root = root_of(&cvs, at).expect("leaves of more than one leaf");
+    Ok((root, cvs))
 }
 
 /// Opens a file of a tree for reading without following a final symlink and without waiting
@@ -276,6 +459,96 @@ fn read_file(file: &Path) -> (Records, Vec<Listing>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sizes around the leaf size and the BLAKE3 tree's power-of-two splits.
+    fn sizes() -> Vec<u64> {
+        let l = LEAF;
+        vec![
+            0,
+            1,
+            1024,
+            l - 1,
+            l,
+            l + 1,
+            2 * l - 1,
+            2 * l,
+            2 * l + 1,
+            3 * l,
+            4 * l + 5,
+            5 * l,
+            7 * l + l / 2,
+            8 * l,
+            9 * l + 1,
+        ]
+    }
+
+    fn data(len: u64) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4099) as u8).collect()
+    }
+
+    #[test]
+    fn leaves_merge_into_the_plain_hash() {
+        for len in sizes() {
+            let d = data(len);
+            let want = *blake3::hash(&d).as_bytes();
+            // Fed in odd pieces.
+            let mut h = LeafHasher::new();
+            for piece in d.chunks(777_777) {
+                h.update(piece);
+            }
+            let (hash, cvs) = h.finalize().unwrap();
+            assert_eq!(hash, want, "{len} bytes");
+            let leaves = if len > LEAF { len.div_ceil(LEAF) } else { 0 };
+            assert_eq!(cvs.len() as u64, leaves, "{len} bytes");
+            for (k, cv) in cvs.iter().enumerate() {
+                let at = k as u64 * LEAF;
+                let leaf = &d[at as usize..(at + LEAF).min(len) as usize];
+                assert_eq!(*cv, leaf_cv(at, leaf));
+            }
+            // Read from a file, on every path of `hash_file_leaves`.
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("f");
+            std::fs::write(&f, &d).unwrap();
+            assert_eq!(hash_file_leaves(&f, len).unwrap(), (want, cvs.clone()));
+            // Leaves pushed by their chaining values where there are several.
+            if cvs.len() >= 2 {
+                let mut h = LeafHasher::new();
+                for (k, cv) in cvs.iter().enumerate() {
+                    let at = k as u64 * LEAF;
+                    let end = (at + LEAF).min(len);
+                    if k % 2 == 0 {
+                        h.push_leaf(*cv, end - at);
+                    } else {
+                        h.update(&d[at as usize..end as usize]);
+                    }
+                }
+                assert_eq!(h.finalize().unwrap(), (want, cvs), "{len} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn leaves_out_of_place_give_no_hash() {
+        let cv = leaf_cv(0, &data(LEAF));
+        // A lone pushed leaf: a one-leaf stream's hash is not made from chaining values.
+        let mut h = LeafHasher::new();
+        h.push_leaf(cv, LEAF);
+        assert!(h.finalize().is_none());
+        // Not at a leaf boundary.
+        let mut h = LeafHasher::new();
+        h.update(b"x");
+        h.push_leaf(cv, LEAF);
+        assert!(h.finalize().is_none());
+        // Anything after a short leaf.
+        let mut h = LeafHasher::new();
+        h.update(&data(LEAF));
+        h.push_leaf(cv, 10);
+        h.update(b"x");
+        assert!(h.finalize().is_none());
+        // Chaining values that do not fit the length.
+        assert!(root_of(&[cv, cv], 5 * LEAF).is_none());
+        assert!(root_of(&[cv], LEAF).is_none());
+    }
 
     fn stamp(mtime_ns: i64, ctime_ns: i64) -> Stamp {
         Stamp {

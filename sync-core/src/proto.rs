@@ -72,6 +72,10 @@ pub struct Begin {
     pub base: DestBase,
     /// Changed files at least this big are fetched as deltas, smaller ones whole.
     pub delta_min: u64,
+    /// The agent may ask for a big file by its old leaves ([`Want::Leaves`]) instead of a
+    /// signature: the controller then sends its changed leaves whole. Worth it where bytes are
+    /// cheap (a local target), not on a slow link.
+    pub leaves: bool,
 }
 
 /// The directory a relative destination is resolved against, on the agent's machine.
@@ -96,6 +100,12 @@ pub enum Want {
     Delta {
         index: u32,
         signature: FileSignature,
+    },
+    /// Send it leaf by leaf ([`crate::hash::LEAF`]) as `Delta` chunks: a copy of the old leaf
+    /// where its chaining value is the one given here for it, the new leaf whole otherwise.
+    Leaves {
+        index: u32,
+        cvs: Vec<crate::hash::Cv>,
     },
 }
 

@@ -10,7 +10,8 @@ use std::sync::mpsc;
 
 use rayon::prelude::*;
 
-use crate::delta::{DELTA_CHUNK, Differ, read_new_chunk};
+use crate::delta::{self, DELTA_CHUNK, Differ, read_new_chunk};
+use crate::hash::{Cv, LEAF};
 use crate::manifest::{Entry, Kind};
 use crate::proto::{
     Begin, DATA_CHUNK, FileData, Message, Outcome, Plan, ProtoError, Want, read_frame, recv_hello,
@@ -44,6 +45,8 @@ pub struct PushOptions {
     pub version: String,
     /// Compress manifests and file data with zstd, if the agent reads it (slow links).
     pub compress: bool,
+    /// Let the agent ask for big files by their leaves (see [`crate::proto::Begin::leaves`]).
+    pub leaves: bool,
 }
 
 /// What one target's sync did.
@@ -105,7 +108,8 @@ fn unexpected(got: &Message, expected: &'static str) -> PushError {
     }
 }
 
-/// Called with (files, bytes) as data is sent.
+/// Called with (files, bytes) as data is sent, and with (0, 0) once all the data asked for so
+/// far has been sent (the agent is finishing).
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
 /// A connection to an agent after the handshake (and authentication): ready for a `Begin`, and
@@ -218,6 +222,7 @@ impl<R: Read + Send, W: Write + Send> Connection<R, W> {
                 lock_wait_ms: opts.lock_wait_ms,
                 base: opts.base,
                 delta_min: opts.delta_min,
+                leaves: opts.leaves,
             }),
         )? as u64;
         self.w.flush().map_err(ProtoError::from)?;
@@ -459,6 +464,7 @@ fn transfer<R: Read + Send, W: Write + Send>(
                         Ok(())
                     });
                     ended.map_err(explain)?;
+                    (sender.progress)(0, 0);
                 }
                 Ok(Ok(Message::Done(o))) => {
                     sender.report.outcome = o;
@@ -547,6 +553,11 @@ impl<W: Write> Sender<'_, W> {
             start = end;
             self.take_read(read)?;
         }
+        // The last small files go now, not after the big ones that follow: the agent's writers
+        // install them while the big ones stream.
+        if !rest.is_empty() {
+            self.flush_batch()?;
+        }
         for want in rest {
             match want {
                 Want::Whole { index } => self.stream_whole(index)?,
@@ -555,6 +566,7 @@ impl<W: Write> Sender<'_, W> {
                         Differ::new(signature).map_err(|e| PushError::Invalid(e.to_string()))?;
                     self.stream_delta(index, &differ)?;
                 }
+                Want::Leaves { index, cvs } => self.stream_leaves(index, &cvs)?,
             }
         }
         Ok(())
@@ -669,25 +681,92 @@ impl<W: Write> Sender<'_, W> {
             let delta = differ
                 .diff(chunk, &buf)
                 .map_err(|e| PushError::Invalid(e.to_string()))?;
-            self.report.delta_bytes += delta.len() as u64;
-            (self.progress)(0, buf.len() as u64);
-            let last = chunk + 1 == chunks;
-            self.send(&Message::Delta {
-                index,
-                chunk: chunk as u32,
-                delta,
-                last,
-            })?;
-            if !last {
-                // A delta is mostly a few bytes: without this the agent would wait for the
-                // whole file's before applying the first, instead of applying chunk by chunk
-                // while the next is diffed.
-                self.w.flush().map_err(ProtoError::from)?;
-            }
+            self.send_chunk(index, chunk, chunks, delta, buf.len() as u64)?;
         }
+        self.delta_sent(index);
+        Ok(())
+    }
+
+    /// Sends chunk `chunk` of `chunks` of file `index` (`bytes` of it) as `delta`.
+    fn send_chunk(
+        &mut self,
+        index: u32,
+        chunk: usize,
+        chunks: usize,
+        delta: Vec<u8>,
+        bytes: u64,
+    ) -> Result<(), PushError> {
+        self.report.delta_bytes += delta.len() as u64;
+        (self.progress)(0, bytes);
+        let last = chunk + 1 == chunks;
+        self.send(&Message::Delta {
+            index,
+            chunk: chunk as u32,
+            delta,
+            last,
+        })?;
+        if !last {
+            // A delta is mostly a few bytes: without this the agent would wait for the whole
+            // file's before applying the first, instead of applying chunk by chunk while the
+            // next is diffed.
+            self.w.flush().map_err(ProtoError::from)?;
+        }
+        Ok(())
+    }
+
+    fn delta_sent(&mut self, index: u32) {
         self.report.sent.push(index);
         self.report.delta_files += 1;
         (self.progress)(1, 0);
+    }
+
+    /// Sends file `index` leaf by leaf as `Delta` chunks: a copy of the agent's old leaf where
+    /// its chaining value (`old`) is this file's, the leaf whole otherwise. The file's leaves
+    /// come from the scan, or are read now (a file the hash cache knew).
+    fn stream_leaves(&mut self, index: u32, old: &[Cv]) -> Result<(), PushError> {
+        use std::os::unix::fs::FileExt;
+        let Some((size, f)) = self.open_source(index)? else {
+            return Ok(());
+        };
+        let path = &self.tree.manifest.entries()[index as usize].path;
+        let computed;
+        let new: &[Cv] = match self.tree.leaves.get(path) {
+            Some(cvs) => cvs,
+            None if size > LEAF => {
+                match crate::hash::hash_file_leaves(&self.tree.sources[index as usize], size) {
+                    Ok((_, cvs)) => {
+                        computed = cvs;
+                        &computed
+                    }
+                    Err(e) => {
+                        return self.skip(index, format!("read failed on the controller: {e}"));
+                    }
+                }
+            }
+            None => &[],
+        };
+        let chunks = (size as usize).div_ceil(DELTA_CHUNK).max(1);
+        let mut buf = Vec::new();
+        for chunk in 0..chunks {
+            let at = chunk as u64 * LEAF;
+            let len = size.saturating_sub(at).min(LEAF);
+            let same =
+                new.len() == chunks && new.get(chunk).is_some_and(|cv| old.get(chunk) == Some(cv));
+            let delta = if same {
+                delta::copy_whole(len)
+            } else {
+                buf.resize(len as usize, 0);
+                if let Err(e) = f.read_exact_at(&mut buf, at) {
+                    return self.send(&Message::Skip {
+                        index,
+                        reason: format!("read failed on the controller: {e}"),
+                    });
+                }
+                delta::literal(&buf)
+            };
+            self.send_chunk(index, chunk, chunks, delta, len)?;
+        }
+        self.delta_sent(index);
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::filter::Filter;
-use crate::hash::{HashCache, hash_file, now_ns};
+use crate::hash::{Cv, HashCache, hash_file_leaves, now_ns};
 use crate::manifest::{Entry, Kind, Manifest};
 use crate::path::RelPath;
 use crate::walk::{Found, Problem, WalkRoot, Walked, classify, walk_listed};
@@ -32,6 +32,9 @@ pub struct SourceTree {
     pub hashed_bytes: u64,
     /// Directories not read again, because the last scan's listing vouched for their names.
     pub reused_dirs: usize,
+    /// The leaves' chaining values of the big files this scan read (see [`crate::hash::LEAF`]),
+    /// by path.
+    pub leaves: rustc_hash::FxHashMap<RelPath, Vec<Cv>>,
 }
 
 /// Why a scan could not run at all.
@@ -119,7 +122,8 @@ pub fn scan(
             _ => None,
         })
         .collect();
-    let fresh: Vec<(usize, std::io::Result<[u8; 32]>)> = todo
+    type Hashed = std::io::Result<(crate::manifest::Hash, Vec<Cv>)>;
+    let fresh: Vec<(usize, Hashed)> = todo
         .par_iter()
         .map(|&i| {
             let w = &walked[i];
@@ -127,7 +131,7 @@ pub fn scan(
                 Found::File { stamp, .. } => stamp.size,
                 _ => 0,
             };
-            (i, hash_file(&w.abs, size))
+            (i, hash_file_leaves(&w.abs, size))
         })
         .collect();
     let hashed_files = fresh.len();
@@ -146,12 +150,16 @@ pub fn scan(
     // over it reads several times faster. The originals are freed afterwards: freed one by
     // one, each would make room for its own copy.
     let mut walked_paths = Vec::with_capacity(walked.len());
+    let mut leaves = rustc_hash::FxHashMap::default();
     for (i, w) in walked.into_iter().enumerate() {
         let kind = match w.found {
             Found::Dir { mode } => Kind::Dir { mode },
             Found::File { stamp, mode } => {
                 let hash = match fresh.next_if(|(j, _)| *j == i).map(|(_, h)| h) {
-                    Some(Ok(h)) => {
+                    Some(Ok((h, cvs))) => {
+                        if !cvs.is_empty() {
+                            leaves.insert(w.path.clone(), cvs);
+                        }
                         hashed_bytes += stamp.size;
                         cache.record(stamp, h, started);
                         h
@@ -218,6 +226,7 @@ pub fn scan(
         hashed_files,
         hashed_bytes,
         reused_dirs,
+        leaves,
     })
 }
 

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::manifest::Hash;
+use crate::hash::{Cv, LEAF, LeafHasher};
+use crate::manifest::{Hash, Stamp};
 
 /// The destination's private directory; its name is covered by the fixed `.*` ignore, so syncs
 /// neither send nor delete it.
@@ -91,8 +92,7 @@ impl Stager {
         Ok(Staged {
             file,
             path,
-            hasher: blake3::Hasher::new(),
-            written: 0,
+            hasher: LeafHasher::new(),
             fsync: self.fsync,
         })
     }
@@ -106,7 +106,7 @@ impl Stager {
         data: &[u8],
         attrs: &FileAttrs,
         dest: &Path,
-    ) -> Result<(), StageError> {
+    ) -> Result<Installed, StageError> {
         let mut s = self.create()?;
         s.write(data)?;
         s.install(attrs, dest)
@@ -119,12 +119,43 @@ impl Stager {
     }
 }
 
+/// A temp file written, checked and given its attributes, waiting for its rename.
+pub struct Finished {
+    pub path: PathBuf,
+    /// Still open: its stamp is taken through it once it is renamed into place.
+    pub file: File,
+    /// The chaining values of its leaves, when it has more than one.
+    pub leaves: Vec<Cv>,
+}
+
+impl Finished {
+    /// What the saved state needs of the file, once renamed into place: its leaves, and its
+    /// stamp as this sync left it, taken through the open file (the rename changed its ctime;
+    /// a path could name another file by now). `None` if it cannot be taken.
+    pub fn installed(self) -> Installed {
+        Installed {
+            stamp: self.file.metadata().ok().map(|m| Stamp::of(&m)),
+            leaves: self.leaves,
+        }
+    }
+}
+
+/// A file this sync put in place, for the saved state.
+#[derive(Debug, Default)]
+pub struct Installed {
+    /// Its stamp right after this sync's last change of it. The state records the hash with
+    /// it only if the file still has this stamp when the state is saved (see
+    /// [`crate::agent::state`]).
+    pub stamp: Option<Stamp>,
+    pub leaves: Vec<Cv>,
+}
+
 /// A temp file being written.
 pub struct Staged {
     file: File,
     path: PathBuf,
-    hasher: blake3::Hasher,
-    written: u64,
+    /// Of what was written, leaf by leaf (see [`crate::hash::LEAF`]).
+    hasher: LeafHasher,
     fsync: bool,
 }
 
@@ -141,42 +172,72 @@ impl Staged {
             .write_all(data)
             .map_err(io_err("cannot write temp file", &self.path))?;
         self.hasher.update(data);
-        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Appends leaf `leaf` of `old` (`len` bytes), copied by the kernel (`copy_file_range`:
+    /// shared extents where the file system has them), and known by its chaining value `cv`:
+    /// it is not read here. The caller vouches for `cv` (the old file's certified leaves, with
+    /// its stamp checked again after the copy); the file's hash is still checked against the
+    /// manifest at [`Staged::install`], merged from the leaves.
+    ///
+    /// # Errors
+    /// When the copy fails or comes up short (the old file shrank).
+    pub fn copy_leaf(&mut self, old: &File, leaf: u64, len: u64, cv: Cv) -> Result<(), StageError> {
+        let mut from = leaf * LEAF;
+        let mut left = len;
+        while left > 0 {
+            let n =
+                rustix::fs::copy_file_range(old, Some(&mut from), &self.file, None, left as usize)
+                    .map_err(|e| io_err("cannot copy into temp file", &self.path)(e.into()))?;
+            if n == 0 {
+                return Err(io_err("cannot copy into temp file", &self.path)(
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the old file is shorter than its leaves",
+                    ),
+                ));
+            }
+            left -= n as u64;
+        }
+        self.hasher.push_leaf(cv, len);
         Ok(())
     }
 
     pub fn written(&self) -> u64 {
-        self.written
+        self.hasher.len()
     }
 
     /// Checks size and hash, sets mode and mtime, and renames over `dest`.
     ///
     /// # Errors
     /// On a mismatch (the temp file is removed) or a failed file operation.
-    pub fn install(self, attrs: &FileAttrs, dest: &Path) -> Result<(), StageError> {
-        let tmp = self.finish(attrs)?;
-        std::fs::rename(&tmp, dest).map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
+    pub fn install(self, attrs: &FileAttrs, dest: &Path) -> Result<Installed, StageError> {
+        let done = self.finish(attrs)?;
+        std::fs::rename(&done.path, dest).map_err(|source| {
+            let _ = std::fs::remove_file(&done.path);
             StageError::Io {
                 op: "cannot rename into place",
                 path: dest.to_owned(),
                 source,
             }
-        })
+        })?;
+        Ok(done.installed())
     }
 
     /// Checks size and hash and sets mode and mtime, leaving the finished temp file for a later
-    /// rename; returns its path.
+    /// rename.
     ///
     /// # Errors
     /// On a mismatch (the temp file is removed) or a failed file operation.
-    pub fn finish(self, attrs: &FileAttrs) -> Result<PathBuf, StageError> {
-        let hash = *self.hasher.finalize().as_bytes();
-        if self.written != attrs.size || hash != attrs.hash {
+    pub fn finish(self, attrs: &FileAttrs) -> Result<Finished, StageError> {
+        let written = self.hasher.len();
+        let (hash, leaves) = self.hasher.finalize().unwrap_or(([0; 32], Vec::new()));
+        if written != attrs.size || hash != attrs.hash {
             let _ = std::fs::remove_file(&self.path);
             return Err(StageError::Mismatch {
                 expected: attrs.size,
-                got: self.written,
+                got: written,
             });
         }
         let path = &self.path;
@@ -193,7 +254,11 @@ impl Staged {
             Ok(())
         })();
         match res {
-            Ok(()) => Ok(self.path),
+            Ok(()) => Ok(Finished {
+                path: self.path,
+                file: self.file,
+                leaves,
+            }),
             Err(e) => {
                 let _ = std::fs::remove_file(path);
                 Err(e)

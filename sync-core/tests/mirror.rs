@@ -91,6 +91,82 @@ fn big_file_edit_goes_by_delta() {
     assert_eq!(std::fs::read(dst.join("blob.bin")).unwrap(), data);
 }
 
+/// Where bytes are cheap (a local target), a big file's changed leaves go whole and its other
+/// leaves are copied on the worker from the old file, with no signature: growing, shrinking,
+/// and edits in the first, a middle and the last (short) leaf.
+#[test]
+fn big_file_edits_go_by_leaves_where_bytes_are_cheap() {
+    const LEAF: usize = sync_core::hash::LEAF as usize;
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let o = sync_core::push::PushOptions {
+        leaves: true,
+        ..opts(&dst)
+    };
+    let mut data: Vec<u8> = (0..(4 * LEAF + 12_345) as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    write(&src.join("blob.bin"), &data);
+    sync_with(&scan_dir(&src, &[]), &o).unwrap();
+    // The worker's stamps are certified once they are older than the racy window.
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(80));
+    type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+    let edits: [(&str, Edit); 4] = [
+        ("middle leaf", Box::new(|d| d[2 * LEAF + 7] ^= 1)),
+        (
+            "first and last leaf",
+            Box::new(|d| {
+                d[0] ^= 1;
+                let n = d.len();
+                d[n - 1] ^= 1;
+            }),
+        ),
+        (
+            "grown by 1.5 leaves",
+            Box::new(|d| d.extend((0..LEAF * 3 / 2).map(|i| i as u8))),
+        ),
+        (
+            "shrunk to just over a leaf",
+            Box::new(|d| d.truncate(LEAF + 5)),
+        ),
+    ];
+    for (what, edit) in edits {
+        settle();
+        let old = data.clone();
+        edit(&mut data);
+        // The new leaves that the old file does not have at the same place go whole.
+        let literal: usize = data
+            .chunks(LEAF)
+            .zip(0..)
+            .filter(|(leaf, i)| old.chunks(LEAF).nth(*i) != Some(*leaf))
+            .map(|(leaf, _)| leaf.len())
+            .sum();
+        write(&src.join("blob.bin"), &data);
+        let r = sync_with(&scan_dir(&src, &[]), &o).unwrap();
+        assert_eq!(r.delta_files, 1, "{what}");
+        let overhead = r.delta_bytes as usize - literal.min(r.delta_bytes as usize);
+        assert!(
+            r.delta_bytes as usize >= literal && overhead < 100,
+            "{what}: {} delta bytes for {literal} bytes of changed leaves",
+            r.delta_bytes
+        );
+        assert!(
+            r.outcome.problems.is_empty(),
+            "{what}: {:?}",
+            r.outcome.problems
+        );
+        assert_eq!(std::fs::read(dst.join("blob.bin")).unwrap(), data, "{what}");
+        assert_eq!(snapshot(&src), snapshot(&dst), "{what}");
+    }
+    // Without a settled (certified) old version, the file goes by signature instead.
+    data[LEAF + 1] ^= 1;
+    write(&src.join("blob.bin"), &data);
+    std::fs::write(dst.join("blob.bin"), &data[..data.len() - 1]).unwrap();
+    let r = sync_with(&scan_dir(&src, &[]), &o).unwrap();
+    assert_eq!(std::fs::read(dst.join("blob.bin")).unwrap(), data);
+    assert!(r.outcome.problems.is_empty());
+}
+
 #[test]
 fn type_changes_and_renames() {
     let t = tempfile::tempdir().unwrap();

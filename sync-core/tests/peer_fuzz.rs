@@ -34,6 +34,7 @@ fn begin(dest: &str) -> Message {
         lock_wait_ms: 0,
         base: DestBase::Cwd,
         delta_min: 1 << 16,
+        leaves: false,
     })
 }
 

@@ -81,6 +81,7 @@ impl Holder {
                 lock_wait_ms: 0,
                 base: DestBase::default(),
                 delta_min: sync_core::delta::DELTA_MIN_SIZE,
+                leaves: false,
             }),
             Message::Offer {
                 digest: [0xab; 32],

@@ -341,6 +341,7 @@ impl Arena {
             lock_wait_ms: 2000,
             base: DestBase::default(),
             delta_min: sync_core::delta::DELTA_MIN_SIZE,
+            leaves: false,
         }
     }
 
@@ -451,7 +452,7 @@ fn up_to_wants(agent: &mut Agent, begin: Begin, entries: &[Entry]) -> Vec<Want> 
 
 fn index_of(w: &Want) -> u32 {
     match w {
-        Want::Whole { index } | Want::Delta { index, .. } => *index,
+        Want::Whole { index } | Want::Delta { index, .. } | Want::Leaves { index, .. } => *index,
     }
 }
 
@@ -960,6 +961,72 @@ fn delta_chunk_out_of_order_is_refused() {
         std::fs::read(a.dest().join("big.bin")).unwrap() == old,
         "old content changed"
     );
+}
+
+/// A file asked for by its leaves: a controller that claims a changed leaf is unchanged gets a
+/// result whose hash (merged from the leaves) does not match, so the file is asked for again
+/// whole, and only the right content is installed.
+#[test]
+fn leaves_a_controller_lies_about_are_caught_by_the_files_hash() {
+    const LEAF: usize = sync_core::hash::LEAF as usize;
+    let old = noise(5 * LEAF / 2 + 100, 3);
+    let a = Arena::with(|dest| {
+        std::fs::create_dir_all(dest.join(".rdist")).unwrap();
+        std::fs::write(dest.join("big.bin"), &old).unwrap();
+    });
+    // Older than the racy window when the agent walks: its stamp and leaves are certified.
+    std::thread::sleep(std::time::Duration::from_millis(80));
+    let mut new = old.clone();
+    new[LEAF + 10] ^= 1;
+    let entries = [file("big.bin", &new)];
+    let mut agent = a.agent();
+    let begin = Begin {
+        leaves: true,
+        ..a.begin()
+    };
+    let wants = up_to_wants(&mut agent, begin, &entries);
+    let [Want::Leaves { index: 0, cvs }] = &wants[..] else {
+        panic!("expected a leaves want: {wants:?}");
+    };
+    assert_eq!(cvs.len(), 3);
+    // Every leaf claimed unchanged, the changed one too.
+    for chunk in 0..3 {
+        let len = (old.len() - chunk * LEAF).min(LEAF);
+        agent.send(&Message::Delta {
+            index: 0,
+            chunk: chunk as u32,
+            delta: sync_core::delta::copy_whole(len as u64),
+            last: chunk == 2,
+        });
+    }
+    agent.send(&Message::DataEnd);
+    let mut again = Vec::new();
+    loop {
+        match agent.recv() {
+            Message::Want(w) => again.extend(w),
+            Message::WantEnd => break,
+            other => panic!("expected wants, got {other:?}"),
+        }
+    }
+    assert_eq!(again, [Want::Whole { index: 0 }]);
+    assert_eq!(std::fs::read(a.dest().join("big.bin")).unwrap(), old);
+    let pieces: Vec<&[u8]> = new.chunks(1 << 20).collect();
+    for (k, piece) in pieces.iter().enumerate() {
+        agent.send(&Message::Data {
+            index: 0,
+            bytes: piece.to_vec(),
+            last: k + 1 == pieces.len(),
+        });
+    }
+    agent.send(&Message::DataEnd);
+    let outcome = match agent.recv() {
+        Message::Done(o) => o,
+        other => panic!("expected `Done`, got {other:?}"),
+    };
+    assert!(outcome.problems.is_empty(), "{outcome:?}");
+    assert_eq!(outcome.files_written, 1, "{outcome:?}");
+    assert_eq!(std::fs::read(a.dest().join("big.bin")).unwrap(), new);
+    a.assert_untouched();
 }
 
 #[test]

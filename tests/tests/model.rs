@@ -343,6 +343,7 @@ fn sync_in_process(src: &Path, dest: &Path, cache: &Path) -> (SourceTree, PushRe
         version: "model".into(),
         // Every model sync goes compressed: the agent must read what it gets either way.
         compress: true,
+        leaves: true,
     };
     let (agent_in, ctl_out) = std::io::pipe().unwrap();
     let (ctl_in, agent_out) = std::io::pipe().unwrap();

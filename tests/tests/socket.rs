@@ -347,6 +347,7 @@ fn begin(dest: &str) -> Message {
         lock_wait_ms: 0,
         base: DestBase::Cwd,
         delta_min: sync_core::delta::DELTA_MIN_SIZE,
+        leaves: false,
     })
 }
 

@@ -82,12 +82,16 @@ pub fn sync_settings_keep(settings: &SyncSettings, keep: bool) -> Result<Kept, F
         for feed in feeds {
             let _ = feed.send(tree.as_ref().ok().cloned());
         }
-        // Saved while the agents work, not before they get the tree, and at the lowest
-        // priority: on two cores it would otherwise take turns with the exchange of manifests,
-        // on which the sync waits, rather than run while this process waits for the agents.
+        // Saved while the agents finish: not before they get the tree, and not while manifests
+        // are compared and data is sent either, where on two cores it would take turns with
+        // the work the sync waits for. (At most a second later than the tree, though.)
         if let Some(cache) = cache {
-            scope.spawn(|| {
-                let _ = rustix::process::setpriority_process(None, 19);
+            let progress = &progress;
+            scope.spawn(move || {
+                let until = Instant::now() + std::time::Duration::from_secs(1);
+                while !progress.all_sent() && Instant::now() < until {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 if let Err(e) = cache.save() {
                     output::warn(&format!(
                         "cannot save the hash cache (next run rehashes): {e}"
@@ -197,6 +201,7 @@ pub(crate) fn push_options(s: &SyncSettings, t: &Target) -> PushOptions {
         },
         version: env!("CARGO_PKG_VERSION").to_owned(),
         compress: s.compress && t.transport != Transport::Local,
+        leaves: t.transport == Transport::Local,
     }
 }
 

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use rayon::prelude::*;
 
@@ -16,10 +16,11 @@ use super::plan::{Actions, Source, plan};
 use super::state::{self, Current};
 use super::{AgentError, AgentOptions, dry_outcome};
 use crate::delta::{self, DELTA_CHUNK};
-use crate::manifest::{Entry, Kind, Manifest};
+use crate::hash::{Cv, LEAF};
+use crate::manifest::{Entry, Kind, Manifest, Stamp};
 use crate::path::RelPath;
 use crate::proto::{Begin, Message, Outcome, Plan, ProtoError, Want, read_frame, write_frame};
-use crate::stage::{FileAttrs, STATE_DIR, Staged, Stager, system_time};
+use crate::stage::{FileAttrs, Finished, Installed, STATE_DIR, Staged, Stager, system_time};
 use crate::walk::Problem;
 
 /// Small files for the writer pool, as `(manifest index, content)`.
@@ -51,8 +52,9 @@ fn attrs(e: &Entry) -> Option<FileAttrs> {
 pub(super) fn file_list<'a>(
     m: &'a Manifest,
     failed: &HashSet<usize>,
-    current: &Current,
+    current: &'a Current,
     touched: &[bool],
+    written: &'a HashMap<usize, Installed>,
 ) -> Vec<state::SaveFile<'a>> {
     // Both manifests are sorted by path: walk them side by side instead of searching.
     let cur = current.manifest.entries();
@@ -68,15 +70,35 @@ pub(super) fn file_list<'a>(
         if !failed.is_empty() && failed.contains(&i) {
             continue;
         }
-        let stamp = if touched.get(i).copied().unwrap_or(false) {
-            state::SaveStamp::Written
+        let (stamp, leaves) = if touched.get(i).copied().unwrap_or(false) {
+            // Leaves depend on the content only: a file whose content this sync did not
+            // change (new metadata) keeps its old ones.
+            let same_content = || {
+                cur.get(k)
+                    .filter(|c| c.path == e.path)
+                    .filter(|c| matches!(c.kind, Kind::File { hash: h, .. } if h == hash))
+                    .and_then(|_| current.leaves.get(&k))
+            };
+            let done = written.get(&i);
+            (
+                done.and_then(|d| d.stamp)
+                    .map_or(state::SaveStamp::Uncertified, state::SaveStamp::Written),
+                done.map(|d| &d.leaves)
+                    .filter(|l| !l.is_empty())
+                    .or_else(same_content),
+            )
         } else {
-            cur.get(k)
+            match cur
+                .get(k)
                 .filter(|c| c.path == e.path && c.kind == e.kind)
                 .and_then(|_| current.stamps.get(k).copied().flatten())
-                .map_or(state::SaveStamp::Uncertified, state::SaveStamp::Certified)
+            {
+                Some(s) => (state::SaveStamp::Certified(s), current.leaves.get(&k)),
+                None => (state::SaveStamp::Uncertified, None),
+            }
         };
         out.push(state::SaveFile {
+            leaves: leaves.map_or(&[], Vec::as_slice),
             path: &e.path,
             size,
             hash,
@@ -97,6 +119,18 @@ struct Ctx<'a> {
     failed: Mutex<HashSet<usize>>,
     files_written: AtomicU64,
     bytes_written: AtomicU64,
+    /// Files asked for by their leaves, and their old versions' (by manifest index).
+    old_leaves: HashMap<usize, OldLeaves>,
+    /// The files this sync put in place or changed, by manifest index, for the saved state.
+    written: Mutex<HashMap<usize, Installed>>,
+}
+
+/// The old version of a file asked for by its leaves: its certified stamp (the leaves hold
+/// only while it is unchanged), size and leaves.
+struct OldLeaves {
+    stamp: Stamp,
+    size: u64,
+    cvs: Vec<Cv>,
 }
 
 impl Ctx<'_> {
@@ -113,6 +147,11 @@ impl Ctx<'_> {
     fn installed(&self, bytes: u64) {
         self.files_written.fetch_add(1, Ordering::Relaxed);
         self.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Keeps what the saved state needs of file `index`, which this sync put in place.
+    fn keep(&self, index: usize, done: Installed) {
+        self.written.lock().unwrap().insert(index, done);
     }
 }
 
@@ -163,6 +202,12 @@ pub(super) fn run<R: BufRead, W: Write + Send>(
         failed: Mutex::new(HashSet::new()),
         files_written: AtomicU64::new(0),
         bytes_written: AtomicU64::new(0),
+        old_leaves: if begin.leaves {
+            old_leaves(current, want, &actions)
+        } else {
+            HashMap::new()
+        },
+        written: Mutex::new(HashMap::new()),
     };
     let Structural {
         deleted,
@@ -213,6 +258,7 @@ pub(super) fn run<R: BufRead, W: Write + Send>(
     kept.sort();
     kept.dedup();
     let failed = ctx.failed.into_inner().unwrap();
+    let written = ctx.written.into_inner().unwrap();
     let mut problems = ctx.problems.into_inner().unwrap();
     let mut touched = vec![false; want.len()];
     for j in actions
@@ -226,7 +272,7 @@ pub(super) fn run<R: BufRead, W: Write + Send>(
     }
     if let Err(e) = state::save(
         dest,
-        file_list(want, &failed, current, &touched),
+        file_list(want, &failed, current, &touched, &written),
         kept.clone(),
     ) {
         problems.push(Problem::new(
@@ -271,7 +317,7 @@ fn structural(ctx: &Ctx<'_>, current: &Current, a: &Actions) -> Structural {
         }
     }
     // Copies first: their sources may be removed or replaced below.
-    let staged: Vec<(usize, Result<PathBuf, String>)> = a
+    let staged: Vec<(usize, Result<Finished, String>)> = a
         .copies
         .par_iter()
         .map(|(j, from)| (*j, copy_local(ctx, &from.to_native(dest), *j)))
@@ -345,18 +391,22 @@ fn structural(ctx: &Ctx<'_>, current: &Current, a: &Actions) -> Structural {
     }
     for (j, res) in staged {
         if blocked.contains(&j) {
-            if let Ok(tmp) = res {
-                let _ = std::fs::remove_file(tmp);
+            if let Ok(done) = res {
+                let _ = std::fs::remove_file(done.path);
             }
             continue;
         }
-        match res.and_then(|tmp| {
-            std::fs::rename(&tmp, ctx.path_of(j)).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                format!("cannot rename into place: {e}")
-            })
+        match res.and_then(|done| match std::fs::rename(&done.path, ctx.path_of(j)) {
+            Ok(()) => Ok(done),
+            Err(e) => {
+                let _ = std::fs::remove_file(&done.path);
+                Err(format!("cannot rename into place: {e}"))
+            }
         }) {
-            Ok(()) => ctx.installed(0),
+            Ok(done) => {
+                ctx.installed(0);
+                ctx.keep(j, done.installed());
+            }
             Err(msg) => ctx.problem(j, msg),
         }
     }
@@ -377,12 +427,21 @@ fn structural(ctx: &Ctx<'_>, current: &Current, a: &Actions) -> Structural {
     for &j in &a.metadata {
         if let Some(at) = attrs(&want.entries()[j]) {
             let p = ctx.path_of(j);
-            let res = std::fs::File::options().write(true).open(&p).and_then(|f| {
-                f.set_permissions(std::fs::Permissions::from_mode(at.mode))?;
-                f.set_times(std::fs::FileTimes::new().set_modified(system_time(at.mtime_ns)))
-            });
-            if let Err(e) = res {
-                ctx.problem(j, format!("cannot set mode or mtime: {e}"));
+            // The content is the walk's only if the file still has the walk's certified stamp;
+            // then its stamp after the change here goes with the hash into the saved state.
+            let walked = current
+                .manifest
+                .position(&want.entries()[j].path)
+                .and_then(|k| current.stamps.get(k).copied().flatten());
+            match set_metadata(&p, &at, walked) {
+                Ok(stamp) => ctx.keep(
+                    j,
+                    Installed {
+                        stamp,
+                        leaves: Vec::new(),
+                    },
+                ),
+                Err(e) => ctx.problem(j, format!("cannot set mode or mtime: {e}")),
             }
         }
     }
@@ -392,6 +451,18 @@ fn structural(ctx: &Ctx<'_>, current: &Current, a: &Actions) -> Structural {
         kept,
         blocked,
     }
+}
+
+/// Sets the mode and mtime of the file at `p`. Returns its stamp after that if, before, it still
+/// had the stamp `walked` (certified by the walk that hashed it): then the hash the sync knows is
+/// its content, and the stamp can go with it into the saved state.
+fn set_metadata(p: &Path, at: &FileAttrs, walked: Option<Stamp>) -> std::io::Result<Option<Stamp>> {
+    let f = std::fs::File::options().write(true).open(p)?;
+    let stamp = |f: &std::fs::File| f.metadata().ok().map(|m| Stamp::of(&m));
+    let unchanged = walked.is_some() && stamp(&f) == walked;
+    f.set_permissions(std::fs::Permissions::from_mode(at.mode))?;
+    f.set_times(std::fs::FileTimes::new().set_modified(system_time(at.mtime_ns)))?;
+    Ok(if unchanged { stamp(&f) } else { None })
 }
 
 /// What the structural phase did.
@@ -449,7 +520,7 @@ fn holds_protected(
     Ok(false)
 }
 
-fn copy_local(ctx: &Ctx<'_>, from: &Path, j: usize) -> Result<PathBuf, String> {
+fn copy_local(ctx: &Ctx<'_>, from: &Path, j: usize) -> Result<Finished, String> {
     let at = attrs(&ctx.want.entries()[j]).expect("copies are files");
     let mut src = crate::hash::open_file(from)
         .map_err(|e| format!("cannot read `{}`: {e}", from.display()))?;
@@ -472,6 +543,31 @@ fn copy_local(ctx: &Ctx<'_>, from: &Path, j: usize) -> Result<PathBuf, String> {
         .map_err(|e| crate::agent::error_chain(&e))
 }
 
+/// The files to ask for by their leaves: deltas whose old version has leaves and a certified
+/// stamp.
+fn old_leaves(current: &Current, want: &Manifest, a: &Actions) -> HashMap<usize, OldLeaves> {
+    a.transfers
+        .iter()
+        .filter(|(_, src)| *src == Source::Delta)
+        .filter_map(|&(j, _)| {
+            let k = current.manifest.position(&want.entries()[j].path)?;
+            let cvs = current.leaves.get(&k)?;
+            let stamp = current.stamps.get(k).copied().flatten()?;
+            let Kind::File { size, .. } = current.manifest.entries()[k].kind else {
+                return None;
+            };
+            Some((
+                j,
+                OldLeaves {
+                    stamp,
+                    size,
+                    cvs: cvs.clone(),
+                },
+            ))
+        })
+        .collect()
+}
+
 /// A file being received over several frames.
 enum Stream {
     Whole {
@@ -482,6 +578,12 @@ enum Stream {
         index: usize,
         staged: Staged,
         old: std::fs::File,
+        next_chunk: u32,
+    },
+    /// A file asked for by its leaves ([`Expect::Leaves`]): its chunks go to its thread.
+    Leaves {
+        index: usize,
+        tx: SyncSender<LeafChunk>,
         next_chunk: u32,
     },
     /// A delta that failed part-way: its remaining chunks are read and dropped.
@@ -495,6 +597,8 @@ enum Stream {
 enum Expect {
     Whole,
     Delta,
+    /// Delta chunks, each a copy of the old leaf or the new leaf whole.
+    Leaves,
 }
 
 fn receive<R: BufRead, W: Write + Send>(
@@ -555,7 +659,10 @@ fn writer(ctx: &Ctx<'_>, rx: &Mutex<Receiver<Batch>>) {
         for (index, data) in batch {
             let at = attrs(&ctx.want.entries()[index]).expect("transfers are files");
             match ctx.stager.install_bytes(&data, &at, &ctx.path_of(index)) {
-                Ok(()) => ctx.installed(at.size),
+                Ok(done) => {
+                    ctx.installed(at.size);
+                    ctx.keep(index, done);
+                }
                 Err(e) => ctx.problem(index, crate::agent::error_chain(&e)),
             }
         }
@@ -573,12 +680,28 @@ fn send_wants<W: Write>(
     round: &[(usize, Source)],
     pending: &Pending,
 ) -> Result<(), AgentError> {
-    // Files wanted whole go first, before any signature is computed, so the controller reads and
-    // sends them while this side signs the old versions of the rest.
+    // Files asked for by their leaves go first: their copies are made here by this thread as the
+    // chunks arrive, while the controller reads the small files that follow. Then the files
+    // wanted whole, before any signature is computed, so the controller reads and sends them
+    // while this side signs the old versions of the rest. (A retry asks for all of them whole.)
     let (whole, rest): (Vec<_>, Vec<_>) = round
         .iter()
         .filter(|(_, src)| !matches!(src, Source::Local(_)))
         .partition(|(_, src)| matches!(src, Source::Whole));
+    let (leafy, rest): (Vec<_>, Vec<_>) = rest
+        .into_iter()
+        .partition(|(j, src)| *src == Source::Delta && ctx.old_leaves.contains_key(j));
+    for (j, _) in &leafy {
+        pending.lock().unwrap().insert(*j, Expect::Leaves);
+        let cvs = ctx.old_leaves[j].cvs.clone();
+        write_frame(
+            w,
+            &Message::Want(vec![Want::Leaves {
+                index: *j as u32,
+                cvs,
+            }]),
+        )?;
+    }
     for batch in whole.chunks(WANT_BATCH) {
         let wants: Vec<Want> = batch
             .iter()
@@ -590,7 +713,8 @@ fn send_wants<W: Write>(
             .extend(batch.iter().map(|(j, _)| (*j, Expect::Whole)));
         write_frame(w, &Message::Want(wants))?;
     }
-    if !whole.is_empty() && !rest.is_empty() {
+    let sent_some = !whole.is_empty() || !leafy.is_empty();
+    if sent_some && !rest.is_empty() {
         w.flush().map_err(ProtoError::from)?;
     }
     for batch in rest.chunks(WANT_BATCH) {
@@ -612,6 +736,7 @@ fn send_wants<W: Write>(
             .extend(wants.iter().map(|want| match want {
                 Want::Whole { index } => (*index as usize, Expect::Whole),
                 Want::Delta { index, .. } => (*index as usize, Expect::Delta),
+                Want::Leaves { index, .. } => (*index as usize, Expect::Leaves),
             }));
         // Signatures can be large; keep each frame well under the limit.
         let mut frame = Vec::new();
@@ -619,6 +744,7 @@ fn send_wants<W: Write>(
         for want in wants {
             let size = match &want {
                 Want::Delta { signature, .. } => signature.chunks.iter().map(|c| c.0.len()).sum(),
+                Want::Leaves { cvs, .. } => cvs.len() * 32,
                 Want::Whole { .. } => 8,
             };
             if bytes + size > crate::proto::MAX_FRAME / 2 && !frame.is_empty() {
@@ -647,6 +773,98 @@ fn receive_round<R: BufRead>(
     ctx: &Ctx<'_>,
     pending: &Pending,
     tx: &std::sync::mpsc::SyncSender<Batch>,
+) -> Result<Vec<usize>, AgentError> {
+    let leaf_retry = Mutex::new(Vec::new());
+    // The scope ends once every file's leaf thread has: on an error too (their channels close,
+    // and each drops its unfinished temp file).
+    let mut retry =
+        std::thread::scope(|scope| receive_frames(r, ctx, pending, tx, scope, &leaf_retry))?;
+    retry.extend(leaf_retry.into_inner().unwrap());
+    Ok(retry)
+}
+
+/// The temp file and the old version of file `i`, sent as chunks; `None` when either cannot be
+/// had: a problem is recorded, or (the old version is gone) the file goes into `retry`, to be
+/// asked for whole.
+fn open_chunked(
+    ctx: &Ctx<'_>,
+    i: usize,
+    retry: &mut Vec<usize>,
+) -> Option<(Staged, std::fs::File)> {
+    match (ctx.stager.create(), crate::hash::open_file(&ctx.path_of(i))) {
+        (Ok(s), Ok(old)) => Some((s, old)),
+        (Err(e), _) => {
+            ctx.problem(i, crate::agent::error_chain(&e));
+            None
+        }
+        (Ok(s), Err(_)) => {
+            s.discard();
+            retry.push(i);
+            None
+        }
+    }
+}
+
+/// A chunk of a file asked for by its leaves: (chunk, delta, last).
+type LeafChunk = (u32, Vec<u8>, bool);
+
+/// Builds file `i`, asked for by its leaves, from its chunks as they come: a copy of an old leaf
+/// (by the kernel, not read here) or the new leaf whole; nothing else is accepted. After the
+/// copies the old file must still have its certified stamp, for its leaves to hold; the file's
+/// hash, merged from the leaves, is checked at the install. On any failure the file is asked
+/// for again whole (its remaining chunks are dropped).
+fn build_from_leaves(
+    ctx: &Ctx<'_>,
+    i: usize,
+    mut staged: Staged,
+    old: std::fs::File,
+    rx: Receiver<LeafChunk>,
+    retry: &Mutex<Vec<usize>>,
+) {
+    let o = &ctx.old_leaves[&i];
+    let at = attrs(&ctx.want.entries()[i]).expect("files");
+    let mut out = Vec::new();
+    while let Ok((chunk, delta, last)) = rx.recv() {
+        let limit = (at.size.saturating_sub(staged.written()) as usize).min(DELTA_CHUNK);
+        let len = o.size.saturating_sub(u64::from(chunk) * LEAF).min(LEAF);
+        let ok = match o.cvs.get(chunk as usize) {
+            Some(cv) if len > 0 && len as usize <= limit && delta::is_copy_of(&delta, len) => {
+                staged.copy_leaf(&old, u64::from(chunk), len, *cv).is_ok()
+            }
+            _ => {
+                delta::apply_chunk(&[], &delta, limit, &mut out).is_ok()
+                    && staged.write(&out).is_ok()
+            }
+        };
+        let ok = ok && !(last && old.metadata().ok().map(|m| Stamp::of(&m)) != Some(o.stamp));
+        if !ok {
+            staged.discard();
+            retry.lock().unwrap().push(i);
+            return;
+        }
+        if last {
+            match staged.install(&at, &ctx.path_of(i)) {
+                Ok(done) => {
+                    ctx.installed(at.size);
+                    ctx.keep(i, done);
+                }
+                Err(crate::stage::StageError::Mismatch { .. }) => retry.lock().unwrap().push(i),
+                Err(e) => ctx.problem(i, crate::agent::error_chain(&e)),
+            }
+            return;
+        }
+    }
+    // The data ended before the last chunk (the session failed): nothing is installed.
+    staged.discard();
+}
+
+fn receive_frames<'scope, 'env, R: BufRead>(
+    r: &mut R,
+    ctx: &'env Ctx<'env>,
+    pending: &Pending,
+    tx: &std::sync::mpsc::SyncSender<Batch>,
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    leaf_retry: &'env Mutex<Vec<usize>>,
 ) -> Result<Vec<usize>, AgentError> {
     let mut stream: Option<Stream> = None;
     let mut retry = Vec::new();
@@ -716,7 +934,10 @@ fn receive_round<R: BufRead>(
                 }
                 if last {
                     match st.install(&at, &ctx.path_of(i)) {
-                        Ok(()) => ctx.installed(at.size),
+                        Ok(done) => {
+                            ctx.installed(at.size);
+                            ctx.keep(i, done);
+                        }
                         Err(e) => ctx.problem(i, crate::agent::error_chain(&e)),
                     }
                 } else {
@@ -733,6 +954,62 @@ fn receive_round<R: BufRead>(
                 last,
             } => {
                 let i = index as usize;
+                // A file asked for by its leaves: its chunks go to a thread of its own, so the
+                // files that follow reach the writers while its leaves are copied.
+                let leaf_stream = match stream.take() {
+                    Some(Stream::Leaves {
+                        index: k,
+                        tx,
+                        next_chunk,
+                    }) if k == i => Some((tx, next_chunk)),
+                    other => {
+                        stream = other;
+                        None
+                    }
+                };
+                let leaf_stream = match leaf_stream {
+                    Some(s) => Some(s),
+                    None if stream.is_none()
+                        && pending.lock().unwrap().get(&i) == Some(&Expect::Leaves) =>
+                    {
+                        pending.lock().unwrap().remove(&i);
+                        match open_chunked(ctx, i, &mut retry) {
+                            Some((staged, old)) => {
+                                // Up to 8 chunks ahead (16 MiB if all are new leaves).
+                                let (tx, rx) = sync_channel(8);
+                                let retry = leaf_retry;
+                                scope.spawn(move || {
+                                    build_from_leaves(ctx, i, staged, old, rx, retry)
+                                });
+                                Some((tx, 0))
+                            }
+                            None => {
+                                if !last {
+                                    stream = Some(Stream::Discard { index: i });
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                if let Some((tx, next)) = leaf_stream {
+                    if chunk != next {
+                        return Err(invalid(format!(
+                            "file #{index}: delta chunk {chunk} out of order"
+                        )));
+                    }
+                    // Refused once the thread gave up on the file (it asks for it again).
+                    let _ = tx.send((chunk, delta, last));
+                    if !last {
+                        stream = Some(Stream::Leaves {
+                            index: i,
+                            tx,
+                            next_chunk: next + 1,
+                        });
+                    }
+                    continue;
+                }
                 let (mut staged, mut old, next) = match stream.take() {
                     Some(Stream::Discard { index: k }) if k == i => {
                         if !last {
@@ -751,16 +1028,12 @@ fn receive_round<R: BufRead>(
                     }
                     None => {
                         let i = take(pending, index, Expect::Delta)?;
-                        let old = crate::hash::open_file(&ctx.path_of(i));
-                        match (ctx.stager.create(), old) {
-                            (Ok(s), Ok(o)) => (s, o, 0),
-                            (Err(e), _) => {
-                                ctx.problem(i, crate::agent::error_chain(&e));
-                                continue;
-                            }
-                            (Ok(s), Err(_)) => {
-                                s.discard();
-                                retry.push(i);
+                        match open_chunked(ctx, i, &mut retry) {
+                            Some((s, o)) => (s, o, 0),
+                            None => {
+                                if !last {
+                                    stream = Some(Stream::Discard { index: i });
+                                }
                                 continue;
                             }
                         }
@@ -795,7 +1068,10 @@ fn receive_round<R: BufRead>(
                 }
                 if last {
                     match staged.install(&at, &ctx.path_of(i)) {
-                        Ok(()) => ctx.installed(at.size),
+                        Ok(done) => {
+                            ctx.installed(at.size);
+                            ctx.keep(i, done);
+                        }
                         Err(crate::stage::StageError::Mismatch { .. }) => retry.push(i),
                         Err(e) => ctx.problem(i, crate::agent::error_chain(&e)),
                     }
@@ -848,5 +1124,37 @@ fn receive_round<R: BufRead>(
                 .into());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_set_on_a_file_changed_since_the_walk_is_not_vouched_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"walked bytes").unwrap();
+        let walked = Stamp::of(&std::fs::symlink_metadata(&p).unwrap());
+        let at = FileAttrs {
+            size: 12,
+            mtime_ns: 1_500_000_000_000_000_000,
+            mode: 0o640,
+            hash: [0; 32],
+        };
+        // Unchanged since the walk: the stamp after the change is the one to save.
+        let after = set_metadata(&p, &at, Some(walked)).unwrap().unwrap();
+        assert_eq!(after, Stamp::of(&std::fs::symlink_metadata(&p).unwrap()));
+        assert_eq!(after.mtime_ns, at.mtime_ns);
+        // Rewritten on the worker after the walk (same size): metadata set, nothing vouched.
+        let walked = after;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&p, b"worker bytes").unwrap();
+        assert_eq!(set_metadata(&p, &at, Some(walked)).unwrap(), None);
+        // Not certified by the walk: nothing vouched either.
+        assert_eq!(set_metadata(&p, &at, None).unwrap(), None);
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o640);
     }
 }

@@ -330,7 +330,13 @@ fn session<R: BufRead, W: Write + Send>(
         if current.rehashed > 0 && !begin.dry_run {
             let _ = state::save(
                 &dest,
-                apply::file_list(&current.manifest, &Default::default(), &current, &[]),
+                apply::file_list(
+                    &current.manifest,
+                    &Default::default(),
+                    &current,
+                    &[],
+                    &Default::default(),
+                ),
                 current.kept.clone(),
             );
         }

@@ -32,6 +32,7 @@ pub fn probe(req: &ProbeRequest, opts: &AgentOptions) -> ProbeReport {
             lock_wait_ms: 0,
             base: req.base,
             delta_min: 0,
+            leaves: false,
         };
         match resolve_dest(&begin, opts) {
             Ok(dir) => {

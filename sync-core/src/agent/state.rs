@@ -8,7 +8,8 @@
 //! by the racy window. A file this sync wrote is certified against the file system's own clock,
 //! read from a probe file created just before the stamps are taken (Mercurial's "mtime
 //! boundary"), so a file written a few milliseconds before the end of a sync is not read again
-//! by the next one.
+//! by the next one; and only if its stamp is still the one it had right after the sync's own
+//! last change of it, or the hash the sync knows might not be its content.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::path::Path;
@@ -17,14 +18,14 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::filter::Filter;
-use crate::hash::{hash_file, now_ns, stamp_trustworthy};
+use crate::hash::{Cv, hash_file_leaves, now_ns, stamp_trustworthy};
 use crate::listing::{self, Listing};
 use crate::manifest::{Entry, Hash, Kind, Manifest, Stamp};
 use crate::path::RelPath;
 use crate::stage::STATE_DIR;
 use crate::walk::{Found, Problem, WalkRoot, walk_listed};
 
-const STATE_VERSION: u32 = 3;
+const STATE_VERSION: u32 = 4;
 const STATE_FILE: &str = "state";
 /// The walk's directory listing: its own file, read before the walk (which needs it) while the
 /// state is read alongside the walk.
@@ -34,8 +35,8 @@ const LISTING_FILE: &str = "listing";
 #[derive(Serialize)]
 struct SavedState<'a> {
     version: u32,
-    /// Certified stamps only (see the module's doc).
-    files: Vec<(&'a RelPath, Stamp, Hash)>,
+    /// Certified stamps only (see the module's doc), with the leaves of big files.
+    files: Vec<(&'a RelPath, Stamp, Hash, &'a [Cv])>,
     /// Worker-only directories kept because they hold only protected entries.
     kept: Vec<RelPath>,
 }
@@ -46,6 +47,9 @@ pub struct Current {
     /// Certified stamps of regular files, by manifest index: `None` for other entries and for
     /// files changed too recently for their stamp to vouch for the content just read.
     pub stamps: Vec<Option<Stamp>>,
+    /// The leaves of big files with a certified stamp, by manifest index (see
+    /// [`crate::hash::LEAF`]).
+    pub leaves: HashMap<usize, Vec<Cv>>,
     pub problems: Vec<Problem>,
     /// Files read to hash them.
     pub rehashed: usize,
@@ -74,7 +78,7 @@ fn listing_path(dest: &Path) -> std::path::PathBuf {
 struct LoadedState<'a> {
     version: u32,
     #[serde(borrow)]
-    files: Vec<(&'a str, Stamp, Hash)>,
+    files: Vec<(&'a str, Stamp, Hash, Vec<Cv>)>,
     kept: Vec<RelPath>,
 }
 
@@ -139,7 +143,7 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
     kept.sort();
     // Both lists are sorted by path: pair each walked entry with its saved record.
     let mut k = 0;
-    let prior: Vec<Option<(Stamp, Hash)>> = walked
+    let prior: Vec<Option<(Stamp, Hash, &[Cv])>> = walked
         .iter()
         .map(|w| {
             let p = w.path.as_str();
@@ -147,20 +151,22 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
                 k += 1;
             }
             match saved.files.get(k) {
-                Some((sp, st, h)) if *sp == p => Some((*st, *h)),
+                Some((sp, st, h, cvs)) if *sp == p => Some((*st, *h, cvs.as_slice())),
                 _ => None,
             }
         })
         .collect();
-    // `(hash, read)`: `read` when the file had to be read (changed, or not certified before).
-    let hashes: Vec<Option<Result<(Hash, bool), String>>> = walked
+    // `(hash, leaves, read)`: `read` when the file had to be read (changed, or not certified
+    // before).
+    type Hashed = (Hash, Vec<Cv>, bool);
+    let hashes: Vec<Option<Result<Hashed, String>>> = walked
         .par_iter()
         .zip(&prior)
         .map(|(w, prior)| match &w.found {
             Found::File { stamp, .. } => Some(match prior {
-                Some((s, h)) if s == stamp => Ok((*h, false)),
-                _ => hash_file(&w.abs, stamp.size)
-                    .map(|h| (h, true))
+                Some((s, h, cvs)) if s == stamp => Ok((*h, cvs.to_vec(), false)),
+                _ => hash_file_leaves(&w.abs, stamp.size)
+                    .map(|(h, cvs)| (h, cvs, true))
                     .map_err(|e| e.to_string()),
             }),
             _ => None,
@@ -169,6 +175,7 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
     let mut rehashed = 0;
     let mut entries = Vec::with_capacity(walked.len());
     let mut stamps = Vec::with_capacity(walked.len());
+    let mut leaves = HashMap::default();
     // The walk's paths lie scattered over the heap (threads made them, among other
     // allocations); the manifest gets copies made one after another, which every later pass
     // over it reads several times faster. The originals are freed afterwards: freed one by
@@ -179,12 +186,15 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
         let kind = match (w.found, h) {
             (Found::Dir { mode }, _) => Kind::Dir { mode },
             (Found::Symlink { target }, _) => Kind::Symlink { target },
-            (Found::File { stamp, mode }, Some(Ok((hash, read)))) => {
+            (Found::File { stamp, mode }, Some(Ok((hash, cvs, read)))) => {
                 if read {
                     rehashed += 1;
                 }
                 // A certified stamp stays certified while it is unchanged.
                 stamped = (!read || stamp_trustworthy(&stamp, started)).then_some(stamp);
+                if stamped.is_some() && !cvs.is_empty() {
+                    leaves.insert(entries.len(), cvs);
+                }
                 Kind::File {
                     size: stamp.size,
                     mtime_ns: stamp.mtime_ns,
@@ -216,6 +226,7 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
     Current {
         manifest: Manifest::from_unsorted(entries),
         stamps,
+        leaves,
         problems,
         rehashed,
         kept,
@@ -239,9 +250,11 @@ const CLOCK_FILE: &str = "clock";
 pub enum SaveStamp {
     /// Certified when it was taken, and unchanged since.
     Certified(Stamp),
-    /// The file was written by this sync: stamped when the state is saved, against the file
-    /// system's clock.
-    Written,
+    /// This sync put the file in place (or changed its metadata), and this was its stamp
+    /// right after: stamped again when the state is saved, and certified if that stamp is the
+    /// same (nothing else changed the file in between, or the hash known from the sync would
+    /// not be its content) and older than the file system's clock.
+    Written(Stamp),
     /// Changed too recently for its stamp to vouch for its content: left out, read next time.
     Uncertified,
 }
@@ -252,6 +265,8 @@ pub struct SaveFile<'a> {
     pub size: u64,
     pub hash: Hash,
     pub stamp: SaveStamp,
+    /// The chaining values of its leaves, when it has more than one.
+    pub leaves: &'a [Cv],
 }
 
 /// Records the stamps and hashes of `files` (the destination's regular files as they now are)
@@ -303,9 +318,12 @@ fn save_waiting(
 ) -> std::io::Result<()> {
     // Files untouched by this sync keep the stamp taken when their hash was checked; the ones
     // it wrote are stamped now (in parallel: they may be many), after the clock is read.
-    let written: Vec<&SaveFile<'_>> = files
+    let written: Vec<(&SaveFile<'_>, Stamp)> = files
         .iter()
-        .filter(|f| f.stamp == SaveStamp::Written)
+        .filter_map(|f| match f.stamp {
+            SaveStamp::Written(s) => Some((f, s)),
+            _ => None,
+        })
         .collect();
     // `(stamp, certified)`, or `None` for a file that is gone or changed size.
     let stamp_written = || -> Vec<Option<(Stamp, bool)>> {
@@ -313,11 +331,11 @@ fn save_waiting(
         let clock = fs_clock(dest).ok();
         written
             .par_iter()
-            .map(|f| {
+            .map(|(f, expected)| {
                 let m = std::fs::symlink_metadata(f.path.to_native(dest)).ok()?;
                 let s = Stamp::of(&m);
                 let certified = clock.as_ref().is_some_and(|c| before_clock(&s, c));
-                (m.is_file() && s.size == f.size).then_some((s, certified))
+                (m.is_file() && s.size == f.size && s == *expected).then_some((s, certified))
             })
             .collect()
     };
@@ -326,10 +344,13 @@ fn save_waiting(
     // read them again. When that is a lot of data, waiting for the clock to move on is the
     // cheaper deal.
     let racy = || {
-        fresh.iter().zip(&written).filter_map(|(s, f)| match s {
-            Some((s, false)) => Some((s, f.size)),
-            _ => None,
-        })
+        fresh
+            .iter()
+            .zip(&written)
+            .filter_map(|(s, (f, _))| match s {
+                Some((s, false)) => Some((s, f.size)),
+                _ => None,
+            })
     };
     if racy().map(|(_, size)| size).sum::<u64>() >= wait_min {
         let last = racy()
@@ -349,13 +370,13 @@ fn save_waiting(
         .filter_map(|f| {
             let s = match f.stamp {
                 SaveStamp::Certified(s) => s,
-                SaveStamp::Written => match fresh.next().flatten() {
+                SaveStamp::Written(_) => match fresh.next().flatten() {
                     Some((s, true)) => s,
                     _ => return None,
                 },
                 SaveStamp::Uncertified => return None,
             };
-            Some((f.path, s, f.hash))
+            Some((f.path, s, f.hash, f.leaves))
         })
         .collect();
     let state = SavedState {
@@ -384,16 +405,19 @@ mod tests {
         saved
             .files
             .iter()
-            .map(|(p, s, _)| ((*p).to_owned(), *s))
+            .map(|(p, s, _, _)| ((*p).to_owned(), *s))
             .collect()
     }
 
-    fn written(path: &RelPath) -> SaveFile<'_> {
+    /// File `path` of `dir` as this sync left it: its stamp now.
+    fn written<'a>(dir: &Path, path: &'a RelPath) -> SaveFile<'a> {
+        let m = std::fs::symlink_metadata(path.to_native(dir)).unwrap();
         SaveFile {
             path,
             size: 11,
             hash: *blake3::hash(b"fresh bytes").as_bytes(),
-            stamp: SaveStamp::Written,
+            stamp: SaveStamp::Written(Stamp::of(&m)),
+            leaves: &[],
         }
     }
 
@@ -405,7 +429,7 @@ mod tests {
         // Well past any clock tick: no waiting needed, and no re-read next time.
         std::thread::sleep(std::time::Duration::from_millis(30));
         let started = std::time::Instant::now();
-        let saved = saved_after(dir.path(), vec![written(&a)], u64::MAX);
+        let saved = saved_after(dir.path(), vec![written(dir.path(), &a)], u64::MAX);
         assert_eq!(saved.len(), 1);
         assert_eq!(saved[0].0, "a");
         let meta = std::fs::symlink_metadata(dir.path().join("a")).unwrap();
@@ -421,7 +445,7 @@ mod tests {
         let a = RelPath::new("a").unwrap();
         std::fs::write(dir.path().join("a"), b"fresh bytes").unwrap();
         let started = std::time::Instant::now();
-        let saved = saved_after(dir.path(), vec![written(&a)], 1);
+        let saved = saved_after(dir.path(), vec![written(dir.path(), &a)], 1);
         assert_eq!(saved.len(), 1);
         assert!(started.elapsed() < std::time::Duration::from_secs(3));
     }
@@ -440,8 +464,30 @@ mod tests {
             .set_modified(later)
             .unwrap();
         let started = std::time::Instant::now();
-        assert!(saved_after(dir.path(), vec![written(&a)], 1).is_empty());
+        assert!(saved_after(dir.path(), vec![written(dir.path(), &a)], 1).is_empty());
         assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_written_file_changed_again_before_the_save_is_not_certified() {
+        // This sync wrote `a`; something else rewrote it (same size, mtime put back, as `cp -p`
+        // does) before the state was saved: the hash this sync knows is not its content.
+        let dir = tempfile::tempdir().unwrap();
+        let a = RelPath::new("a").unwrap();
+        let p = dir.path().join("a");
+        std::fs::write(&p, b"fresh bytes").unwrap();
+        let ours = written(dir.path(), &a);
+        let mtime = std::fs::symlink_metadata(&p).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&p, b"other bytes").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(saved_after(dir.path(), vec![ours], 1).is_empty());
     }
 
     #[test]
@@ -455,15 +501,16 @@ mod tests {
             mtime_ns: 3,
             ctime_ns: 4,
         };
+        let file = |path, stamp| SaveFile {
+            path,
+            size: 11,
+            hash: [7; 32],
+            stamp,
+            leaves: &[],
+        };
         let files = vec![
-            SaveFile {
-                stamp: SaveStamp::Certified(stamp),
-                ..written(&a)
-            },
-            SaveFile {
-                stamp: SaveStamp::Uncertified,
-                ..written(&b)
-            },
+            file(&a, SaveStamp::Certified(stamp)),
+            file(&b, SaveStamp::Uncertified),
         ];
         assert_eq!(
             saved_after(dir.path(), files, u64::MAX),

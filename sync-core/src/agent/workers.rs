@@ -269,6 +269,7 @@ fn start(ws: &WorkerStart, plugin_dir: &Path, opts: &AgentOptions) -> Result<Sta
         lock_wait_ms: 0,
         base: ws.base,
         delta_min: 0,
+        leaves: false,
     };
     let dir = super::resolve_dest(&begin, opts)?;
     let mut cmd = worker_command(&ws.python, ws.nice, &dir, &ws.env, plugin_dir, &ws.args);

@@ -33,6 +33,7 @@ pub fn opts(dest: &Path) -> PushOptions {
         delta_min: sync_core::delta::DELTA_MIN_SIZE,
         version: "test".into(),
         compress: false,
+        leaves: false,
     }
 }
 
