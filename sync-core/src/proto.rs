@@ -17,7 +17,7 @@ use crate::path::RelPath;
 /// Written by both sides before anything else.
 pub const MAGIC: [u8; 8] = *b"\x00RDIST\r\n";
 /// The protocol revision. Peers must agree exactly; see docs/protocol.md for when it changes.
-pub const PROTO_VERSION: u32 = 2;
+pub const PROTO_VERSION: u32 = 3;
 /// The largest frame body either side accepts.
 pub const MAX_FRAME: usize = 16 << 20;
 /// How many stray bytes may precede the peer's magic.
@@ -807,7 +807,7 @@ mod tests {
         let e = recv_hello(&mut &other[..], "0.1.0").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "peer speaks protocol 99 (rdist 7.0.0), this side speaks 2 (rdist 0.1.0)"
+            "peer speaks protocol 99 (rdist 7.0.0), this side speaks 3 (rdist 0.1.0)"
         );
 
         let e = recv_hello(&mut &b"bash: rdist: command not found\n"[..], "0.1.0").unwrap_err();

@@ -122,19 +122,25 @@ impl Stager {
 /// A temp file written, checked and given its attributes, waiting for its rename.
 pub struct Finished {
     pub path: PathBuf,
-    /// Still open: its stamp is taken through it once it is renamed into place.
-    pub file: File,
+    /// Its (dev, ino) and mtime: the file its destination must name, as this sync left it, once
+    /// it is renamed into place. (Not the open file: callers hold many of these at once.)
+    id: Option<(u64, u64)>,
+    mtime_ns: i64,
     /// The chaining values of its leaves, when it has more than one.
     pub leaves: Vec<Cv>,
 }
 
 impl Finished {
-    /// What the saved state needs of the file, once renamed into place: its leaves, and its
-    /// stamp as this sync left it, taken through the open file (the rename changed its ctime;
-    /// a path could name another file by now). `None` if it cannot be taken.
-    pub fn installed(self) -> Installed {
+    /// What the saved state needs of the file once renamed to `dest`: its leaves, and its
+    /// stamp as this sync left it (the rename changed its ctime): `None` unless `dest` is still
+    /// this file with the mtime it was given, as far as a stamp can tell.
+    pub fn installed(self, dest: &Path) -> Installed {
+        let stamp = std::fs::symlink_metadata(dest)
+            .ok()
+            .map(|m| Stamp::of(&m))
+            .filter(|s| self.id == Some((s.dev, s.ino)) && s.mtime_ns == self.mtime_ns);
         Installed {
-            stamp: self.file.metadata().ok().map(|m| Stamp::of(&m)),
+            stamp,
             leaves: self.leaves,
         }
     }
@@ -184,12 +190,43 @@ impl Staged {
     /// # Errors
     /// When the copy fails or comes up short (the old file shrank).
     pub fn copy_leaf(&mut self, old: &File, leaf: u64, len: u64, cv: Cv) -> Result<(), StageError> {
+        use rustix::io::Errno;
         let mut from = leaf * LEAF;
         let mut left = len;
+        let mut by_kernel = true;
+        let mut buf = Vec::new();
         while left > 0 {
-            let n =
-                rustix::fs::copy_file_range(old, Some(&mut from), &self.file, None, left as usize)
-                    .map_err(|e| io_err("cannot copy into temp file", &self.path)(e.into()))?;
+            let n = if by_kernel {
+                match rustix::fs::copy_file_range(
+                    old,
+                    Some(&mut from),
+                    &self.file,
+                    None,
+                    left as usize,
+                ) {
+                    Ok(n) => n,
+                    // Not between these two files here (across file systems on an old kernel,
+                    // some FUSE or network ones): the bytes go through this process instead.
+                    Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
+                        by_kernel = false;
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(io_err("cannot copy into temp file", &self.path)(e.into()));
+                    }
+                }
+            } else {
+                use std::os::unix::fs::FileExt;
+                buf.resize(left.min(1 << 20) as usize, 0);
+                let n = old
+                    .read_at(&mut buf, from)
+                    .map_err(io_err("cannot copy into temp file", &self.path))?;
+                self.file
+                    .write_all(&buf[..n])
+                    .map_err(io_err("cannot write temp file", &self.path))?;
+                from += n as u64;
+                n
+            };
             if n == 0 {
                 return Err(io_err("cannot copy into temp file", &self.path)(
                     io::Error::new(
@@ -222,7 +259,7 @@ impl Staged {
                 source,
             }
         })?;
-        Ok(done.installed())
+        Ok(done.installed(dest))
     }
 
     /// Checks size and hash and sets mode and mtime, leaving the finished temp file for a later
@@ -255,8 +292,12 @@ impl Staged {
         })();
         match res {
             Ok(()) => Ok(Finished {
+                id: self.file.metadata().ok().map(|m| {
+                    let s = Stamp::of(&m);
+                    (s.dev, s.ino)
+                }),
+                mtime_ns: attrs.mtime_ns,
                 path: self.path,
-                file: self.file,
                 leaves,
             }),
             Err(e) => {

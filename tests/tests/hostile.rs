@@ -1128,3 +1128,164 @@ fn entries_for_a_directory_that_was_not_asked_for_fall_back_to_the_full_manifest
     a.assert_untouched();
     assert_eq!(std::fs::read(a.dest().join("y/b")).unwrap(), b"b");
 }
+
+/// The controller's `stream_leaves` sends `Skip` in the middle of a file when its source cannot
+/// be read any more (it shrank since the scan). Like a delta stream, the file is then a problem;
+/// the session must not fail.
+#[test]
+fn skip_in_the_middle_of_a_leaves_stream_fails_the_file_not_the_session() {
+    const LEAF: usize = sync_core::hash::LEAF as usize;
+    let old = noise(3 * LEAF, 5);
+    let a = Arena::with(|dest| {
+        std::fs::create_dir_all(dest.join(".rdist")).unwrap();
+        std::fs::write(dest.join("big.bin"), &old).unwrap();
+    });
+    std::thread::sleep(std::time::Duration::from_millis(80));
+    let mut new = old.clone();
+    new[LEAF + 10] ^= 1;
+    let entries = [file("big.bin", &new)];
+    let mut agent = a.agent();
+    let begin = Begin {
+        leaves: true,
+        ..a.begin()
+    };
+    let wants = up_to_wants(&mut agent, begin, &entries);
+    assert!(
+        matches!(wants[..], [Want::Leaves { index: 0, .. }]),
+        "{wants:?}"
+    );
+    agent.send(&Message::Delta {
+        index: 0,
+        chunk: 0,
+        delta: sync_core::delta::copy_whole(LEAF as u64),
+        last: false,
+    });
+    agent.send(&Message::Skip {
+        index: 0,
+        reason: "read failed on the controller: failed to fill whole buffer".to_owned(),
+    });
+    agent.send(&Message::DataEnd);
+    let outcome = match agent.recv() {
+        Message::Done(o) => o,
+        other => panic!("expected `Done`, got {other:?}"),
+    };
+    assert_eq!(outcome.problems.len(), 1, "{outcome:?}");
+    assert!(outcome.problems[0].1.contains("not sent"), "{outcome:?}");
+    assert_eq!(std::fs::read(a.dest().join("big.bin")).unwrap(), old);
+    a.assert_untouched();
+}
+
+/// Old leaves are vouched for by chaining values taken at their own offsets. A controller that
+/// sends short literal chunks first, so that a `COPY` of old leaf `k` lands at another offset,
+/// must not get a file installed whose BLAKE3 is not the manifest's hash (the agent would then
+/// also certify that hash, and those leaves, for content that has neither).
+#[test]
+fn a_leaf_copied_to_another_offset_does_not_pass_the_hash_check() {
+    use sync_core::hash::{leaf_cv, root_of};
+    const LEAF: usize = sync_core::hash::LEAF as usize;
+    let old = noise(3 * LEAF, 9);
+    let a = Arena::with(|dest| {
+        std::fs::create_dir_all(dest.join(".rdist")).unwrap();
+        std::fs::write(dest.join("big.bin"), &old).unwrap();
+    });
+    std::thread::sleep(std::time::Duration::from_millis(80));
+    // The content that will land: a new first leaf, then the old third leaf at offset LEAF.
+    let x = noise(LEAF, 10);
+    let mut landed = x.clone();
+    landed.extend_from_slice(&old[2 * LEAF..]);
+    // The "hash" the agent merges: the old leaf's chaining value at its old offset.
+    let fake = root_of(
+        &[leaf_cv(0, &x), leaf_cv(2 * LEAF as u64, &old[2 * LEAF..])],
+        2 * LEAF as u64,
+    )
+    .unwrap();
+    assert_ne!(fake, blake3_of(&landed));
+    let mut entry = file("big.bin", &landed);
+    if let Kind::File { hash, .. } = &mut entry.kind {
+        *hash = fake;
+    }
+    let mut agent = a.agent();
+    let begin = Begin {
+        leaves: true,
+        ..a.begin()
+    };
+    let wants = up_to_wants(&mut agent, begin, &[entry]);
+    assert!(
+        matches!(wants[..], [Want::Leaves { index: 0, .. }]),
+        "{wants:?}"
+    );
+    let deltas = [
+        sync_core::delta::literal(&x[..LEAF / 2]),
+        sync_core::delta::literal(&x[LEAF / 2..]),
+        sync_core::delta::copy_whole(LEAF as u64),
+    ];
+    for (chunk, delta) in deltas.into_iter().enumerate() {
+        agent.send(&Message::Delta {
+            index: 0,
+            chunk: chunk as u32,
+            delta,
+            last: chunk == 2,
+        });
+    }
+    agent.send(&Message::DataEnd);
+    // Asked for again (then not sent) or refused: either way not installed.
+    loop {
+        match agent.recv() {
+            Message::Want(_) => {}
+            Message::WantEnd => agent.send(&Message::DataEnd),
+            Message::Done(_) | Message::Error(_) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let on_disk = std::fs::read(a.dest().join("big.bin")).unwrap();
+    assert!(
+        on_disk != landed,
+        "content whose BLAKE3 is not the manifest's hash was installed"
+    );
+}
+
+/// A controller that hangs up in the middle of a file asked for by its leaves: the agent
+/// exits (its leaf thread does not keep it) and leaves no temp file behind.
+#[test]
+fn a_hang_up_in_the_middle_of_a_leaves_stream_leaves_no_temp_file() {
+    const LEAF: usize = sync_core::hash::LEAF as usize;
+    let old = noise(4 * LEAF, 7);
+    let a = Arena::with(|dest| {
+        std::fs::create_dir_all(dest.join(".rdist")).unwrap();
+        std::fs::write(dest.join("big.bin"), &old).unwrap();
+    });
+    std::thread::sleep(std::time::Duration::from_millis(80));
+    let mut new = old.clone();
+    new[10] ^= 1;
+    let entries = [file("big.bin", &new)];
+    let mut agent = a.agent();
+    let begin = Begin {
+        leaves: true,
+        ..a.begin()
+    };
+    let wants = up_to_wants(&mut agent, begin, &entries);
+    assert!(
+        matches!(wants[..], [Want::Leaves { index: 0, .. }]),
+        "{wants:?}"
+    );
+    agent.send(&Message::Delta {
+        index: 0,
+        chunk: 0,
+        delta: sync_core::delta::literal(&new[..LEAF]),
+        last: false,
+    });
+    agent.send(&Message::Delta {
+        index: 0,
+        chunk: 1,
+        delta: sync_core::delta::copy_whole(LEAF as u64),
+        last: false,
+    });
+    let ended = agent.finish();
+    assert!(!ended.status.success(), "{}", ended.describe());
+    let tmp = a.dest().join(".rdist/tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "temp files left: {left:?}");
+    assert_eq!(std::fs::read(a.dest().join("big.bin")).unwrap(), old);
+}

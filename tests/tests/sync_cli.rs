@@ -1010,3 +1010,29 @@ fn refused_sync_reports_the_agents_error_and_hint_not_a_broken_pipe() {
         assert!(!err.contains("Broken pipe"), "{}", show(&o));
     }
 }
+
+/// A renamed directory is rebuilt on the worker by local copies. Each finished copy must not
+/// hold its temp file open until every copy is renamed into place, or a few hundred copies
+/// exhaust the usual limit of 1024 descriptors (256 here to keep the test small).
+#[test]
+fn many_local_copies_do_not_exhaust_file_descriptors() {
+    let sb = Sandbox::new();
+    for i in 0..600 {
+        sb.write(&format!("pkg/a/f{i}.txt"), format!("content {i}\n"));
+    }
+    let dest = sb.worker("w");
+    assert_ok(&sync(&sb, &["."], &dest, &[]));
+    std::fs::rename(sb.proj().join("pkg/a"), sb.proj().join("pkg/b")).unwrap();
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
+        .arg(rdist_tests::rdist_bin())
+        .args(["sync", "--rsyncdir", ".", "--tx", &tx(&dest)])
+        .current_dir(sb.proj())
+        .env("RDIST_CACHE_DIR", sb.cache())
+        .env_remove("RDIST_LOCK_WAIT")
+        .output()
+        .expect("run rdist");
+    assert_ok(&o);
+    assert_mirrors(&sb, &dest);
+}

@@ -405,7 +405,7 @@ fn structural(ctx: &Ctx<'_>, current: &Current, a: &Actions) -> Structural {
         }) {
             Ok(done) => {
                 ctx.installed(0);
-                ctx.keep(j, done.installed());
+                ctx.keep(j, done.installed(&ctx.path_of(j)));
             }
             Err(msg) => ctx.problem(j, msg),
         }
@@ -462,7 +462,7 @@ fn set_metadata(p: &Path, at: &FileAttrs, walked: Option<Stamp>) -> std::io::Res
     let unchanged = walked.is_some() && stamp(&f) == walked;
     f.set_permissions(std::fs::Permissions::from_mode(at.mode))?;
     f.set_times(std::fs::FileTimes::new().set_modified(system_time(at.mtime_ns)))?;
-    Ok(if unchanged { stamp(&f) } else { None })
+    Ok(stamp(&f).filter(|s| unchanged && s.mtime_ns == at.mtime_ns))
 }
 
 /// What the structural phase did.
@@ -827,15 +827,18 @@ fn build_from_leaves(
     while let Ok((chunk, delta, last)) = rx.recv() {
         let limit = (at.size.saturating_sub(staged.written()) as usize).min(DELTA_CHUNK);
         let len = o.size.saturating_sub(u64::from(chunk) * LEAF).min(LEAF);
-        let ok = match o.cvs.get(chunk as usize) {
-            Some(cv) if len > 0 && len as usize <= limit && delta::is_copy_of(&delta, len) => {
-                staged.copy_leaf(&old, u64::from(chunk), len, *cv).is_ok()
-            }
-            _ => {
-                delta::apply_chunk(&[], &delta, limit, &mut out).is_ok()
-                    && staged.write(&out).is_ok()
-            }
-        };
+        // Every chunk starts at its own leaf's offset: an old leaf's chaining value holds
+        // only there, and a short chunk would shift the leaves after it.
+        let ok = staged.written() == u64::from(chunk) * LEAF
+            && match o.cvs.get(chunk as usize) {
+                Some(cv) if len > 0 && len as usize <= limit && delta::is_copy_of(&delta, len) => {
+                    staged.copy_leaf(&old, u64::from(chunk), len, *cv).is_ok()
+                }
+                _ => {
+                    delta::apply_chunk(&[], &delta, limit, &mut out).is_ok()
+                        && staged.write(&out).is_ok()
+                }
+            };
         let ok = ok && !(last && old.metadata().ok().map(|m| Stamp::of(&m)) != Some(o.stamp));
         if !ok {
             staged.discard();
@@ -867,6 +870,9 @@ fn receive_frames<'scope, 'env, R: BufRead>(
     leaf_retry: &'env Mutex<Vec<usize>>,
 ) -> Result<Vec<usize>, AgentError> {
     let mut stream: Option<Stream> = None;
+    // The threads of files asked for by their leaves: the oldest ones have all their chunks.
+    let mut leaf_threads: std::collections::VecDeque<std::thread::ScopedJoinHandle<'scope, ()>> =
+        std::collections::VecDeque::new();
     let mut retry = Vec::new();
     let (mut base, mut out) = (Vec::new(), Vec::new());
     let take = |pending: &Pending, index: u32, e: Expect| {
@@ -973,14 +979,17 @@ fn receive_frames<'scope, 'env, R: BufRead>(
                         && pending.lock().unwrap().get(&i) == Some(&Expect::Leaves) =>
                     {
                         pending.lock().unwrap().remove(&i);
+                        // A few files at a time: each holds up to 4 chunks (8 MiB) in its queue.
+                        while leaf_threads.len() >= 4 {
+                            let _ = leaf_threads.pop_front().expect("non-empty").join();
+                        }
                         match open_chunked(ctx, i, &mut retry) {
                             Some((staged, old)) => {
-                                // Up to 8 chunks ahead (16 MiB if all are new leaves).
-                                let (tx, rx) = sync_channel(8);
+                                let (tx, rx) = sync_channel(4);
                                 let retry = leaf_retry;
-                                scope.spawn(move || {
+                                leaf_threads.push_back(scope.spawn(move || {
                                     build_from_leaves(ctx, i, staged, old, rx, retry)
-                                });
+                                }));
                                 Some((tx, 0))
                             }
                             None => {
@@ -1094,6 +1103,8 @@ fn receive_frames<'scope, 'env, R: BufRead>(
                         },
                     ) if k == i => staged.discard(),
                     Some(Stream::Discard { index: k }) if k == i => {}
+                    // Its thread sees the channel close and drops the temp file.
+                    Some(Stream::Leaves { index: k, .. }) if k == i => {}
                     Some(_) => {
                         return Err(invalid(format!(
                             "skip of file #{index} in the middle of another"
