@@ -963,6 +963,24 @@ fn delta_chunk_out_of_order_is_refused() {
     );
 }
 
+/// A destination holding `old` as `big.bin`, settled past the racy window (so the agent's walk
+/// certifies its stamp and leaves), and an agent session with `entries` offered up to its
+/// wants, asked for by leaves.
+fn leaves_session(old: &[u8], entries: &[Entry]) -> (Arena, Agent, Vec<Want>) {
+    let a = Arena::with(|dest| {
+        std::fs::create_dir_all(dest.join(".rdist")).unwrap();
+        std::fs::write(dest.join("big.bin"), old).unwrap();
+    });
+    std::thread::sleep(std::time::Duration::from_millis(80));
+    let mut agent = a.agent();
+    let begin = Begin {
+        leaves: true,
+        ..a.begin()
+    };
+    let wants = up_to_wants(&mut agent, begin, entries);
+    (a, agent, wants)
+}
+
 /// A file asked for by its leaves: a controller that claims a changed leaf is unchanged gets a
 /// result whose hash (merged from the leaves) does not match, so the file is asked for again
 /// whole, and only the right content is installed.
@@ -970,21 +988,9 @@ fn delta_chunk_out_of_order_is_refused() {
 fn leaves_a_controller_lies_about_are_caught_by_the_files_hash() {
     const LEAF: usize = sync_core::hash::LEAF as usize;
     let old = noise(5 * LEAF / 2 + 100, 3);
-    let a = Arena::with(|dest| {
-        std::fs::create_dir_all(dest.join(".rdist")).unwrap();
-        std::fs::write(dest.join("big.bin"), &old).unwrap();
-    });
-    // Older than the racy window when the agent walks: its stamp and leaves are certified.
-    std::thread::sleep(std::time::Duration::from_millis(80));
     let mut new = old.clone();
     new[LEAF + 10] ^= 1;
-    let entries = [file("big.bin", &new)];
-    let mut agent = a.agent();
-    let begin = Begin {
-        leaves: true,
-        ..a.begin()
-    };
-    let wants = up_to_wants(&mut agent, begin, &entries);
+    let (a, mut agent, wants) = leaves_session(&old, &[file("big.bin", &new)]);
     let [Want::Leaves { index: 0, cvs }] = &wants[..] else {
         panic!("expected a leaves want: {wants:?}");
     };
@@ -1136,20 +1142,9 @@ fn entries_for_a_directory_that_was_not_asked_for_fall_back_to_the_full_manifest
 fn skip_in_the_middle_of_a_leaves_stream_fails_the_file_not_the_session() {
     const LEAF: usize = sync_core::hash::LEAF as usize;
     let old = noise(3 * LEAF, 5);
-    let a = Arena::with(|dest| {
-        std::fs::create_dir_all(dest.join(".rdist")).unwrap();
-        std::fs::write(dest.join("big.bin"), &old).unwrap();
-    });
-    std::thread::sleep(std::time::Duration::from_millis(80));
     let mut new = old.clone();
     new[LEAF + 10] ^= 1;
-    let entries = [file("big.bin", &new)];
-    let mut agent = a.agent();
-    let begin = Begin {
-        leaves: true,
-        ..a.begin()
-    };
-    let wants = up_to_wants(&mut agent, begin, &entries);
+    let (a, mut agent, wants) = leaves_session(&old, &[file("big.bin", &new)]);
     assert!(
         matches!(wants[..], [Want::Leaves { index: 0, .. }]),
         "{wants:?}"
@@ -1184,11 +1179,6 @@ fn a_leaf_copied_to_another_offset_does_not_pass_the_hash_check() {
     use sync_core::hash::{leaf_cv, root_of};
     const LEAF: usize = sync_core::hash::LEAF as usize;
     let old = noise(3 * LEAF, 9);
-    let a = Arena::with(|dest| {
-        std::fs::create_dir_all(dest.join(".rdist")).unwrap();
-        std::fs::write(dest.join("big.bin"), &old).unwrap();
-    });
-    std::thread::sleep(std::time::Duration::from_millis(80));
     // The content that will land: a new first leaf, then the old third leaf at offset LEAF.
     let x = noise(LEAF, 10);
     let mut landed = x.clone();
@@ -1204,12 +1194,7 @@ fn a_leaf_copied_to_another_offset_does_not_pass_the_hash_check() {
     if let Kind::File { hash, .. } = &mut entry.kind {
         *hash = fake;
     }
-    let mut agent = a.agent();
-    let begin = Begin {
-        leaves: true,
-        ..a.begin()
-    };
-    let wants = up_to_wants(&mut agent, begin, &[entry]);
+    let (a, mut agent, wants) = leaves_session(&old, &[entry]);
     assert!(
         matches!(wants[..], [Want::Leaves { index: 0, .. }]),
         "{wants:?}"
