@@ -22,6 +22,11 @@ pub struct Stager {
     dir: PathBuf,
     counter: AtomicU64,
     pub fsync: bool,
+    /// The staging directory is on a file system that shares extents (XFS, Btrfs): old leaves
+    /// are copied there with `copy_file_range`, which shares them. Elsewhere the kernel copies
+    /// with it too, but slower than reading and writing does (tmpfs: 3.6 s against 1.6 s for
+    /// 2 GiB).
+    share: bool,
 }
 
 /// The attributes a staged file gets before its rename.
@@ -69,10 +74,16 @@ impl Stager {
             Err(e) => return Err(e),
         }
         std::fs::create_dir_all(&dir)?;
+        const XFS: u32 = 0x5846_5342;
+        const BTRFS: u32 = 0x9123_683E;
+        // `f_type` is a C long holding a 32-bit magic number.
+        let share =
+            rustix::fs::statfs(&dir).is_ok_and(|fs| [XFS, BTRFS].contains(&(fs.f_type as u32)));
         Ok(Stager {
             dir,
             counter: AtomicU64::new(0),
             fsync,
+            share,
         })
     }
 
@@ -93,6 +104,7 @@ impl Stager {
             file,
             path,
             hasher: LeafHasher::new(),
+            share: self.share,
             fsync: self.fsync,
         })
     }
@@ -162,6 +174,8 @@ pub struct Staged {
     path: PathBuf,
     /// Of what was written, leaf by leaf (see [`crate::hash::LEAF`]).
     hasher: LeafHasher,
+    /// Copy old leaves with `copy_file_range` (see [`Stager`]).
+    share: bool,
     fsync: bool,
 }
 
@@ -181,9 +195,9 @@ impl Staged {
         Ok(())
     }
 
-    /// Appends leaf `leaf` of `old` (`len` bytes), copied by the kernel (`copy_file_range`:
-    /// shared extents where the file system has them), and known by its chaining value `cv`:
-    /// it is not read here. The caller vouches for `cv` (the old file's certified leaves, with
+    /// Appends leaf `leaf` of `old` (`len` bytes), known by its chaining value `cv`: copied,
+    /// not hashed (with `copy_file_range` where the file system shares extents, else read and
+    /// written). The caller vouches for `cv` (the old file's certified leaves, with
     /// its stamp checked again after the copy); the file's hash is still checked against the
     /// manifest at [`Staged::install`], merged from the leaves.
     ///
@@ -193,7 +207,7 @@ impl Staged {
         use rustix::io::Errno;
         let mut from = leaf * LEAF;
         let mut left = len;
-        let mut by_kernel = true;
+        let mut by_kernel = self.share;
         let mut buf = Vec::new();
         while left > 0 {
             let n = if by_kernel {
