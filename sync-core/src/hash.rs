@@ -296,14 +296,35 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-#[derive(Serialize, Deserialize)]
-struct CacheFile {
+/// A hash saved as bytes (a length and the 32 bytes), which postcard writes and reads in one
+/// go rather than as 32 separate elements: tens of thousands of them are most of a cache or
+/// state file. Read back as `&[u8]`.
+pub(crate) struct HashBytes<'a>(pub &'a Hash);
+
+impl Serialize for HashBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// The cache file as written.
+#[derive(Serialize)]
+struct CacheFile<'a> {
     version: u32,
-    records: Vec<(Stamp, Hash)>,
+    records: Vec<(Stamp, HashBytes<'a>)>,
+    listings: &'a [Listing],
+}
+
+/// The cache file as read back, hashes borrowed.
+#[derive(Deserialize)]
+struct LoadedCache<'a> {
+    version: u32,
+    #[serde(borrow)]
+    records: Vec<(Stamp, &'a [u8])>,
     listings: Vec<Listing>,
 }
 
-const CACHE_VERSION: u32 = 4;
+const CACHE_VERSION: u32 = 5;
 
 struct Slot {
     stamp: Stamp,
@@ -368,6 +389,23 @@ impl HashCache {
         }
     }
 
+    /// The cached hash of the file with `stamp`, recorded again for the next run: what
+    /// [`HashCache::lookup`] and then [`HashCache::record`] of that hash do, in one look-up.
+    pub fn confirm(&mut self, stamp: &Stamp, taken_ns: i64) -> Option<Hash> {
+        let trusted = stamp_trustworthy(stamp, taken_ns);
+        let slot = self
+            .map
+            .get_mut(&(stamp.dev, stamp.ino))
+            .filter(|slot| slot.stamp == *stamp)?;
+        if !trusted {
+            self.changed = true;
+        } else if !slot.seen {
+            self.seen += 1;
+        }
+        slot.seen |= trusted;
+        Some(slot.hash)
+    }
+
     /// Records the hash of the file with `stamp` for the next run if it can be trusted then.
     /// `taken_ns` is when the hashing started.
     pub fn record(&mut self, stamp: Stamp, hash: Hash, taken_ns: i64) {
@@ -414,14 +452,14 @@ impl HashCache {
         }
         let records = self
             .map
-            .into_values()
+            .values()
             .filter(|slot| slot.seen)
-            .map(|slot| (slot.stamp, slot.hash))
+            .map(|slot| (slot.stamp, HashBytes(&slot.hash)))
             .collect();
         let bytes = postcard::to_stdvec(&CacheFile {
             version: CACHE_VERSION,
             records,
-            listings: self.listings,
+            listings: &self.listings,
         })
         .map_err(io::Error::other)?;
         if let Some(dir) = file.parent() {
@@ -436,22 +474,22 @@ impl HashCache {
 fn read_file(file: &Path) -> (Records, Vec<Listing>) {
     std::fs::read(file)
         .ok()
-        .and_then(|b| postcard::from_bytes::<CacheFile>(&b).ok())
-        .filter(|c| c.version == CACHE_VERSION)
-        .map(|c| {
+        .and_then(|b| {
+            let c = postcard::from_bytes::<LoadedCache>(&b).ok()?;
+            (c.version == CACHE_VERSION).then_some(())?;
             let records = c
                 .records
                 .into_iter()
-                .map(|(stamp, hash)| {
+                .filter_map(|(stamp, hash)| {
                     let slot = Slot {
                         stamp,
-                        hash,
+                        hash: Hash::try_from(hash).ok()?,
                         seen: false,
                     };
-                    ((stamp.dev, stamp.ino), slot)
+                    Some(((stamp.dev, stamp.ino), slot))
                 })
                 .collect();
-            (records, c.listings)
+            Some((records, c.listings))
         })
         .unwrap_or_default()
 }

@@ -173,11 +173,7 @@ pub fn scan(
                         }
                         continue;
                     }
-                    None => {
-                        let h = cache.lookup(&stamp).expect("looked up before");
-                        cache.record(stamp, h, started);
-                        h
-                    }
+                    None => cache.confirm(&stamp, started).expect("looked up before"),
                 };
                 Kind::File {
                     size: stamp.size,

@@ -18,14 +18,14 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::filter::Filter;
-use crate::hash::{Cv, hash_file_leaves, now_ns, stamp_trustworthy};
+use crate::hash::{Cv, HashBytes, hash_file_leaves, now_ns, stamp_trustworthy};
 use crate::listing::{self, Listing};
 use crate::manifest::{Entry, Hash, Kind, Manifest, Stamp};
 use crate::path::RelPath;
 use crate::stage::STATE_DIR;
 use crate::walk::{Found, Problem, WalkRoot, walk_listed};
 
-const STATE_VERSION: u32 = 4;
+const STATE_VERSION: u32 = 5;
 const STATE_FILE: &str = "state";
 /// The walk's directory listing: its own file, read before the walk (which needs it) while the
 /// state is read alongside the walk.
@@ -36,7 +36,7 @@ const LISTING_FILE: &str = "listing";
 struct SavedState<'a> {
     version: u32,
     /// Certified stamps only (see the module's doc), with the leaves of big files.
-    files: Vec<(&'a RelPath, Stamp, Hash, &'a [Cv])>,
+    files: Vec<(&'a RelPath, Stamp, HashBytes<'a>, &'a [Cv])>,
     /// Worker-only directories kept because they hold only protected entries.
     kept: Vec<RelPath>,
 }
@@ -78,7 +78,7 @@ fn listing_path(dest: &Path) -> std::path::PathBuf {
 struct LoadedState<'a> {
     version: u32,
     #[serde(borrow)]
-    files: Vec<(&'a str, Stamp, Hash, Vec<Cv>)>,
+    files: Vec<(&'a str, Stamp, &'a [u8], Vec<Cv>)>,
     kept: Vec<RelPath>,
 }
 
@@ -151,7 +151,9 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
                 k += 1;
             }
             match saved.files.get(k) {
-                Some((sp, st, h, cvs)) if *sp == p => Some((*st, *h, cvs.as_slice())),
+                Some((sp, st, h, cvs)) if *sp == p => {
+                    Some((*st, Hash::try_from(*h).ok()?, cvs.as_slice()))
+                }
                 _ => None,
             }
         })
@@ -376,7 +378,7 @@ fn save_waiting(
                 },
                 SaveStamp::Uncertified => return None,
             };
-            Some((f.path, s, f.hash, f.leaves))
+            Some((f.path, s, HashBytes(&f.hash), f.leaves))
         })
         .collect();
     let state = SavedState {
