@@ -111,7 +111,7 @@ fn big_file_edits_go_by_leaves_where_bytes_are_cheap() {
     // The worker's stamps are certified once they are older than the racy window.
     let settle = || std::thread::sleep(std::time::Duration::from_millis(80));
     type Edit = Box<dyn Fn(&mut Vec<u8>)>;
-    let edits: [(&str, Edit); 4] = [
+    let edits: [(&str, Edit); 5] = [
         ("middle leaf", Box::new(|d| d[2 * LEAF + 7] ^= 1)),
         (
             "first and last leaf",
@@ -128,6 +128,13 @@ fn big_file_edits_go_by_leaves_where_bytes_are_cheap() {
         (
             "shrunk to just over a leaf",
             Box::new(|d| d.truncate(LEAF + 5)),
+        ),
+        (
+            "shrunk below a leaf",
+            Box::new(|d| {
+                d.truncate(LEAF / 2);
+                d[7] ^= 1;
+            }),
         ),
     ];
     for (what, edit) in edits {
@@ -159,7 +166,8 @@ fn big_file_edits_go_by_leaves_where_bytes_are_cheap() {
         assert_eq!(snapshot(&src), snapshot(&dst), "{what}");
     }
     // Without a settled (certified) old version, the file goes by signature instead.
-    data[LEAF + 1] ^= 1;
+    let n = data.len();
+    data[n / 2] ^= 1;
     write(&src.join("blob.bin"), &data);
     std::fs::write(dst.join("blob.bin"), &data[..data.len() - 1]).unwrap();
     let r = sync_with(&scan_dir(&src, &[]), &o).unwrap();
