@@ -813,6 +813,14 @@ mod tests {
         assert_eq!(view(a), view(b));
     }
 
+    /// A walk following `known` listings, checked to find what a plain walk finds.
+    #[track_caller]
+    fn listed_walk(root: &WalkRoot, filter: &Filter, known: &[Listing]) -> Walk {
+        let w = walk_listed(root, filter, Some(known));
+        same_entries(&w.entries, &walk(root, filter).0);
+        w
+    }
+
     #[test]
     fn known_names_are_reused_while_the_directories_are_unchanged() {
         let t = settled_tree();
@@ -845,8 +853,7 @@ mod tests {
             .unwrap()
             .set_modified(before)
             .unwrap();
-        let w = walk_listed(&root, &filter, Some(&known));
-        same_entries(&w.entries, &walk(&root, &filter).0);
+        let w = listed_walk(&root, &filter, &known);
         assert!(
             w.entries
                 .iter()
@@ -868,9 +875,8 @@ mod tests {
         let root = root_of(&t);
         let known = vec![walk_listed(&root, &Filter::new::<&str>(&[]).unwrap(), Some(&[])).listing];
         let filter = Filter::new(&["*.py"]).unwrap();
-        let w = walk_listed(&root, &filter, Some(&known));
+        let w = listed_walk(&root, &filter, &known);
         assert_eq!(w.reused, 0);
-        same_entries(&w.entries, &walk(&root, &filter).0);
         let moved = WalkRoot {
             dest_rel: Some(RelPath::new("elsewhere").unwrap()),
             ..root.clone()
@@ -907,8 +913,7 @@ mod tests {
                 d.dirs = vec![0];
             }
         }
-        let w = walk_listed(&root, &filter, Some(&[listing]));
-        same_entries(&w.entries, &walk(&root, &filter).0);
+        let w = listed_walk(&root, &filter, &[listing]);
         // Only a, a/b and e were as listed.
         assert_eq!(w.reused, 3);
     }
@@ -943,8 +948,7 @@ mod tests {
                 _ => {}
             }
         }
-        let w = walk_listed(&root, &filter, Some(&[listing]));
-        same_entries(&w.entries, &walk(&root, &filter).0);
+        let w = listed_walk(&root, &filter, &[listing]);
         // Only a, a/b/c, e and g were as a walk lists them.
         assert_eq!(w.reused, 4);
     }
@@ -974,12 +978,10 @@ mod tests {
         std::fs::remove_dir_all(p("e/f")).unwrap();
         std::fs::rename(p("moved"), p("e/f")).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(120));
-        let w = walk_listed(&root, &filter, Some(&known));
-        same_entries(&w.entries, &walk(&root, &filter).0);
+        let w = listed_walk(&root, &filter, &known);
         // And swapped back, against the listing just recorded.
         renameat_with(CWD, p("d"), CWD, p("g"), RenameFlags::EXCHANGE).unwrap();
-        let w = walk_listed(&root, &filter, Some(&[w.listing]));
-        same_entries(&w.entries, &walk(&root, &filter).0);
+        listed_walk(&root, &filter, &[w.listing]);
     }
 
     /// Names sorting around `/` (` `, `!`, `-`, `.`, and `é` above it) beside directories
