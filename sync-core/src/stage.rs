@@ -109,21 +109,6 @@ impl Stager {
         })
     }
 
-    /// Writes `data` to `dest` atomically after checking it against `attrs`.
-    ///
-    /// # Errors
-    /// When the content does not match or a file operation fails.
-    pub fn install_bytes(
-        &self,
-        data: &[u8],
-        attrs: &FileAttrs,
-        dest: &Path,
-    ) -> Result<Installed, StageError> {
-        let mut s = self.create()?;
-        s.write(data)?;
-        s.install(attrs, dest)
-    }
-
     /// Path for a staged symlink or other temp entry.
     pub fn temp_path(&self) -> PathBuf {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -341,6 +326,18 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    /// `data` written to `dest` atomically after checking it against `attrs`.
+    fn install_bytes(
+        st: &Stager,
+        data: &[u8],
+        attrs: &FileAttrs,
+        dest: &Path,
+    ) -> Result<Installed, StageError> {
+        let mut s = st.create()?;
+        s.write(data)?;
+        s.install(attrs, dest)
+    }
+
     #[test]
     fn install_checks_hash_and_sets_attributes() {
         let dir = tempfile::tempdir().unwrap();
@@ -353,10 +350,10 @@ mod tests {
             mode: 0o640,
             hash: *blake3::hash(b"new").as_bytes(),
         };
-        let e = st.install_bytes(b"bad", &attrs, &dest).unwrap_err();
+        let e = install_bytes(&st, b"bad", &attrs, &dest).unwrap_err();
         assert!(matches!(e, StageError::Mismatch { .. }));
         assert_eq!(std::fs::read(&dest).unwrap(), b"old");
-        st.install_bytes(b"new", &attrs, &dest).unwrap();
+        install_bytes(&st, b"new", &attrs, &dest).unwrap();
         let m = std::fs::metadata(&dest).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"new");
         assert_eq!(m.mode() & 0o7777, 0o640);

@@ -20,7 +20,9 @@ use crate::hash::{Cv, LEAF};
 use crate::manifest::{Entry, Kind, Manifest, Stamp};
 use crate::path::RelPath;
 use crate::proto::{Begin, Message, Outcome, Plan, ProtoError, Want, read_frame, write_frame};
-use crate::stage::{FileAttrs, Finished, Installed, STATE_DIR, Staged, Stager, system_time};
+use crate::stage::{
+    FileAttrs, Finished, Installed, STATE_DIR, StageError, Staged, Stager, system_time,
+};
 use crate::walk::Problem;
 
 /// Small files for the writer pool, as `(manifest index, content)`.
@@ -152,6 +154,16 @@ impl Ctx<'_> {
     /// Keeps what the saved state needs of file `index`, which this sync put in place.
     fn keep(&self, index: usize, done: Installed) {
         self.written.lock().unwrap().insert(index, done);
+    }
+
+    /// Installs `staged` as file `index` (checked against the manifest), counts it and keeps
+    /// what the saved state needs of it.
+    fn install(&self, index: usize, staged: Staged) -> Result<(), StageError> {
+        let at = attrs(&self.want.entries()[index]).expect("transfers are files");
+        let done = staged.install(&at, &self.path_of(index))?;
+        self.installed(at.size);
+        self.keep(index, done);
+        Ok(())
     }
 }
 
@@ -657,13 +669,12 @@ fn writer(ctx: &Ctx<'_>, rx: &Mutex<Receiver<Batch>>) {
         let job = rx.lock().unwrap().recv();
         let Ok(batch) = job else { return };
         for (index, data) in batch {
-            let at = attrs(&ctx.want.entries()[index]).expect("transfers are files");
-            match ctx.stager.install_bytes(&data, &at, &ctx.path_of(index)) {
-                Ok(done) => {
-                    ctx.installed(at.size);
-                    ctx.keep(index, done);
-                }
-                Err(e) => ctx.problem(index, crate::agent::error_chain(&e)),
+            let res = ctx.stager.create().and_then(|mut staged| {
+                staged.write(&data)?;
+                ctx.install(index, staged)
+            });
+            if let Err(e) = res {
+                ctx.problem(index, crate::agent::error_chain(&e));
             }
         }
     }
@@ -846,12 +857,9 @@ fn build_from_leaves(
             return;
         }
         if last {
-            match staged.install(&at, &ctx.path_of(i)) {
-                Ok(done) => {
-                    ctx.installed(at.size);
-                    ctx.keep(i, done);
-                }
-                Err(crate::stage::StageError::Mismatch { .. }) => retry.lock().unwrap().push(i),
+            match ctx.install(i, staged) {
+                Ok(()) => {}
+                Err(StageError::Mismatch { .. }) => retry.lock().unwrap().push(i),
                 Err(e) => ctx.problem(i, crate::agent::error_chain(&e)),
             }
             return;
@@ -939,12 +947,8 @@ fn receive_frames<'scope, 'env, R: BufRead>(
                     continue;
                 }
                 if last {
-                    match st.install(&at, &ctx.path_of(i)) {
-                        Ok(done) => {
-                            ctx.installed(at.size);
-                            ctx.keep(i, done);
-                        }
-                        Err(e) => ctx.problem(i, crate::agent::error_chain(&e)),
+                    if let Err(e) = ctx.install(i, st) {
+                        ctx.problem(i, crate::agent::error_chain(&e));
                     }
                 } else {
                     stream = Some(Stream::Whole {
@@ -1076,12 +1080,9 @@ fn receive_frames<'scope, 'env, R: BufRead>(
                     continue;
                 }
                 if last {
-                    match staged.install(&at, &ctx.path_of(i)) {
-                        Ok(done) => {
-                            ctx.installed(at.size);
-                            ctx.keep(i, done);
-                        }
-                        Err(crate::stage::StageError::Mismatch { .. }) => retry.push(i),
+                    match ctx.install(i, staged) {
+                        Ok(()) => {}
+                        Err(StageError::Mismatch { .. }) => retry.push(i),
                         Err(e) => ctx.problem(i, crate::agent::error_chain(&e)),
                     }
                 } else {
