@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::listing::Listing;
 use crate::manifest::{Hash, Stamp};
@@ -307,49 +307,65 @@ impl Serialize for HashBytes<'_> {
     }
 }
 
-/// The cache file as written.
-#[derive(Serialize)]
-struct CacheFile<'a> {
-    version: u32,
-    records: Vec<(Stamp, HashBytes<'a>)>,
-    listings: &'a [Listing],
-}
-
-/// The cache file as read back, hashes borrowed.
-#[derive(Deserialize)]
-struct LoadedCache<'a> {
-    version: u32,
-    #[serde(borrow)]
-    records: Vec<(Stamp, &'a [u8])>,
-    listings: Vec<Listing>,
-}
-
-const CACHE_VERSION: u32 = 5;
-
-struct Slot {
-    stamp: Stamp,
-    hash: Hash,
-    /// Recorded (and trusted) by this run: only these are saved.
-    seen: bool,
-}
+/// The cache file: a header, then the records as rows of fixed width in the order the scan met
+/// the files, then the directory listings (postcard). Rows are read where they lie, without
+/// decoding: a scan meets the files in the same order every time, so a look-up is mostly a
+/// comparison with the next row.
+///
+/// Header: [`CACHE_MAGIC`], the version (u32), the number of rows (u32), and the XXH3-64 of
+/// everything after the header (u64), all little-endian. A row: the [`Stamp`]'s dev, ino,
+/// size, mtime_ns and ctime_ns (8 bytes each, little-endian), then the hash.
+const CACHE_MAGIC: &[u8; 8] = b"rdisthc\0";
+const CACHE_VERSION: u32 = 6;
+const HEADER: usize = 24;
+const ROW: usize = 72;
+/// The rows after the expected one that a look-up tries before the index: the files removed
+/// since the last scan, one after another.
+const AHEAD: usize = 8;
 
 /// A persistent map from a file's [`Stamp`] to its hash, and the directory listings of the
 /// last scan (see [`crate::listing`]).
 ///
 /// Keyed by (device, inode), not by path: an unchanged stamp means the same inode with the same
 /// size, mtime and ctime, so the same bytes whatever name reaches it, and records carry no path
-/// text to decode.
+/// text to decode. Which row a look-up finds only decides how fast it is: a hash is returned
+/// only for a row with the whole stamp.
 #[derive(Default)]
 pub struct HashCache {
     file: Option<PathBuf>,
-    map: Records,
-    seen: usize,
-    changed: bool,
+    /// The file as loaded (empty when it was missing or not valid); its rows start at
+    /// [`HEADER`].
+    old: Vec<u8>,
+    rows: usize,
+    /// The row the next look-up expects.
+    cursor: usize,
+    /// Row by (dev, ino), built at the first look-up the rows around the cursor cannot serve.
+    index: Option<FxHashMap<(u64, u64), u32>>,
+    /// The rows of this run, in the order recorded.
+    new: Vec<u8>,
     listings: Vec<Listing>,
     listings_changed: bool,
 }
 
-type Records = FxHashMap<(u64, u64), Slot>;
+fn stamp_row(stamp: &Stamp) -> [u8; 40] {
+    let mut r = [0u8; 40];
+    let fields = [
+        stamp.dev,
+        stamp.ino,
+        stamp.size,
+        stamp.mtime_ns as u64,
+        stamp.ctime_ns as u64,
+    ];
+    for (k, v) in fields.into_iter().enumerate() {
+        r[k * 8..k * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    r
+}
+
+fn row_key(row: &[u8]) -> (u64, u64) {
+    let at = |k: usize| u64::from_le_bytes(row[k..k + 8].try_into().expect("8 bytes"));
+    (at(0), at(8))
+}
 
 impl HashCache {
     /// A cache that remembers nothing between runs.
@@ -357,16 +373,22 @@ impl HashCache {
         HashCache::default()
     }
 
-    /// Loads the cache stored at `file`; a missing, unreadable or outdated file gives an empty
-    /// cache (it is only an optimisation).
+    /// Loads the cache stored at `file`; a missing, unreadable, damaged or outdated file gives
+    /// an empty cache (it is only an optimisation).
     pub fn load(file: PathBuf) -> HashCache {
-        let (map, listings) = read_file(&file);
-        HashCache {
-            map,
-            listings,
+        let mut c = HashCache {
             file: Some(file),
             ..HashCache::default()
+        };
+        let Some(bytes) = c.file.as_deref().and_then(|f| std::fs::read(f).ok()) else {
+            return c;
+        };
+        if let Some((rows, listings)) = parse(&bytes) {
+            c.rows = rows;
+            c.listings = listings;
+            c.old = bytes;
         }
+        c
     }
 
     /// The directory listings of the last scan; `None` for a cache that is not saved (then
@@ -381,61 +403,44 @@ impl HashCache {
         self.listings = listings;
     }
 
-    /// The cached hash of the file with `stamp`, if that stamp is unchanged.
-    pub fn lookup(&self, stamp: &Stamp) -> Option<Hash> {
-        match self.map.get(&(stamp.dev, stamp.ino)) {
-            Some(slot) if slot.stamp == *stamp => Some(slot.hash),
-            _ => None,
-        }
+    fn row(&self, i: usize) -> &[u8] {
+        &self.old[HEADER + i * ROW..][..ROW]
     }
 
-    /// The cached hash of the file with `stamp`, recorded again for the next run: what
-    /// [`HashCache::lookup`] and then [`HashCache::record`] of that hash do, in one look-up.
-    pub fn confirm(&mut self, stamp: &Stamp, taken_ns: i64) -> Option<Hash> {
-        let trusted = stamp_trustworthy(stamp, taken_ns);
-        let slot = self
-            .map
-            .get_mut(&(stamp.dev, stamp.ino))
-            .filter(|slot| slot.stamp == *stamp)?;
-        if !trusted {
-            self.changed = true;
-        } else if !slot.seen {
-            self.seen += 1;
+    /// The row of the file (dev, ino) of `key`, if any.
+    fn find(&mut self, key: &[u8]) -> Option<usize> {
+        let end = (self.cursor + AHEAD).min(self.rows);
+        if let Some(i) = (self.cursor..end).find(|&i| self.row(i)[..16] == *key) {
+            return Some(i);
         }
-        slot.seen |= trusted;
-        Some(slot.hash)
+        if self.index.is_none() {
+            let mut index = FxHashMap::default();
+            index.reserve(self.rows);
+            for i in 0..self.rows {
+                index.insert(row_key(self.row(i)), i as u32);
+            }
+            self.index = Some(index);
+        }
+        let index = self.index.as_ref().expect("built");
+        index.get(&row_key(key)).map(|&i| i as usize)
+    }
+
+    /// The cached hash of the file with `stamp`, if that stamp is unchanged. Fastest when
+    /// files are looked up in the order they were recorded.
+    pub fn lookup(&mut self, stamp: &Stamp) -> Option<Hash> {
+        let key = stamp_row(stamp);
+        let i = self.find(&key[..16])?;
+        self.cursor = i + 1;
+        let row = self.row(i);
+        (row[..40] == key).then(|| row[40..].try_into().expect("32 bytes"))
     }
 
     /// Records the hash of the file with `stamp` for the next run if it can be trusted then.
-    /// `taken_ns` is when the hashing started.
+    /// `taken_ns` is when the hashing started. Only what a run records is saved.
     pub fn record(&mut self, stamp: Stamp, hash: Hash, taken_ns: i64) {
-        let trusted = stamp_trustworthy(&stamp, taken_ns);
-        match self.map.get_mut(&(stamp.dev, stamp.ino)) {
-            Some(slot) => {
-                if !trusted || slot.stamp != stamp || slot.hash != hash {
-                    self.changed = true;
-                }
-                if trusted && !slot.seen {
-                    self.seen += 1;
-                }
-                *slot = Slot {
-                    stamp,
-                    hash,
-                    seen: trusted || slot.seen,
-                };
-            }
-            None => {
-                self.changed = true;
-                if trusted {
-                    self.seen += 1;
-                    let slot = Slot {
-                        stamp,
-                        hash,
-                        seen: true,
-                    };
-                    self.map.insert((stamp.dev, stamp.ino), slot);
-                }
-            }
+        if self.file.is_some() && stamp_trustworthy(&stamp, taken_ns) {
+            self.new.extend_from_slice(&stamp_row(&stamp));
+            self.new.extend_from_slice(&hash);
         }
     }
 
@@ -447,21 +452,23 @@ impl HashCache {
         let Some(file) = self.file else {
             return Ok(());
         };
-        if !self.changed && !self.listings_changed && self.seen == self.map.len() {
+        let old_rows = self
+            .old
+            .get(HEADER..HEADER + self.rows * ROW)
+            .unwrap_or(&[]);
+        if !self.listings_changed && old_rows == self.new.as_slice() {
             return Ok(());
         }
-        let records = self
-            .map
-            .values()
-            .filter(|slot| slot.seen)
-            .map(|slot| (slot.stamp, HashBytes(&slot.hash)))
-            .collect();
-        let bytes = postcard::to_stdvec(&CacheFile {
-            version: CACHE_VERSION,
-            records,
-            listings: &self.listings,
-        })
-        .map_err(io::Error::other)?;
+        let rows = u32::try_from(self.new.len() / ROW).map_err(io::Error::other)?;
+        let mut bytes = Vec::with_capacity(HEADER + self.new.len() + (1 << 20));
+        bytes.extend_from_slice(CACHE_MAGIC);
+        bytes.extend_from_slice(&CACHE_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&rows.to_le_bytes());
+        bytes.extend_from_slice(&[0; 8]);
+        bytes.extend_from_slice(&self.new);
+        let mut bytes = postcard::to_extend(&self.listings, bytes).map_err(io::Error::other)?;
+        let sum = xxhash_rust::xxh3::xxh3_64(&bytes[HEADER..]);
+        bytes[16..HEADER].copy_from_slice(&sum.to_le_bytes());
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -469,29 +476,22 @@ impl HashCache {
     }
 }
 
-/// The records and listings stored at `file`: none when it is missing, unreadable or of
-/// another version.
-fn read_file(file: &Path) -> (Records, Vec<Listing>) {
-    std::fs::read(file)
-        .ok()
-        .and_then(|b| {
-            let c = postcard::from_bytes::<LoadedCache>(&b).ok()?;
-            (c.version == CACHE_VERSION).then_some(())?;
-            let records = c
-                .records
-                .into_iter()
-                .filter_map(|(stamp, hash)| {
-                    let slot = Slot {
-                        stamp,
-                        hash: Hash::try_from(hash).ok()?,
-                        seen: false,
-                    };
-                    Some(((stamp.dev, stamp.ino), slot))
-                })
-                .collect();
-            Some((records, c.listings))
-        })
-        .unwrap_or_default()
+/// The number of rows and the listings of a cache file; `None` when it is not a whole cache
+/// file of this version.
+fn parse(bytes: &[u8]) -> Option<(usize, Vec<Listing>)> {
+    let header = bytes.get(..HEADER)?;
+    let u32_at = |k: usize| u32::from_le_bytes(header[k..k + 4].try_into().expect("4 bytes"));
+    if header[..8] != *CACHE_MAGIC || u32_at(8) != CACHE_VERSION {
+        return None;
+    }
+    let sum = u64::from_le_bytes(header[16..HEADER].try_into().expect("8 bytes"));
+    if xxhash_rust::xxh3::xxh3_64(&bytes[HEADER..]) != sum {
+        return None;
+    }
+    let rows = u32_at(12) as usize;
+    let tail = bytes.get(HEADER + rows.checked_mul(ROW)?..)?;
+    let listings = postcard::from_bytes::<Vec<Listing>>(tail).ok()?;
+    Some((rows, listings))
 }
 
 #[cfg(test)]
@@ -623,7 +623,7 @@ mod tests {
         let mut c = HashCache::load(file.clone());
         c.record(s, [7; 32], now_ns());
         c.save().unwrap();
-        let c = HashCache::load(file.clone());
+        let mut c = HashCache::load(file.clone());
         assert_eq!(c.lookup(&s), Some([7; 32]));
         assert_eq!(c.lookup(&stamp(1_000_000_124, 1_000_000_123)), None);
         assert_eq!(c.lookup(&Stamp { ino: 9, ..s }), None);
@@ -635,9 +635,66 @@ mod tests {
         };
         c.record(fresh, [8; 32], now_ns());
         c.save().unwrap();
-        let c = HashCache::load(file);
+        let mut c = HashCache::load(file);
         assert_eq!(c.lookup(&s), None);
         assert_eq!(c.lookup(&fresh), None);
+    }
+
+    #[test]
+    fn cache_lookups_in_any_order_and_damaged_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cache.bin");
+        let taken = now_ns();
+        let s = |ino: u64| Stamp {
+            ino,
+            ..stamp(1_000_000_000 + ino as i64, 1_000_000_000)
+        };
+        let hash_of = |ino: u64| [ino as u8; 32];
+        let mut c = HashCache::load(file.clone());
+        for ino in 0..100 {
+            c.record(s(ino), hash_of(ino), taken);
+        }
+        c.save().unwrap();
+        // The next scan: 20 files gone from the front, 30 from the middle (more than the rows
+        // tried before the index), a few new ones, and the rest in order and then backwards.
+        let mut c = HashCache::load(file.clone());
+        let order = (20..40)
+            .chain([500, 501])
+            .chain(70..100)
+            .chain((40..70).rev());
+        for ino in order {
+            let want = (ino < 100).then(|| hash_of(ino));
+            assert_eq!(c.lookup(&s(ino)), want, "inode {ino}");
+        }
+        // Same inode, another stamp: no hash.
+        assert_eq!(c.lookup(&Stamp { size: 9, ..s(50) }), None);
+        // Recording what was loaded, in the same order, leaves the file as it was.
+        let before = std::fs::read(&file).unwrap();
+        let mut c = HashCache::load(file.clone());
+        for ino in 0..100 {
+            let h = c.lookup(&s(ino)).unwrap();
+            c.record(s(ino), h, taken);
+        }
+        std::fs::remove_file(&file).unwrap();
+        c.save().unwrap();
+        assert!(!file.exists(), "an unchanged cache is not written again");
+        std::fs::write(&file, &before).unwrap();
+        // A damaged or cut file, or one of another version, is an empty cache.
+        let mut flipped = before.clone();
+        flipped[HEADER + 5 * ROW + 40] ^= 1;
+        let mut other = before.clone();
+        other[8] += 1;
+        for bad in [
+            flipped,
+            before[..before.len() - 1].to_vec(),
+            other,
+            b"junk".to_vec(),
+        ] {
+            std::fs::write(&file, &bad).unwrap();
+            let mut c = HashCache::load(file.clone());
+            assert_eq!(c.lookup(&s(5)), None);
+            assert!(c.listings().unwrap().is_empty());
+        }
     }
 
     #[test]

@@ -113,13 +113,21 @@ pub fn scan(
     walked.sort_by(|a, b| a.path.cmp(&b.path));
     walked.dedup_by(|b, a| a.path == b.path);
 
-    // Hash what the cache does not know, in parallel.
-    let todo: Vec<usize> = walked
-        .par_iter()
-        .enumerate()
-        .filter_map(|(i, w)| match &w.found {
-            Found::File { stamp, .. } => cache.lookup(stamp).is_none().then_some(i),
+    // What the cache knows, in walk order: the order it recorded them in, so each look-up is
+    // mostly a comparison with its next record. Then hash the rest, in parallel.
+    let cached: Vec<Option<crate::manifest::Hash>> = walked
+        .iter()
+        .map(|w| match &w.found {
+            Found::File { stamp, .. } => cache.lookup(stamp),
             _ => None,
+        })
+        .collect();
+    let todo: Vec<usize> = walked
+        .iter()
+        .zip(&cached)
+        .enumerate()
+        .filter_map(|(i, (w, c))| {
+            (matches!(w.found, Found::File { .. }) && c.is_none()).then_some(i)
         })
         .collect();
     type Hashed = std::io::Result<(crate::manifest::Hash, Vec<Cv>)>;
@@ -173,7 +181,11 @@ pub fn scan(
                         }
                         continue;
                     }
-                    None => cache.confirm(&stamp, started).expect("looked up before"),
+                    None => {
+                        let h = cached[i].expect("looked up before");
+                        cache.record(stamp, h, started);
+                        h
+                    }
                 };
                 Kind::File {
                     size: stamp.size,
