@@ -10,7 +10,6 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use rustc_hash::FxHashMap;
-use serde::Serialize;
 
 use crate::listing::Listing;
 use crate::manifest::{Hash, Stamp};
@@ -296,24 +295,13 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// A hash saved as bytes (a length and the 32 bytes), which postcard writes and reads in one
-/// go rather than as 32 separate elements: tens of thousands of them are most of a cache or
-/// state file. Read back as `&[u8]`.
-pub(crate) struct HashBytes<'a>(pub &'a Hash);
-
-impl Serialize for HashBytes<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(self.0)
-    }
-}
-
 /// The cache file: a header, then the records as rows of fixed width in the order the scan met
 /// the files, then the directory listings (postcard). Rows are read where they lie, without
 /// decoding: a scan meets the files in the same order every time, so a look-up is mostly a
 /// comparison with the next row.
 ///
-/// Header: [`CACHE_MAGIC`], the version (u32), the number of rows (u32), and the XXH3-64 of
-/// everything after the header (u64), all little-endian. A row: the [`Stamp`]'s dev, ino,
+/// Header: [`CACHE_MAGIC`], the XXH3-64 of everything after it (u64), the version and the
+/// number of rows (u32 each), all little-endian. A row: the [`Stamp`]'s dev, ino,
 /// size, mtime_ns and ctime_ns (8 bytes each, little-endian), then the hash.
 const CACHE_MAGIC: &[u8; 8] = b"rdisthc\0";
 const CACHE_VERSION: u32 = 6;
@@ -347,7 +335,8 @@ pub struct HashCache {
     listings_changed: bool,
 }
 
-fn stamp_row(stamp: &Stamp) -> [u8; 40] {
+/// A stamp as 40 bytes: dev, ino, size, mtime_ns, ctime_ns, each little-endian.
+pub(crate) fn stamp_row(stamp: &Stamp) -> [u8; 40] {
     let mut r = [0u8; 40];
     let fields = [
         stamp.dev,
@@ -360,6 +349,18 @@ fn stamp_row(stamp: &Stamp) -> [u8; 40] {
         r[k * 8..k * 8 + 8].copy_from_slice(&v.to_le_bytes());
     }
     r
+}
+
+/// The stamp [`stamp_row`] wrote.
+pub(crate) fn stamp_from_row(row: &[u8; 40]) -> Stamp {
+    let at = |k: usize| u64::from_le_bytes(row[k..k + 8].try_into().expect("8 bytes"));
+    Stamp {
+        dev: at(0),
+        ino: at(8),
+        size: at(16),
+        mtime_ns: at(24) as i64,
+        ctime_ns: at(32) as i64,
+    }
 }
 
 fn row_key(row: &[u8]) -> (u64, u64) {
@@ -462,13 +463,13 @@ impl HashCache {
         let rows = u32::try_from(self.new.len() / ROW).map_err(io::Error::other)?;
         let mut bytes = Vec::with_capacity(HEADER + self.new.len() + (1 << 20));
         bytes.extend_from_slice(CACHE_MAGIC);
+        bytes.extend_from_slice(&[0; 8]);
         bytes.extend_from_slice(&CACHE_VERSION.to_le_bytes());
         bytes.extend_from_slice(&rows.to_le_bytes());
-        bytes.extend_from_slice(&[0; 8]);
         bytes.extend_from_slice(&self.new);
         let mut bytes = postcard::to_extend(&self.listings, bytes).map_err(io::Error::other)?;
-        let sum = xxhash_rust::xxh3::xxh3_64(&bytes[HEADER..]);
-        bytes[16..HEADER].copy_from_slice(&sum.to_le_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64(&bytes[16..]);
+        bytes[8..16].copy_from_slice(&sum.to_le_bytes());
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -481,17 +482,19 @@ impl HashCache {
 fn parse(bytes: &[u8]) -> Option<(usize, Vec<Listing>)> {
     let header = bytes.get(..HEADER)?;
     let u32_at = |k: usize| u32::from_le_bytes(header[k..k + 4].try_into().expect("4 bytes"));
-    if header[..8] != *CACHE_MAGIC || u32_at(8) != CACHE_VERSION {
+    let sum = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    if header[..8] != *CACHE_MAGIC
+        || xxhash_rust::xxh3::xxh3_64(&bytes[16..]) != sum
+        || u32_at(16) != CACHE_VERSION
+    {
         return None;
     }
-    let sum = u64::from_le_bytes(header[16..HEADER].try_into().expect("8 bytes"));
-    if xxhash_rust::xxh3::xxh3_64(&bytes[HEADER..]) != sum {
-        return None;
-    }
-    let rows = u32_at(12) as usize;
+    let rows = u32_at(20) as usize;
     let tail = bytes.get(HEADER + rows.checked_mul(ROW)?..)?;
-    let listings = postcard::from_bytes::<Vec<Listing>>(tail).ok()?;
-    Some((rows, listings))
+    match postcard::take_from_bytes::<Vec<Listing>>(tail).ok()? {
+        (listings, []) => Some((rows, listings)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -683,7 +686,7 @@ mod tests {
         let mut flipped = before.clone();
         flipped[HEADER + 5 * ROW + 40] ^= 1;
         let mut other = before.clone();
-        other[8] += 1;
+        other[16] += 1;
         for bad in [
             flipped,
             before[..before.len() - 1].to_vec(),

@@ -15,31 +15,30 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::path::Path;
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::filter::Filter;
-use crate::hash::{Cv, HashBytes, hash_file_leaves, now_ns, stamp_trustworthy};
+use crate::hash::{Cv, hash_file_leaves, now_ns, stamp_from_row, stamp_row, stamp_trustworthy};
 use crate::listing::{self, Listing};
 use crate::manifest::{Entry, Hash, Kind, Manifest, Stamp};
 use crate::path::RelPath;
 use crate::stage::STATE_DIR;
 use crate::walk::{Found, Problem, WalkRoot, walk_listed};
 
-const STATE_VERSION: u32 = 5;
+/// The state file: a header, a record per file, then the kept directories (postcard).
+///
+/// Header: [`STATE_MAGIC`], the XXH3-64 of everything after it (u64), the version and the
+/// number of records (u32 each), all little-endian. A record: the stamp's dev, ino, size,
+/// mtime_ns and ctime_ns (8 bytes each), the hash (32), the path's length and the number of
+/// leaves (u32 each), the leaves' chaining values (32 bytes each), then the path. Written and
+/// read with no serializer: tens of thousands of records are most of what saving the state at
+/// the end of a sync and reading it at the start cost.
+const STATE_MAGIC: &[u8; 8] = b"rdistst\0";
+const STATE_VERSION: u32 = 6;
+const HEADER: usize = 24;
 const STATE_FILE: &str = "state";
 /// The walk's directory listing: its own file, read before the walk (which needs it) while the
 /// state is read alongside the walk.
 const LISTING_FILE: &str = "listing";
-
-/// What [`save`] writes; read back as [`LoadedState`], with borrowed paths.
-#[derive(Serialize)]
-struct SavedState<'a> {
-    version: u32,
-    /// Certified stamps only (see the module's doc), with the leaves of big files.
-    files: Vec<(&'a RelPath, Stamp, HashBytes<'a>, &'a [Cv])>,
-    /// Worker-only directories kept because they hold only protected entries.
-    kept: Vec<RelPath>,
-}
 
 /// The destination as it is, with the stamp of every regular file.
 pub struct Current {
@@ -74,23 +73,84 @@ fn listing_path(dest: &Path) -> std::path::PathBuf {
 
 /// The saved state as read back: paths borrowed from the file's bytes (they are only compared
 /// with walked paths, never used to reach the file system), sorted by path.
-#[derive(Deserialize, Default)]
+#[derive(Default)]
 struct LoadedState<'a> {
-    version: u32,
-    #[serde(borrow)]
-    files: Vec<(&'a str, Stamp, &'a [u8], Vec<Cv>)>,
+    /// Certified stamps only (see the module's doc), with the leaves of big files.
+    files: Vec<(&'a str, Stamp, Hash, &'a [Cv])>,
+    /// Worker-only directories kept because they hold only protected entries.
     kept: Vec<RelPath>,
 }
 
+/// The state in `bytes`; an empty one when they are not a whole state file of this version.
 fn load_saved(bytes: &[u8]) -> LoadedState<'_> {
-    let mut s = postcard::from_bytes::<LoadedState<'_>>(bytes)
-        .ok()
-        .filter(|s| s.version == STATE_VERSION)
-        .unwrap_or_default();
+    let mut s = parse_state(bytes).unwrap_or_default();
     if !s.files.is_sorted_by(|a, b| a.0 <= b.0) {
         s.files.sort_unstable_by(|a, b| a.0.cmp(b.0));
     }
     s
+}
+
+fn parse_state(bytes: &[u8]) -> Option<LoadedState<'_>> {
+    let (header, mut rest) = bytes.split_first_chunk::<HEADER>()?;
+    let u32_at = |k: usize| u32::from_le_bytes(header[k..k + 4].try_into().expect("4 bytes"));
+    let sum = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    if header[..8] != *STATE_MAGIC
+        || xxhash_rust::xxh3::xxh3_64(&bytes[16..]) != sum
+        || u32_at(16) != STATE_VERSION
+    {
+        return None;
+    }
+    let n = u32_at(20) as usize;
+    let mut files = Vec::with_capacity(n.min(rest.len() / 80));
+    for _ in 0..n {
+        let (row, r) = rest.split_first_chunk::<80>()?;
+        let stamp = stamp_from_row(row[..40].try_into().expect("40 bytes"));
+        let hash: Hash = row[40..72].try_into().expect("32 bytes");
+        let path_len = u32::from_le_bytes(row[72..76].try_into().expect("4 bytes")) as usize;
+        let leaves = u32::from_le_bytes(row[76..80].try_into().expect("4 bytes")) as usize;
+        let (cvs, r) = r.split_at_checked(leaves.checked_mul(32)?)?;
+        let (path, r) = r.split_at_checked(path_len)?;
+        files.push((
+            std::str::from_utf8(path).ok()?,
+            stamp,
+            hash,
+            cvs.as_chunks().0,
+        ));
+        rest = r;
+    }
+    match postcard::take_from_bytes(rest).ok()? {
+        (kept, []) => Some(LoadedState { files, kept }),
+        _ => None,
+    }
+}
+
+/// The state file's bytes for `files` (stamp, hash, leaves, in path order) and `kept`.
+fn encode_state<'a>(
+    files: impl Iterator<Item = (&'a RelPath, Stamp, &'a Hash, &'a [Cv])>,
+    kept: &[RelPath],
+    capacity: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(capacity);
+    bytes.extend_from_slice(STATE_MAGIC);
+    bytes.extend_from_slice(&[0; 8]);
+    bytes.extend_from_slice(&STATE_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&[0; 4]);
+    let mut n = 0u32;
+    for (path, stamp, hash, cvs) in files {
+        let len = |k: usize| u32::try_from(k).map_err(std::io::Error::other);
+        bytes.extend_from_slice(&stamp_row(&stamp));
+        bytes.extend_from_slice(hash);
+        bytes.extend_from_slice(&len(path.as_str().len())?.to_le_bytes());
+        bytes.extend_from_slice(&len(cvs.len())?.to_le_bytes());
+        bytes.extend_from_slice(cvs.as_flattened());
+        bytes.extend_from_slice(path.as_str().as_bytes());
+        n += 1;
+    }
+    let mut bytes = postcard::to_extend(kept, bytes).map_err(std::io::Error::other)?;
+    bytes[20..24].copy_from_slice(&n.to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&bytes[16..]);
+    bytes[8..16].copy_from_slice(&sum.to_le_bytes());
+    Ok(bytes)
 }
 
 /// Walks `dest` with `filter` and hashes what the saved state cannot vouch for.
@@ -151,9 +211,7 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
                 k += 1;
             }
             match saved.files.get(k) {
-                Some((sp, st, h, cvs)) if *sp == p => {
-                    Some((*st, Hash::try_from(*h).ok()?, cvs.as_slice()))
-                }
+                Some((sp, st, h, cvs)) if *sp == p => Some((*st, *h, *cvs)),
                 _ => None,
             }
         })
@@ -367,28 +425,19 @@ fn save_waiting(
     }
     let _ = std::fs::remove_file(dest.join(STATE_DIR).join(CLOCK_FILE));
     let mut fresh = fresh.into_iter();
-    let stamped = files
-        .iter()
-        .filter_map(|f| {
-            let s = match f.stamp {
-                SaveStamp::Certified(s) => s,
-                SaveStamp::Written(_) => match fresh.next().flatten() {
-                    Some((s, true)) => s,
-                    _ => return None,
-                },
-                SaveStamp::Uncertified => return None,
-            };
-            Some((f.path, s, HashBytes(&f.hash), f.leaves))
-        })
-        .collect();
-    let state = SavedState {
-        version: STATE_VERSION,
-        files: stamped,
-        kept,
-    };
+    let stamped = files.iter().filter_map(|f| {
+        let s = match f.stamp {
+            SaveStamp::Certified(s) => s,
+            SaveStamp::Written(_) => match fresh.next().flatten() {
+                Some((s, true)) => s,
+                _ => return None,
+            },
+            SaveStamp::Uncertified => return None,
+        };
+        Some((f.path, s, &f.hash, f.leaves))
+    });
     // Sized for a typical record, so the encoding is not copied over and over as it grows.
-    let bytes = postcard::to_extend(&state, Vec::with_capacity(files.len() * 112 + 64))
-        .map_err(std::io::Error::other)?;
+    let bytes = encode_state(stamped, &kept, HEADER + files.len() * 144 + 64)?;
     crate::write_atomic(&state_path(dest), &bytes)
 }
 
@@ -402,8 +451,7 @@ mod tests {
         save_waiting(dir, files, Vec::new(), wait_min).unwrap();
         assert!(!dir.join(STATE_DIR).join(CLOCK_FILE).exists());
         let bytes = std::fs::read(state_path(dir)).unwrap();
-        let saved = load_saved(&bytes);
-        assert_eq!(saved.version, STATE_VERSION);
+        let saved = parse_state(&bytes).expect("a valid state file");
         saved
             .files
             .iter()
@@ -420,6 +468,76 @@ mod tests {
             hash: *blake3::hash(b"fresh bytes").as_bytes(),
             stamp: SaveStamp::Written(Stamp::of(&m)),
             leaves: &[],
+        }
+    }
+
+    #[test]
+    fn state_files_round_trip_and_damaged_ones_are_empty() {
+        let paths: Vec<RelPath> = ["a", "b/big", "b/é x"]
+            .iter()
+            .map(|p| RelPath::new(*p).unwrap())
+            .collect();
+        let stamp = |ino: u64| Stamp {
+            dev: 7,
+            ino,
+            size: ino * 3,
+            mtime_ns: -5,
+            ctime_ns: i64::MAX,
+        };
+        let cvs = [[1u8; 32], [2; 32], [3; 32]];
+        let hashes = [[4u8; 32], [5; 32], [6; 32]];
+        let files = paths.iter().enumerate().map(|(k, p)| {
+            let leaves: &[Cv] = if k == 1 { &cvs } else { &[] };
+            (p, stamp(k as u64), &hashes[k], leaves)
+        });
+        let kept = vec![RelPath::new("w/__pycache__").unwrap()];
+        let bytes = encode_state(files, &kept, 0).unwrap();
+        let s = parse_state(&bytes).unwrap();
+        assert_eq!(s.kept, kept);
+        let got: Vec<_> = s
+            .files
+            .iter()
+            .map(|f| (f.0, f.1, f.2, f.3.to_vec()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", stamp(0), hashes[0], vec![]),
+                ("b/big", stamp(1), hashes[1], cvs.to_vec()),
+                ("b/é x", stamp(2), hashes[2], vec![]),
+            ]
+        );
+        // A flipped bit, a cut file, another version, and lengths that point past the end
+        // (with the checksum made to match): no state, no panic.
+        let mut flipped = bytes.clone();
+        flipped[HEADER + 50] ^= 1;
+        let resummed = |mut b: Vec<u8>| {
+            let sum = xxhash_rust::xxh3::xxh3_64(&b[16..]);
+            b[8..16].copy_from_slice(&sum.to_le_bytes());
+            b
+        };
+        let mut other = bytes.clone();
+        other[16] += 1;
+        let mut long_path = bytes.clone();
+        long_path[HEADER + 72..HEADER + 76].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut many_leaves = bytes.clone();
+        many_leaves[HEADER + 76..HEADER + 80].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut many_files = bytes.clone();
+        many_files[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut fewer_files = bytes.clone();
+        fewer_files[20..24].copy_from_slice(&2u32.to_le_bytes());
+        for bad in [
+            flipped,
+            resummed(other),
+            bytes[..bytes.len() - 1].to_vec(),
+            resummed(long_path),
+            resummed(many_leaves),
+            resummed(many_files),
+            resummed(fewer_files),
+            Vec::new(),
+        ] {
+            assert!(parse_state(&bad).is_none());
+            assert!(load_saved(&bad).files.is_empty());
         }
     }
 
