@@ -2,14 +2,15 @@
 //! agent saved after its last sync, so only files whose stamp changed (or was too recent to
 //! vouch for their content) are read and hashed again.
 //!
-//! Every stamp the state holds is *certified*: it was taken after the file system's clock had
-//! moved past the file's last change, so any later change gives the file another stamp (git's
-//! racy-clean rule). A stamp the walk took is certified when the change is older than the walk
-//! by the racy window. A file this sync wrote is certified against the file system's own clock,
-//! read from a probe file created just before the stamps are taken (Mercurial's "mtime
-//! boundary"), so a file written a few milliseconds before the end of a sync is not read again
-//! by the next one; and only if its stamp is still the one it had right after the sync's own
-//! last change of it, or the hash the sync knows might not be its content.
+//! Every stamp the state holds is *certified*: the file system's clock had moved past the
+//! file's last change, so any later change gives the file another stamp (git's racy-clean
+//! rule). A stamp the walk took is certified when the change is older than the walk by the racy
+//! window. A file this sync wrote is saved with the stamp taken right after the sync's own last
+//! change of it (a later change by anything else gives it another stamp, so the next walk reads
+//! it: one in a later clock tick changes the ctime, one within the same tick the mtime, which
+//! the sync had set to the source's), certified against the file system's own clock, read from
+//! a probe file created when the state is saved (Mercurial's "mtime boundary"), so a file
+//! written a few milliseconds before the end of a sync is not read again by the next one.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::path::Path;
@@ -311,9 +312,8 @@ pub enum SaveStamp {
     /// Certified when it was taken, and unchanged since.
     Certified(Stamp),
     /// This sync put the file in place (or changed its metadata), and this was its stamp
-    /// right after: stamped again when the state is saved, and certified if that stamp is the
-    /// same (nothing else changed the file in between, or the hash known from the sync would
-    /// not be its content) and older than the file system's clock.
+    /// right after: saved if it is older than the file system's clock when the state is saved
+    /// (a change since then gave the file another stamp, which the next walk sees).
     Written(Stamp),
     /// Changed too recently for its stamp to vouch for its content: left out, read next time.
     Uncertified,
@@ -377,43 +377,33 @@ fn save_waiting(
     wait_min: u64,
 ) -> std::io::Result<()> {
     // Files untouched by this sync keep the stamp taken when their hash was checked; the ones
-    // it wrote are stamped now (in parallel: they may be many), after the clock is read.
-    let written: Vec<(&SaveFile<'_>, Stamp)> = files
+    // it wrote keep the stamp taken right after its last change of them, certified if it is
+    // older than the file system's clock, read now. Any later change of such a file gives it
+    // another stamp (a change after the clock is read changes the ctime; one before it, in an
+    // earlier tick, changed it already; one in the very tick of that stamp still sets an mtime
+    // other than the one this sync gave the file, unless it copies that too), so the next walk
+    // reads the file again: the stamp is not taken again here.
+    let written: Vec<(&Stamp, u64)> = files
         .iter()
-        .filter_map(|f| match f.stamp {
-            SaveStamp::Written(s) => Some((f, s)),
+        .filter_map(|f| match &f.stamp {
+            SaveStamp::Written(s) if s.size == f.size => Some((s, f.size)),
             _ => None,
         })
         .collect();
-    // `(stamp, certified)`, or `None` for a file that is gone or changed size.
-    let stamp_written = || -> Vec<Option<(Stamp, bool)>> {
-        // Without a clock nothing written is certified: it is read again next time.
-        let clock = fs_clock(dest).ok();
-        written
-            .par_iter()
-            .map(|(f, expected)| {
-                let m = std::fs::symlink_metadata(f.path.to_native(dest)).ok()?;
-                let s = Stamp::of(&m);
-                let certified = clock.as_ref().is_some_and(|c| before_clock(&s, c));
-                (m.is_file() && s.size == f.size && s == *expected).then_some((s, certified))
-            })
-            .collect()
-    };
-    let mut fresh = stamp_written();
+    // Without a clock nothing written is certified: it is read again next time.
+    let certified = |clock: Option<&Stamp>, s: &Stamp| clock.is_some_and(|c| before_clock(s, c));
+    let mut clock = fs_clock(dest).ok();
     // Files written within the clock's last tick are not certified, so the next sync would
     // read them again. When that is a lot of data, waiting for the clock to move on is the
     // cheaper deal.
-    let racy = || {
-        fresh
+    let racy: Vec<(&Stamp, u64)> = written
+        .iter()
+        .filter(|(s, _)| !certified(clock.as_ref(), s))
+        .copied()
+        .collect();
+    if racy.iter().map(|(_, size)| size).sum::<u64>() >= wait_min {
+        let last = racy
             .iter()
-            .zip(&written)
-            .filter_map(|(s, (f, _))| match s {
-                Some((s, false)) => Some((s, f.size)),
-                _ => None,
-            })
-    };
-    if racy().map(|(_, size)| size).sum::<u64>() >= wait_min {
-        let last = racy()
             .map(|(s, _)| s.ctime_ns.max(s.mtime_ns))
             .max()
             .unwrap_or(i64::MIN);
@@ -421,18 +411,14 @@ fn save_waiting(
         while now_ns() < until && fs_clock(dest).is_ok_and(|c| c.ctime_ns <= last) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        fresh = stamp_written();
+        clock = fs_clock(dest).ok();
     }
     let _ = std::fs::remove_file(dest.join(STATE_DIR).join(CLOCK_FILE));
-    let mut fresh = fresh.into_iter();
     let stamped = files.iter().filter_map(|f| {
         let s = match f.stamp {
             SaveStamp::Certified(s) => s,
-            SaveStamp::Written(_) => match fresh.next().flatten() {
-                Some((s, true)) => s,
-                _ => return None,
-            },
-            SaveStamp::Uncertified => return None,
+            SaveStamp::Written(s) if s.size == f.size && certified(clock.as_ref(), &s) => s,
+            SaveStamp::Written(_) | SaveStamp::Uncertified => return None,
         };
         Some((f.path, s, &f.hash, f.leaves))
     });
@@ -589,9 +575,10 @@ mod tests {
     }
 
     #[test]
-    fn a_written_file_changed_again_before_the_save_is_not_certified() {
+    fn a_written_file_changed_again_before_the_save_is_read_by_the_next_sync() {
         // This sync wrote `a`; something else rewrote it (same size, mtime put back, as `cp -p`
-        // does) before the state was saved: the hash this sync knows is not its content.
+        // does) before the state was saved: the hash this sync knows is not its content, and
+        // the state must not vouch for it.
         let dir = tempfile::tempdir().unwrap();
         let a = RelPath::new("a").unwrap();
         let p = dir.path().join("a");
@@ -607,7 +594,40 @@ mod tests {
             .set_modified(mtime)
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        assert!(saved_after(dir.path(), vec![ours], 1).is_empty());
+        let now = Stamp::of(&std::fs::symlink_metadata(&p).unwrap());
+        let saved = saved_after(dir.path(), vec![ours], 1);
+        assert!(saved.iter().all(|(_, s)| *s != now), "{saved:?}");
+        let filter = Filter::new::<&str>(&[]).unwrap();
+        let cur = current(dir.path(), &filter);
+        assert_eq!(cur.rehashed, 1);
+        assert!(matches!(
+            cur.manifest.entries()[0].kind,
+            Kind::File { hash, .. } if hash == *blake3::hash(b"other bytes").as_bytes()
+        ));
+    }
+
+    #[test]
+    fn a_written_file_rewritten_in_the_same_clock_tick_is_read_by_the_next_sync() {
+        // This sync wrote `a` with the source's (old) mtime; something else rewrote it at once,
+        // within the same tick of the file system's clock: the ctime may be unchanged, but the
+        // mtime is not the one the sync set.
+        let dir = tempfile::tempdir().unwrap();
+        let a = RelPath::new("a").unwrap();
+        let p = dir.path().join("a");
+        std::fs::write(&p, b"fresh bytes").unwrap();
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(old).unwrap();
+        let ours = written(dir.path(), &a);
+        std::fs::write(&p, b"other bytes").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        saved_after(dir.path(), vec![ours], 1);
+        let cur = current(dir.path(), &Filter::new::<&str>(&[]).unwrap());
+        assert_eq!(cur.rehashed, 1);
+        assert!(matches!(
+            cur.manifest.entries()[0].kind,
+            Kind::File { hash, .. } if hash == *blake3::hash(b"other bytes").as_bytes()
+        ));
     }
 
     #[test]
