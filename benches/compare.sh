@@ -589,7 +589,7 @@ fstype=$(stat -f -c %T "$RUN" 2>/dev/null || echo '?')
 notes=(
     ""
     "Medians of $RUNS run(s) after 1 warm-up; destinations on $fstype ($DEST_BASE), sources on $(stat -f -c %T "$BENCH_DIR" 2>/dev/null || echo '?')."
-    "rdist bytes = \`wire_bytes\` (both directions); rsync bytes = total bytes sent + received (--stats). Peak RSS = largest single process (GNU time %M), see benches/README.md."
+    "rdist bytes = \`wire_bytes\` (both directions; a local worker reads the files it wants whole from the source tree, so locally these are protocol bytes, deltas and changed leaves); rsync bytes = total bytes sent + received (--stats). Peak RSS = largest single process (GNU time %M), see benches/README.md."
 )
 if ((WANT_SSH)); then
     notes+=(

@@ -17,7 +17,7 @@ use crate::path::RelPath;
 /// Written by both sides before anything else.
 pub const MAGIC: [u8; 8] = *b"\x00RDIST\r\n";
 /// The protocol revision. Peers must agree exactly; see docs/protocol.md for when it changes.
-pub const PROTO_VERSION: u32 = 3;
+pub const PROTO_VERSION: u32 = 4;
 /// The largest frame body either side accepts.
 pub const MAX_FRAME: usize = 16 << 20;
 /// How many stray bytes may precede the peer's magic.
@@ -76,6 +76,11 @@ pub struct Begin {
     /// signature: the controller then sends its changed leaves whole. Worth it where bytes are
     /// cheap (a local target), not on a slow link.
     pub leaves: bool,
+    /// The controller runs on the agent's machine, as the same user (a local target): it may
+    /// answer wants for whole files with the paths of its source files ([`Message::Sources`]),
+    /// which the agent reads itself instead of receiving their bytes through the pipe. An agent
+    /// serving a session root over TCP refuses them.
+    pub local_sources: bool,
 }
 
 /// The directory a relative destination is resolved against, on the agent's machine.
@@ -140,6 +145,15 @@ pub struct FileData {
     pub index: u32,
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
+}
+
+/// A file the agent reads itself from the controller's tree (see [`Begin::local_sources`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePath {
+    pub index: u32,
+    /// An absolute path, as the bytes of the controller's (Unix) path.
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
 }
 
 /// Every message of the protocol. Variants are append-only: never reorder or remove one.
@@ -227,6 +241,10 @@ pub enum Message {
     /// Either side, to a peer whose hello lists [`CAP_ZSTD`]: another message's body,
     /// compressed with zstd. [`read_frame`] unpacks it; it never holds another `Zstd`.
     Zstd(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Controller, in the data phase of a session begun with [`Begin::local_sources`]: the
+    /// files wanted whole are read by the agent from these paths (each read at most one byte
+    /// past its manifest size and checked against its hash like sent data).
+    Sources(Vec<SourcePath>),
 }
 
 /// What `rdist check` asks a host.
@@ -313,6 +331,7 @@ impl Message {
             Message::Probe(_) => "Probe",
             Message::Probed(_) => "Probed",
             Message::Zstd(_) => "Zstd",
+            Message::Sources(_) => "Sources",
         }
     }
 }
@@ -807,7 +826,7 @@ mod tests {
         let e = recv_hello(&mut &other[..], "0.1.0").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "peer speaks protocol 99 (rdist 7.0.0), this side speaks 3 (rdist 0.1.0)"
+            "peer speaks protocol 99 (rdist 7.0.0), this side speaks 4 (rdist 0.1.0)"
         );
 
         let e = recv_hello(&mut &b"bash: rdist: command not found\n"[..], "0.1.0").unwrap_err();

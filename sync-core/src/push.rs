@@ -47,6 +47,9 @@ pub struct PushOptions {
     pub compress: bool,
     /// Let the agent ask for big files by their leaves (see [`crate::proto::Begin::leaves`]).
     pub leaves: bool,
+    /// The agent is on this machine: it reads the files it wants whole from the source tree
+    /// (see [`crate::proto::Begin::local_sources`]).
+    pub local_sources: bool,
 }
 
 /// What one target's sync did.
@@ -223,6 +226,7 @@ impl<R: Read + Send, W: Write + Send> Connection<R, W> {
                 base: opts.base,
                 delta_min: opts.delta_min,
                 leaves: opts.leaves,
+                local_sources: opts.local_sources,
             }),
         )? as u64;
         self.w.flush().map_err(ProtoError::from)?;
@@ -355,7 +359,15 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
             };
             return Ok((report, back(r, w)));
         }
-        let (r, w) = transfer(tree, r, w, &mut report, progress, packed)?;
+        let (r, w) = transfer(
+            tree,
+            r,
+            w,
+            &mut report,
+            progress,
+            packed,
+            opts.local_sources,
+        )?;
         Ok((report, back(r, w)))
     }
 }
@@ -412,6 +424,7 @@ fn transfer<R: Read + Send, W: Write + Send>(
     report: &mut PushReport,
     progress: Progress<'_>,
     packed: bool,
+    local_sources: bool,
 ) -> Result<(BufReader<R>, BufWriter<W>), PushError> {
     let received = AtomicU64::new(report.wire_received);
     let streams = std::thread::scope(|scope| -> Result<(BufReader<R>, BufWriter<W>), PushError> {
@@ -441,6 +454,7 @@ fn transfer<R: Read + Send, W: Write + Send>(
             batch: Vec::new(),
             batch_bytes: 0,
             packed,
+            local_sources,
         };
         // After a failed write, the agent's own `Error` (if it sent one) explains it better.
         let explain = |e: PushError| -> PushError {
@@ -503,6 +517,8 @@ struct Sender<'a, W: Write> {
     batch_bytes: usize,
     /// Send data frames compressed.
     packed: bool,
+    /// Answer wants for whole files with their paths (see [`PushOptions::local_sources`]).
+    local_sources: bool,
 }
 
 impl<W: Write> Sender<'_, W> {
@@ -524,6 +540,9 @@ impl<W: Write> Sender<'_, W> {
     }
 
     fn answer(&mut self, wants: Vec<Want>) -> Result<(), PushError> {
+        if self.local_sources {
+            return self.answer_with_sources(wants);
+        }
         // Small files with their manifest sizes, looked up (and checked) once.
         let mut small: Vec<(u32, u64)> = Vec::new();
         let mut rest = Vec::new();
@@ -558,7 +577,12 @@ impl<W: Write> Sender<'_, W> {
         if !rest.is_empty() {
             self.flush_batch()?;
         }
-        for want in rest {
+        self.answer_rest(rest)
+    }
+
+    /// Streams big files, deltas and leaves, one file after another.
+    fn answer_rest(&mut self, wants: Vec<Want>) -> Result<(), PushError> {
+        for want in wants {
             match want {
                 Want::Whole { index } => self.stream_whole(index)?,
                 Want::Delta { index, signature } => {
@@ -568,6 +592,38 @@ impl<W: Write> Sender<'_, W> {
                 }
                 Want::Leaves { index, cvs } => self.stream_leaves(index, &cvs)?,
             }
+        }
+        Ok(())
+    }
+
+    /// Answers `wants` to an agent on this machine: the files wanted whole by their paths, in
+    /// one message, the others as usual.
+    fn answer_with_sources(&mut self, wants: Vec<Want>) -> Result<(), PushError> {
+        use std::os::unix::ffi::OsStringExt;
+        let mut sources = Vec::new();
+        let mut rest = Vec::new();
+        for want in wants {
+            match want {
+                Want::Whole { index } => {
+                    let (size, path) = self.file(index)?;
+                    // The agent does not share this process's working directory.
+                    let path = std::path::absolute(path).map_err(ProtoError::from)?;
+                    sources.push(crate::proto::SourcePath {
+                        index,
+                        path: path.into_os_string().into_vec(),
+                    });
+                    self.report.sent.push(index);
+                    self.report.literal_bytes += size;
+                    (self.progress)(1, size);
+                }
+                other => rest.push(other),
+            }
+        }
+        if !sources.is_empty() {
+            self.send(&Message::Sources(sources))?;
+        }
+        if !rest.is_empty() {
+            self.answer_rest(rest)?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
 use common::*;
+use sync_core::push::PushOptions;
 
 fn write(p: &Path, data: &[u8]) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -101,6 +102,7 @@ fn big_file_edits_go_by_leaves_where_bytes_are_cheap() {
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     let o = sync_core::push::PushOptions {
         leaves: true,
+        local_sources: true,
         ..opts(&dst)
     };
     let mut data: Vec<u8> = (0..(4 * LEAF + 12_345) as u32)
@@ -173,6 +175,45 @@ fn big_file_edits_go_by_leaves_where_bytes_are_cheap() {
     let r = sync_with(&scan_dir(&src, &[]), &o).unwrap();
     assert_eq!(std::fs::read(dst.join("blob.bin")).unwrap(), data);
     assert!(r.outcome.problems.is_empty());
+}
+
+#[test]
+fn local_sources_are_read_by_the_agent_and_refused_by_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write(&src.join("pkg/a.py"), b"print('a')\n");
+    write(&src.join("pkg/big.bin"), &vec![7u8; 3 << 20]);
+    let tree = scan_dir(&src, &[]);
+    let dest = dir.path().join("dest");
+    let local = PushOptions {
+        local_sources: true,
+        ..opts(&dest)
+    };
+    let r = sync_with(&tree, &local).unwrap();
+    assert_eq!(r.sent.len(), 2);
+    assert!(
+        r.wire_sent < 64 << 10,
+        "file bytes went through the pipe: {r:?}"
+    );
+    assert_eq!(snapshot(&src), snapshot(&dest));
+    // A source that changed since the scan is not installed, and the rest still is.
+    write(&src.join("pkg/b.py"), b"b = 1\n");
+    let tree = scan_dir(&src, &[]);
+    write(&src.join("pkg/b.py"), b"b = 2\n");
+    let r = sync_with(&tree, &local).unwrap();
+    assert_eq!(r.outcome.problems.len(), 1, "{r:?}");
+    assert!(r.outcome.problems[0].1.contains("content changed"), "{r:?}");
+    assert!(!dest.join("pkg/b.py").exists());
+    // An agent serving a session root reads nothing its controller names.
+    let root = dir.path().join("served");
+    std::fs::create_dir_all(&root).unwrap();
+    let o = PushOptions {
+        dest: "w".into(),
+        ..local
+    };
+    let err = sync_confined(&tree, &o, Some(&root)).unwrap_err();
+    assert!(err.to_string().contains("not on this machine"), "{err:#}");
+    assert!(!root.join("w/pkg/a.py").exists());
 }
 
 #[test]

@@ -35,6 +35,7 @@ fn begin(dest: &str) -> Message {
         base: DestBase::Cwd,
         delta_min: 1 << 16,
         leaves: false,
+        local_sources: false,
     })
 }
 

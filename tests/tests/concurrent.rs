@@ -82,6 +82,7 @@ impl Holder {
                 base: DestBase::default(),
                 delta_min: sync_core::delta::DELTA_MIN_SIZE,
                 leaves: false,
+                local_sources: false,
             }),
             Message::Offer {
                 digest: [0xab; 32],

@@ -16,7 +16,7 @@ use sync_core::manifest::{Entry, Kind, Manifest};
 use sync_core::path::RelPath;
 use sync_core::proto::{
     Begin, DestBase, FileData, Hello, MAGIC, MAX_FRAME, Message, Outcome, PROTO_VERSION,
-    ProtoError, Want, read_frame, recv_hello, write_frame,
+    ProtoError, SourcePath, Want, read_frame, recv_hello, write_frame,
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -342,6 +342,7 @@ impl Arena {
             base: DestBase::default(),
             delta_min: sync_core::delta::DELTA_MIN_SIZE,
             leaves: false,
+            local_sources: false,
         }
     }
 
@@ -975,6 +976,7 @@ fn leaves_session(old: &[u8], entries: &[Entry]) -> (Arena, Agent, Vec<Want>) {
     let mut agent = a.agent();
     let begin = Begin {
         leaves: true,
+        local_sources: false,
         ..a.begin()
     };
     let wants = up_to_wants(&mut agent, begin, entries);
@@ -1037,27 +1039,41 @@ fn leaves_a_controller_lies_about_are_caught_by_the_files_hash() {
 
 #[test]
 fn content_not_matching_its_hash_is_not_installed() {
-    for whole_in_frames in [false, true] {
+    // Sent in pieces, sent in a batch, or read by the agent from a (local) source path.
+    for how in ["pieces", "batch", "source"] {
         let a = Arena::with(|dest| {
             std::fs::create_dir_all(dest.join(".rdist")).unwrap();
             std::fs::write(dest.join("a.txt"), "old content").unwrap();
+            write(&dest.parent().unwrap().join("src/a.txt"), "bad content");
         });
         let entries = [file("a.txt", b"new content")];
         let mut agent = a.agent();
-        let wants = up_to_wants(&mut agent, a.begin(), &entries);
+        let begin = Begin {
+            local_sources: how == "source",
+            ..a.begin()
+        };
+        let wants = up_to_wants(&mut agent, begin, &entries);
         assert_eq!(wants, [Want::Whole { index: 0 }]);
         let bad = b"bad content".to_vec();
-        agent.send(&if whole_in_frames {
-            Message::Data {
+        agent.send(&match how {
+            "pieces" => Message::Data {
                 index: 0,
                 bytes: bad,
                 last: true,
-            }
-        } else {
-            Message::Files(vec![FileData {
+            },
+            "batch" => Message::Files(vec![FileData {
                 index: 0,
                 data: bad,
-            }])
+            }]),
+            _ => Message::Sources(vec![SourcePath {
+                index: 0,
+                path: a
+                    .sb
+                    .path()
+                    .join("src/a.txt")
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            }]),
         });
         agent.send(&Message::DataEnd);
         let outcome = match agent.recv() {
@@ -1086,6 +1102,58 @@ fn content_not_matching_its_hash_is_not_installed() {
             "temp files left in `{}`",
             staged.display()
         );
+    }
+}
+
+#[test]
+fn source_paths_are_refused_unless_the_session_asked_for_them() {
+    let entries = [dir("d"), file("d/f", b"do not touch")];
+    let source = |index: u32, path: &Path| {
+        Message::Sources(vec![SourcePath {
+            index,
+            path: path.as_os_str().as_encoded_bytes().to_vec(),
+        }])
+    };
+    let cases: Vec<(bool, u32, &str, &str)> = vec![
+        (
+            false,
+            1,
+            "outside/secret.txt",
+            "source paths from a controller that is not on this machine",
+        ),
+        (true, 1, "", "source path of file #1 is not absolute"),
+        (
+            true,
+            7,
+            "outside/secret.txt",
+            "data for file #7 that was not asked for",
+        ),
+        (
+            true,
+            0,
+            "outside/secret.txt",
+            "data for file #0 that was not asked for",
+        ),
+    ];
+    for (local, index, path, fragment) in cases {
+        let a = Arena::new();
+        let path = if path.is_empty() {
+            PathBuf::from("outside/secret.txt")
+        } else {
+            a.sb.path().join(path)
+        };
+        let mut agent = a.agent();
+        let begin = Begin {
+            local_sources: local,
+            ..a.begin()
+        };
+        let wants = up_to_wants(&mut agent, begin, &entries);
+        assert_eq!(wants, [Want::Whole { index: 1 }]);
+        agent.send(&source(index, &path));
+        agent.send(&Message::DataEnd);
+        agent.exits_by_itself().assert_reported(fragment);
+        a.assert_untouched();
+        assert!(!a.dest().join("d/f").exists(), "{fragment}");
     }
 }
 
@@ -1246,6 +1314,7 @@ fn a_hang_up_in_the_middle_of_a_leaves_stream_leaves_no_temp_file() {
     let mut agent = a.agent();
     let begin = Begin {
         leaves: true,
+        local_sources: false,
         ..a.begin()
     };
     let wants = up_to_wants(&mut agent, begin, &entries);

@@ -320,6 +320,9 @@ fn flip(p: &Path) -> bool {
 
 /// One in-process sync of the project root to `dest`: scan with a persistent hash cache, then
 /// controller and agent over OS pipes.
+/// Syncs made so far, to alternate how files wanted whole get to the agent.
+static SYNCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn sync_in_process(src: &Path, dest: &Path, cache: &Path) -> (SourceTree, PushReport) {
     let filter = Filter::new(&[USER_IGNORE]).unwrap();
     let root = WalkRoot {
@@ -344,6 +347,9 @@ fn sync_in_process(src: &Path, dest: &Path, cache: &Path) -> (SourceTree, PushRe
         // Every model sync goes compressed: the agent must read what it gets either way.
         compress: true,
         leaves: true,
+        // Every other sync has the agent read the files it wants whole from the source tree;
+        // the rest get their bytes through the pipe (compressed).
+        local_sources: SYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 1,
     };
     let (agent_in, ctl_out) = std::io::pipe().unwrap();
     let (ctl_in, agent_out) = std::io::pipe().unwrap();

@@ -348,6 +348,7 @@ fn begin(dest: &str) -> Message {
         base: DestBase::Cwd,
         delta_min: sync_core::delta::DELTA_MIN_SIZE,
         leaves: false,
+        local_sources: false,
     })
 }
 

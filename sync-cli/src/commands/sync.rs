@@ -202,6 +202,7 @@ pub(crate) fn push_options(s: &SyncSettings, t: &Target) -> PushOptions {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         compress: s.compress && t.transport != Transport::Local,
         leaves: t.transport == Transport::Local,
+        local_sources: t.transport == Transport::Local,
     }
 }
 

@@ -26,7 +26,14 @@ use crate::stage::{
 use crate::walk::Problem;
 
 /// Small files for the writer pool, as `(manifest index, content)`.
-type Batch = Vec<(usize, Vec<u8>)>;
+type Batch = Vec<(usize, Payload)>;
+
+/// What a writer puts in place: bytes the controller sent, or a source file of a controller on
+/// this machine, read here (see [`Begin::local_sources`]).
+enum Payload {
+    Bytes(Vec<u8>),
+    Source(PathBuf),
+}
 
 /// Wants per `Want` frame; signatures are computed a batch at a time.
 const WANT_BATCH: usize = 512;
@@ -125,6 +132,9 @@ struct Ctx<'a> {
     old_leaves: HashMap<usize, OldLeaves>,
     /// The files this sync put in place or changed, by manifest index, for the saved state.
     written: Mutex<HashMap<usize, Installed>>,
+    /// Source paths are accepted: the controller said it is on this machine, and this agent
+    /// does not serve a session root.
+    local_sources: bool,
 }
 
 /// The old version of a file asked for by its leaves: its certified stamp (the leaves hold
@@ -220,6 +230,7 @@ pub(super) fn run<R: BufRead, W: Write + Send>(
             HashMap::new()
         },
         written: Mutex::new(HashMap::new()),
+        local_sources: begin.local_sources && opts.confine.is_none(),
     };
     let Structural {
         deleted,
@@ -665,20 +676,65 @@ fn receive<R: BufRead, W: Write + Send>(
 }
 
 fn writer(ctx: &Ctx<'_>, rx: &Mutex<Receiver<Batch>>) {
+    let mut buf = Vec::new();
     loop {
         let job = rx.lock().unwrap().recv();
         let Ok(batch) = job else { return };
-        for (index, data) in batch {
-            let res = ctx.stager.create().and_then(|mut staged| {
-                staged.write(&data)?;
-                ctx.install(index, staged)
-            });
+        for (index, payload) in batch {
+            let res = match payload {
+                Payload::Bytes(data) => ctx.stager.create().and_then(|mut staged| {
+                    staged.write(&data)?;
+                    ctx.install(index, staged)
+                }),
+                Payload::Source(path) => copy_source(ctx, index, &path, &mut buf),
+            };
             if let Err(e) = res {
                 ctx.problem(index, crate::agent::error_chain(&e));
             }
         }
     }
 }
+
+/// Puts file `index` in place from the controller's source file at `path`, read at most one
+/// byte past its manifest size (enough for the hash check to see a file that grew) and checked
+/// like data the controller sent.
+fn copy_source(
+    ctx: &Ctx<'_>,
+    index: usize,
+    path: &Path,
+    buf: &mut Vec<u8>,
+) -> Result<(), StageError> {
+    use std::io::Read;
+    let size = attrs(&ctx.want.entries()[index]).expect("files").size;
+    let unread = |source| StageError::Io {
+        op: "cannot read source file",
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = crate::hash::open_file(path).map_err(unread)?.take(size + 1);
+    let mut staged = ctx.stager.create()?;
+    buf.resize(size.saturating_add(1).min(SOURCE_BUF) as usize, 0);
+    loop {
+        let n = match crate::hash::read_full(&mut f, buf) {
+            Ok(n) => n,
+            Err(e) => {
+                staged.discard();
+                return Err(unread(e));
+            }
+        };
+        if let Err(e) = staged.write(&buf[..n]) {
+            staged.discard();
+            return Err(e);
+        }
+        if n < buf.len() {
+            break;
+        }
+    }
+    ctx.install(index, staged)
+}
+
+/// The buffer a writer reads source files with.
+const SOURCE_BUF: u64 = 256 << 10;
 
 /// What has been asked for in this round and not yet received.
 type Pending = Mutex<HashMap<usize, Expect>>;
@@ -898,7 +954,32 @@ fn receive_frames<'scope, 'env, R: BufRead>(
             Message::Files(files) => {
                 let mut batch = Vec::with_capacity(files.len());
                 for f in files {
-                    batch.push((take(pending, f.index, Expect::Whole)?, f.data));
+                    batch.push((
+                        take(pending, f.index, Expect::Whole)?,
+                        Payload::Bytes(f.data),
+                    ));
+                }
+                tx.send(batch)
+                    .map_err(|_| invalid("writer pool stopped".to_owned()))?;
+            }
+            Message::Sources(sources) => {
+                if !ctx.local_sources {
+                    return Err(invalid(
+                        "source paths from a controller that is not on this machine".to_owned(),
+                    ));
+                }
+                let mut batch = Vec::with_capacity(sources.len());
+                for s in sources {
+                    use std::os::unix::ffi::OsStringExt;
+                    let i = take(pending, s.index, Expect::Whole)?;
+                    let path = PathBuf::from(std::ffi::OsString::from_vec(s.path));
+                    if !path.is_absolute() {
+                        return Err(invalid(format!(
+                            "source path of file #{} is not absolute",
+                            s.index
+                        )));
+                    }
+                    batch.push((i, Payload::Source(path)));
                 }
                 tx.send(batch)
                     .map_err(|_| invalid("writer pool stopped".to_owned()))?;

@@ -33,6 +33,7 @@ pub fn probe(req: &ProbeRequest, opts: &AgentOptions) -> ProbeReport {
             base: req.base,
             delta_min: 0,
             leaves: false,
+            local_sources: false,
         };
         match resolve_dest(&begin, opts) {
             Ok(dir) => {

@@ -270,6 +270,7 @@ fn start(ws: &WorkerStart, plugin_dir: &Path, opts: &AgentOptions) -> Result<Sta
         base: ws.base,
         delta_min: 0,
         leaves: false,
+        local_sources: false,
     };
     let dir = super::resolve_dest(&begin, opts)?;
     let mut cmd = worker_command(&ws.python, ws.nice, &dir, &ws.env, plugin_dir, &ws.args);

@@ -34,17 +34,28 @@ pub fn opts(dest: &Path) -> PushOptions {
         version: "test".into(),
         compress: false,
         leaves: false,
+        local_sources: false,
     }
 }
 
 pub fn sync_with(tree: &SourceTree, o: &PushOptions) -> Result<PushReport, PushError> {
+    sync_confined(tree, o, None)
+}
+
+/// [`sync_with`] to an agent that serves the session root `confine` (as `rdist serve` does).
+pub fn sync_confined(
+    tree: &SourceTree,
+    o: &PushOptions,
+    confine: Option<&Path>,
+) -> Result<PushReport, PushError> {
     let (agent_in, ctl_out) = std::io::pipe().unwrap();
     let (ctl_in, agent_out) = std::io::pipe().unwrap();
+    let confine = confine.map(Path::to_owned);
     let agent = std::thread::spawn(move || {
         let opts = AgentOptions {
             version: "test".into(),
             threads: 2,
-            confine: None,
+            confine,
             home: None,
             cache_dir: None,
             token: None,
