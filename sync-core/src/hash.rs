@@ -307,8 +307,8 @@ const CACHE_MAGIC: &[u8; 8] = b"rdisthc\0";
 const CACHE_VERSION: u32 = 6;
 const HEADER: usize = 24;
 const ROW: usize = 72;
-/// The rows after the expected one that a look-up tries before the index: the files removed
-/// since the last scan, one after another.
+/// The rows a look-up tries before the index, the expected one first: room for a few files
+/// removed since the last scan, one after another.
 const AHEAD: usize = 8;
 
 /// A persistent map from a file's [`Stamp`] to its hash, and the directory listings of the

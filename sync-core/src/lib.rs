@@ -29,6 +29,27 @@ pub fn last_line(text: &str) -> Option<&str> {
     text.lines().rev().map(str::trim).find(|l| !l.is_empty())
 }
 
+/// The bytes of the regular file at `file`, opened without following a final symlink or
+/// waiting on a FIFO; empty when it is missing, unreadable, not a regular file or longer than
+/// `max`. For the files kept in a destination, which others may have replaced with anything.
+pub(crate) fn read_regular(file: &std::path::Path, max: u64) -> Vec<u8> {
+    use std::io::Read;
+    let read = || -> std::io::Result<Vec<u8>> {
+        let f = crate::hash::open_file(file)?;
+        let meta = f.metadata()?;
+        if !meta.is_file() || meta.len() > max {
+            return Ok(Vec::new());
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        f.take(max + 1).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    read()
+        .ok()
+        .filter(|b| b.len() as u64 <= max)
+        .unwrap_or_default()
+}
+
 /// Writes `bytes` to `file` through a temp file beside it (named for this process) renamed
 /// into place, so a reader sees the old file or the new one, never part of one.
 pub(crate) fn write_atomic(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -103,10 +103,7 @@ impl Listing {
 
 /// Reads the listings saved at `file`; none when it is missing or unreadable.
 pub fn load(file: &Path) -> Vec<Listing> {
-    std::fs::read(file)
-        .ok()
-        .and_then(|b| postcard::from_bytes(&b).ok())
-        .unwrap_or_default()
+    postcard::from_bytes(&crate::read_regular(file, 1 << 30)).unwrap_or_default()
 }
 
 /// Saves `listings` at `file`, atomically, creating its directory.

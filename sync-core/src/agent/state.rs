@@ -40,6 +40,9 @@ const STATE_FILE: &str = "state";
 /// The walk's directory listing: its own file, read before the walk (which needs it) while the
 /// state is read alongside the walk.
 const LISTING_FILE: &str = "listing";
+/// The largest state file read (a million files take about 150 MB); a larger one, like a
+/// damaged one, is no state.
+const MAX_STATE_BYTES: u64 = 1 << 30;
 
 /// The destination as it is, with the stamp of every regular file.
 pub struct Current {
@@ -162,7 +165,7 @@ pub fn current(dest: &Path, filter: &Filter) -> Current {
         dest_rel: None,
     };
     let known = listing::load(&listing_path(dest));
-    let bytes = std::fs::read(state_path(dest)).unwrap_or_default();
+    let bytes = crate::read_regular(&state_path(dest), MAX_STATE_BYTES);
     // Before any stamp is taken: a change older than this by the racy window is certified.
     let started = now_ns();
     let (saved, walk) = rayon::join(
@@ -455,6 +458,38 @@ mod tests {
             stamp: SaveStamp::Written(Stamp::of(&m)),
             leaves: &[],
         }
+    }
+
+    #[test]
+    fn a_state_or_listing_that_is_not_a_regular_file_is_no_state() {
+        // Put there by whoever else writes the destination: a FIFO would block the agent in
+        // `open` for good, a link to `/dev/zero` would have it read until memory runs out.
+        for name in [STATE_FILE, LISTING_FILE] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join(STATE_DIR)).unwrap();
+            std::fs::write(dir.path().join("a"), b"a").unwrap();
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                dir.path().join(STATE_DIR).join(name),
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                0,
+            )
+            .unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let dest = dir.path().to_owned();
+            std::thread::spawn(move || {
+                let filter = Filter::new::<&str>(&[]).unwrap();
+                tx.send(current(&dest, &filter).manifest.len()).unwrap();
+            });
+            let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+            assert_eq!(got.ok(), Some(1), "{name}: the agent waits on a FIFO");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(STATE_DIR)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join(STATE_DIR).join(STATE_FILE))
+            .unwrap();
+        assert!(crate::read_regular(&state_path(dir.path()), MAX_STATE_BYTES).is_empty());
     }
 
     #[test]
