@@ -13,6 +13,7 @@ use rustc_hash::FxHashMap;
 
 use crate::listing::Listing;
 use crate::manifest::{Hash, Stamp};
+use crate::sealed::HEADER;
 
 /// Files at least this big are hashed with several threads, [`BIG_BUF`] at a time.
 const PARALLEL_FILE_MIN: u64 = 4 << 20;
@@ -300,12 +301,10 @@ pub fn now_ns() -> i64 {
 /// decoding: a scan meets the files in the same order every time, so a look-up is mostly a
 /// comparison with the next row.
 ///
-/// Header: [`CACHE_MAGIC`], the XXH3-64 of everything after it (u64), the version and the
-/// number of rows (u32 each), all little-endian. A row: the [`Stamp`]'s dev, ino,
-/// size, mtime_ns and ctime_ns (8 bytes each, little-endian), then the hash.
+/// The header is [`crate::sealed`]'s, its count the number of rows. A row: the [`Stamp`]'s
+/// dev, ino, size, mtime_ns and ctime_ns (8 bytes each, little-endian), then the hash.
 const CACHE_MAGIC: &[u8; 8] = b"rdisthc\0";
 const CACHE_VERSION: u32 = 6;
-const HEADER: usize = 24;
 const ROW: usize = 72;
 /// The rows a look-up tries before the index, the expected one first: room for a few files
 /// removed since the last scan, one after another.
@@ -461,15 +460,11 @@ impl HashCache {
             return Ok(());
         }
         let rows = u32::try_from(self.new.len() / ROW).map_err(io::Error::other)?;
-        let mut bytes = Vec::with_capacity(HEADER + self.new.len() + (1 << 20));
-        bytes.extend_from_slice(CACHE_MAGIC);
-        bytes.extend_from_slice(&[0; 8]);
-        bytes.extend_from_slice(&CACHE_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&rows.to_le_bytes());
+        let capacity = HEADER + self.new.len() + (1 << 20);
+        let mut bytes = crate::sealed::start(CACHE_MAGIC, CACHE_VERSION, capacity);
         bytes.extend_from_slice(&self.new);
         let mut bytes = postcard::to_extend(&self.listings, bytes).map_err(io::Error::other)?;
-        let sum = xxhash_rust::xxh3::xxh3_64(&bytes[16..]);
-        bytes[8..16].copy_from_slice(&sum.to_le_bytes());
+        crate::sealed::seal(&mut bytes, rows);
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -480,17 +475,8 @@ impl HashCache {
 /// The number of rows and the listings of a cache file; `None` when it is not a whole cache
 /// file of this version.
 fn parse(bytes: &[u8]) -> Option<(usize, Vec<Listing>)> {
-    let header = bytes.get(..HEADER)?;
-    let u32_at = |k: usize| u32::from_le_bytes(header[k..k + 4].try_into().expect("4 bytes"));
-    let sum = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-    if header[..8] != *CACHE_MAGIC
-        || xxhash_rust::xxh3::xxh3_64(&bytes[16..]) != sum
-        || u32_at(16) != CACHE_VERSION
-    {
-        return None;
-    }
-    let rows = u32_at(20) as usize;
-    let tail = bytes.get(HEADER + rows.checked_mul(ROW)?..)?;
+    let (rows, body) = crate::sealed::open(bytes, CACHE_MAGIC, CACHE_VERSION)?;
+    let tail = body.get(rows.checked_mul(ROW)?..)?;
     match postcard::take_from_bytes::<Vec<Listing>>(tail).ok()? {
         (listings, []) => Some((rows, listings)),
         _ => None,

@@ -14,6 +14,7 @@ pub mod path;
 pub mod proto;
 pub mod push;
 pub mod scan;
+mod sealed;
 pub mod stage;
 pub mod walk;
 

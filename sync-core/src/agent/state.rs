@@ -22,20 +22,19 @@ use crate::hash::{Cv, hash_file_leaves, now_ns, stamp_from_row, stamp_row, stamp
 use crate::listing::{self, Listing};
 use crate::manifest::{Entry, Hash, Kind, Manifest, Stamp};
 use crate::path::RelPath;
+use crate::sealed::HEADER;
 use crate::stage::STATE_DIR;
 use crate::walk::{Found, Problem, WalkRoot, walk_listed};
 
 /// The state file: a header, a record per file, then the kept directories (postcard).
 ///
-/// Header: [`STATE_MAGIC`], the XXH3-64 of everything after it (u64), the version and the
-/// number of records (u32 each), all little-endian. A record: the stamp's dev, ino, size,
-/// mtime_ns and ctime_ns (8 bytes each), the hash (32), the path's length and the number of
-/// leaves (u32 each), the leaves' chaining values (32 bytes each), then the path. Written and
+/// The header is [`crate::sealed`]'s, its count the number of records. A record: the stamp's
+/// dev, ino, size, mtime_ns and ctime_ns (8 bytes each), the hash (32), the path's length and
+/// the number of leaves (u32 each), the leaves' chaining values (32 bytes each), then the path. Written and
 /// read with no serializer: tens of thousands of records are most of what saving the state at
 /// the end of a sync and reading it at the start cost.
 const STATE_MAGIC: &[u8; 8] = b"rdistst\0";
 const STATE_VERSION: u32 = 6;
-const HEADER: usize = 24;
 const STATE_FILE: &str = "state";
 /// The walk's directory listing: its own file, read before the walk (which needs it) while the
 /// state is read alongside the walk.
@@ -95,16 +94,7 @@ fn load_saved(bytes: &[u8]) -> LoadedState<'_> {
 }
 
 fn parse_state(bytes: &[u8]) -> Option<LoadedState<'_>> {
-    let (header, mut rest) = bytes.split_first_chunk::<HEADER>()?;
-    let u32_at = |k: usize| u32::from_le_bytes(header[k..k + 4].try_into().expect("4 bytes"));
-    let sum = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-    if header[..8] != *STATE_MAGIC
-        || xxhash_rust::xxh3::xxh3_64(&bytes[16..]) != sum
-        || u32_at(16) != STATE_VERSION
-    {
-        return None;
-    }
-    let n = u32_at(20) as usize;
+    let (n, mut rest) = crate::sealed::open(bytes, STATE_MAGIC, STATE_VERSION)?;
     let mut files = Vec::with_capacity(n.min(rest.len() / 80));
     for _ in 0..n {
         let (row, r) = rest.split_first_chunk::<80>()?;
@@ -134,11 +124,7 @@ fn encode_state<'a>(
     kept: &[RelPath],
     capacity: usize,
 ) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(capacity);
-    bytes.extend_from_slice(STATE_MAGIC);
-    bytes.extend_from_slice(&[0; 8]);
-    bytes.extend_from_slice(&STATE_VERSION.to_le_bytes());
-    bytes.extend_from_slice(&[0; 4]);
+    let mut bytes = crate::sealed::start(STATE_MAGIC, STATE_VERSION, capacity);
     let mut n = 0u32;
     for (path, stamp, hash, cvs) in files {
         let len = |k: usize| u32::try_from(k).map_err(std::io::Error::other);
@@ -151,9 +137,7 @@ fn encode_state<'a>(
         n += 1;
     }
     let mut bytes = postcard::to_extend(kept, bytes).map_err(std::io::Error::other)?;
-    bytes[20..24].copy_from_slice(&n.to_le_bytes());
-    let sum = xxhash_rust::xxh3::xxh3_64(&bytes[16..]);
-    bytes[8..16].copy_from_slice(&sum.to_le_bytes());
+    crate::sealed::seal(&mut bytes, n);
     Ok(bytes)
 }
 
