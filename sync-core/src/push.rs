@@ -58,7 +58,8 @@ pub struct PushReport {
     pub up_to_date: bool,
     pub plan: Plan,
     pub outcome: Outcome,
-    /// Manifest indices of the files sent, whole or by delta.
+    /// Manifest indices of the files sent, whole or by delta. (A file whose source path went
+    /// to a local agent counts unless the agent reports a problem with it: it read nothing.)
     pub sent: Vec<u32>,
     pub literal_bytes: u64,
     pub delta_bytes: u64,
@@ -455,6 +456,7 @@ fn transfer<R: Read + Send, W: Write + Send>(
             batch_bytes: 0,
             packed,
             local_sources,
+            sources: Vec::new(),
         };
         // After a failed write, the agent's own `Error` (if it sent one) explains it better.
         let explain = |e: PushError| -> PushError {
@@ -482,6 +484,7 @@ fn transfer<R: Read + Send, W: Write + Send>(
                 }
                 Ok(Ok(Message::Done(o))) => {
                     sender.report.outcome = o;
+                    sender.unsend_failed_sources();
                     break;
                 }
                 Ok(Ok(other)) => return Err(unexpected(&other, "Want or Done")),
@@ -519,6 +522,9 @@ struct Sender<'a, W: Write> {
     packed: bool,
     /// Answer wants for whole files with their paths (see [`PushOptions::local_sources`]).
     local_sources: bool,
+    /// The files answered with their paths, and their sizes: counted as sent when their paths
+    /// go, and taken back once the agent reports that it could not put one in place.
+    sources: Vec<(u32, u64)>,
 }
 
 impl<W: Write> Sender<'_, W> {
@@ -614,6 +620,7 @@ impl<W: Write> Sender<'_, W> {
                     });
                     self.report.sent.push(index);
                     self.report.literal_bytes += size;
+                    self.sources.push((index, size));
                     (self.progress)(1, size);
                 }
                 other => rest.push(other),
@@ -626,6 +633,33 @@ impl<W: Write> Sender<'_, W> {
             self.answer_rest(rest)?;
         }
         Ok(())
+    }
+
+    /// Takes back from the report the files answered with their paths that the agent could
+    /// not put in place (gone, unreadable or changed since the scan): their bytes never went
+    /// anywhere, as a file the controller cannot read is skipped and not counted either.
+    fn unsend_failed_sources(&mut self) {
+        if self.sources.is_empty() || self.report.outcome.problems.is_empty() {
+            return;
+        }
+        let m = &self.tree.manifest;
+        let problems: std::collections::HashSet<usize> = self
+            .report
+            .outcome
+            .problems
+            .iter()
+            .filter_map(|(p, _)| crate::path::RelPath::new(p.as_str()).ok())
+            .filter_map(|p| m.position(&p))
+            .collect();
+        let mut failed = std::collections::HashSet::new();
+        for &(index, size) in &self.sources {
+            if problems.contains(&(index as usize)) && failed.insert(index) {
+                self.report.literal_bytes = self.report.literal_bytes.saturating_sub(size);
+            }
+        }
+        if !failed.is_empty() {
+            self.report.sent.retain(|i| !failed.contains(i));
+        }
     }
 
     fn take_read(&mut self, read: Vec<(u32, std::io::Result<Vec<u8>>)>) -> Result<(), PushError> {

@@ -288,3 +288,32 @@ fn incremental_sync_sends_only_changed_directories_entries() {
         first.wire_sent - first.literal_bytes
     );
 }
+
+#[test]
+fn a_source_gone_before_it_is_read_is_not_reported_sent() {
+    // Removed after the scan: whether the controller reads it or the agent does (local
+    // sources), it is a problem, and neither counted nor listed as sent.
+    for local_sources in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        write(&src.join("a.py"), b"a = 1\n");
+        write(&src.join("gone.py"), b"gone = 1\n");
+        let tree = scan_dir(&src, &[]);
+        std::fs::remove_file(src.join("gone.py")).unwrap();
+        let dest = dir.path().join("dest");
+        let o = PushOptions {
+            local_sources,
+            ..opts(&dest)
+        };
+        let r = sync_with(&tree, &o).unwrap();
+        assert_eq!(r.outcome.problems.len(), 1, "{r:?}");
+        assert_eq!(r.outcome.problems[0].0, "gone.py", "{r:?}");
+        let a = tree
+            .manifest
+            .position(&sync_core::path::RelPath::new("a.py").unwrap())
+            .unwrap() as u32;
+        assert_eq!(r.sent, [a], "local_sources: {local_sources}");
+        assert_eq!(r.literal_bytes, 6, "local_sources: {local_sources}");
+        assert_eq!(r.outcome.files_written, 1);
+    }
+}

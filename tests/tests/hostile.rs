@@ -1343,3 +1343,42 @@ fn a_hang_up_in_the_middle_of_a_leaves_stream_leaves_no_temp_file() {
     assert!(left.is_empty(), "temp files left: {left:?}");
     assert_eq!(std::fs::read(a.dest().join("big.bin")).unwrap(), old);
 }
+
+/// A source path for a file whose manifest size is the largest there is: the agent reads at
+/// most one byte past it, which must not overflow (a panic in a writer took the agent down).
+#[test]
+fn a_source_for_the_largest_size_is_a_problem_not_a_panic() {
+    let a = Arena::with(|dest| {
+        write(&dest.parent().unwrap().join("src/a.txt"), "content");
+    });
+    let mut huge = file("a.txt", b"content");
+    if let Kind::File { size, .. } = &mut huge.kind {
+        *size = u64::MAX;
+    }
+    let mut agent = a.agent();
+    let begin = Begin {
+        local_sources: true,
+        ..a.begin()
+    };
+    let wants = up_to_wants(&mut agent, begin, &[huge]);
+    assert_eq!(wants, [Want::Whole { index: 0 }]);
+    agent.send(&Message::Sources(vec![SourcePath {
+        index: 0,
+        path: a
+            .sb
+            .path()
+            .join("src/a.txt")
+            .into_os_string()
+            .into_encoded_bytes(),
+    }]));
+    agent.send(&Message::DataEnd);
+    let outcome = match agent.recv() {
+        Message::Done(o) => o,
+        other => panic!("expected `Done`, got {other:?}"),
+    };
+    assert_eq!(outcome.files_written, 0, "{outcome:?}");
+    assert_eq!(outcome.problems.len(), 1, "{outcome:?}");
+    let ended = agent.finish();
+    assert!(ended.status.success(), "{}", ended.describe());
+    assert!(!a.dest().join("a.txt").exists());
+}

@@ -711,7 +711,9 @@ fn copy_source(
         path: path.to_owned(),
         source,
     };
-    let mut f = crate::hash::open_file(path).map_err(unread)?.take(size + 1);
+    let mut f = crate::hash::open_file(path)
+        .map_err(unread)?
+        .take(size.saturating_add(1));
     let mut staged = ctx.stager.create()?;
     buf.resize(size.saturating_add(1).min(SOURCE_BUF) as usize, 0);
     loop {
