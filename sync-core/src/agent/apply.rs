@@ -737,6 +737,9 @@ fn copy_source(
 
 /// The buffer a writer reads source files with.
 const SOURCE_BUF: u64 = 256 << 10;
+/// A writer's share of the source files of one frame: this many files, or this many bytes.
+const SOURCE_BATCH_FILES: usize = 32;
+const SOURCE_BATCH_BYTES: u64 = 1 << 20;
 
 /// What has been asked for in this round and not yet received.
 type Pending = Mutex<HashMap<usize, Expect>>;
@@ -970,8 +973,11 @@ fn receive_frames<'scope, 'env, R: BufRead>(
                         "source paths from a controller that is not on this machine".to_owned(),
                     ));
                 }
-                let mut batch = Vec::with_capacity(sources.len());
-                for s in sources {
+                // Split among the writers: one frame names up to a `Want` frame's worth of
+                // files, which one writer would copy one after another.
+                let (mut batch, mut bytes) = (Vec::new(), 0);
+                let last = sources.len().saturating_sub(1);
+                for (k, s) in sources.into_iter().enumerate() {
                     use std::os::unix::ffi::OsStringExt;
                     let i = take(pending, s.index, Expect::Whole)?;
                     let path = PathBuf::from(std::ffi::OsString::from_vec(s.path));
@@ -981,10 +987,15 @@ fn receive_frames<'scope, 'env, R: BufRead>(
                             s.index
                         )));
                     }
+                    bytes += attrs(&ctx.want.entries()[i]).map_or(0, |a| a.size);
                     batch.push((i, Payload::Source(path)));
+                    if k == last || batch.len() >= SOURCE_BATCH_FILES || bytes >= SOURCE_BATCH_BYTES
+                    {
+                        tx.send(std::mem::take(&mut batch))
+                            .map_err(|_| invalid("writer pool stopped".to_owned()))?;
+                        bytes = 0;
+                    }
                 }
-                tx.send(batch)
-                    .map_err(|_| invalid("writer pool stopped".to_owned()))?;
             }
             Message::Data { index, bytes, last } => {
                 let i = index as usize;
