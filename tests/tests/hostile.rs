@@ -1348,10 +1348,11 @@ fn a_hang_up_in_the_middle_of_a_leaves_stream_leaves_no_temp_file() {
 /// most one byte past it, which must not overflow (a panic in a writer took the agent down).
 #[test]
 fn a_source_for_the_largest_size_is_a_problem_not_a_panic() {
+    // One right-sized file first: the agent adds up the sizes of a frame's files.
     let a = Arena::with(|dest| {
         write(&dest.parent().unwrap().join("src/a.txt"), "content");
     });
-    let mut huge = file("a.txt", b"content");
+    let mut huge = file("b.txt", b"content");
     if let Kind::File { size, .. } = &mut huge.kind {
         *size = u64::MAX;
     }
@@ -1360,25 +1361,32 @@ fn a_source_for_the_largest_size_is_a_problem_not_a_panic() {
         local_sources: true,
         ..a.begin()
     };
-    let wants = up_to_wants(&mut agent, begin, &[huge]);
-    assert_eq!(wants, [Want::Whole { index: 0 }]);
-    agent.send(&Message::Sources(vec![SourcePath {
-        index: 0,
-        path: a
-            .sb
-            .path()
+    let wants = up_to_wants(&mut agent, begin, &[file("a.txt", b"content"), huge]);
+    assert_eq!(wants, [Want::Whole { index: 0 }, Want::Whole { index: 1 }]);
+    let source =
+        a.sb.path()
             .join("src/a.txt")
             .into_os_string()
-            .into_encoded_bytes(),
-    }]));
+            .into_encoded_bytes();
+    agent.send(&Message::Sources(vec![
+        SourcePath {
+            index: 0,
+            path: source.clone(),
+        },
+        SourcePath {
+            index: 1,
+            path: source,
+        },
+    ]));
     agent.send(&Message::DataEnd);
     let outcome = match agent.recv() {
         Message::Done(o) => o,
         other => panic!("expected `Done`, got {other:?}"),
     };
-    assert_eq!(outcome.files_written, 0, "{outcome:?}");
+    assert_eq!(outcome.files_written, 1, "{outcome:?}");
     assert_eq!(outcome.problems.len(), 1, "{outcome:?}");
+    assert_eq!(outcome.problems[0].0, "b.txt", "{outcome:?}");
     let ended = agent.finish();
     assert!(ended.status.success(), "{}", ended.describe());
-    assert!(!a.dest().join("a.txt").exists());
+    assert!(!a.dest().join("b.txt").exists());
 }

@@ -25,7 +25,7 @@ use crate::stage::{
 };
 use crate::walk::Problem;
 
-/// Small files for the writer pool, as `(manifest index, content)`.
+/// Files for the writer pool, as `(manifest index, what to put there)`.
 type Batch = Vec<(usize, Payload)>;
 
 /// What a writer puts in place: bytes the controller sent, or a source file of a controller on
@@ -987,7 +987,8 @@ fn receive_frames<'scope, 'env, R: BufRead>(
                             s.index
                         )));
                     }
-                    bytes += attrs(&ctx.want.entries()[i]).map_or(0, |a| a.size);
+                    bytes = attrs(&ctx.want.entries()[i])
+                        .map_or(bytes, |a| a.size.saturating_add(bytes));
                     batch.push((i, Payload::Source(path)));
                     if k == last || batch.len() >= SOURCE_BATCH_FILES || bytes >= SOURCE_BATCH_BYTES
                     {
