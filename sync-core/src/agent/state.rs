@@ -30,9 +30,9 @@ use crate::walk::{Found, Problem, WalkRoot, walk_listed};
 ///
 /// The header is [`crate::sealed`]'s, its count the number of records. A record: the stamp's
 /// dev, ino, size, mtime_ns and ctime_ns (8 bytes each), the hash (32), the path's length and
-/// the number of leaves (u32 each), the leaves' chaining values (32 bytes each), then the path. Written and
-/// read with no serializer: tens of thousands of records are most of what saving the state at
-/// the end of a sync and reading it at the start cost.
+/// the number of leaves (u32 each), the leaves' chaining values (32 bytes each), then the
+/// path. Written and read with no serializer: tens of thousands of records are most of what
+/// saving the state at the end of a sync and reading it at the start cost.
 const STATE_MAGIC: &[u8; 8] = b"rdistst\0";
 const STATE_VERSION: u32 = 6;
 const STATE_FILE: &str = "state";
