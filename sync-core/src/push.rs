@@ -675,10 +675,7 @@ impl<W: Write> Sender<'_, W> {
                         self.flush_batch()?;
                     }
                 }
-                Err(e) => self.send(&Message::Skip {
-                    index,
-                    reason: format!("cannot read on the controller: {e}"),
-                })?,
+                Err(e) => self.skip(index, format!("cannot read on the controller: {e}"))?,
             }
         }
         Ok(())
@@ -721,17 +718,11 @@ impl<W: Write> Sender<'_, W> {
             let n = match crate::hash::read_full(&mut f, &mut buf[..want]) {
                 Ok(n) => n,
                 Err(e) => {
-                    return self.send(&Message::Skip {
-                        index,
-                        reason: format!("read failed on the controller: {e}"),
-                    });
+                    return self.skip(index, format!("read failed on the controller: {e}"));
                 }
             };
             if n < want {
-                return self.send(&Message::Skip {
-                    index,
-                    reason: "file shrank while syncing".to_owned(),
-                });
+                return self.skip(index, "file shrank while syncing".to_owned());
             }
             left -= n as u64;
             self.report.literal_bytes += n as u64;
@@ -763,10 +754,7 @@ impl<W: Write> Sender<'_, W> {
         let mut buf = Vec::new();
         for chunk in 0..chunks {
             if let Err(e) = read_new_chunk(&mut f, &mut buf) {
-                return self.send(&Message::Skip {
-                    index,
-                    reason: format!("read failed on the controller: {e}"),
-                });
+                return self.skip(index, format!("read failed on the controller: {e}"));
             }
             let delta = differ
                 .diff(chunk, &buf)
@@ -847,10 +835,7 @@ impl<W: Write> Sender<'_, W> {
             } else {
                 buf.resize(len as usize, 0);
                 if let Err(e) = f.read_exact_at(&mut buf, at) {
-                    return self.send(&Message::Skip {
-                        index,
-                        reason: format!("read failed on the controller: {e}"),
-                    });
+                    return self.skip(index, format!("read failed on the controller: {e}"));
                 }
                 delta::literal(&buf)
             };
