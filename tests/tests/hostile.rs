@@ -1303,21 +1303,9 @@ fn a_leaf_copied_to_another_offset_does_not_pass_the_hash_check() {
 fn a_hang_up_in_the_middle_of_a_leaves_stream_leaves_no_temp_file() {
     const LEAF: usize = sync_core::hash::LEAF as usize;
     let old = noise(4 * LEAF, 7);
-    let a = Arena::with(|dest| {
-        std::fs::create_dir_all(dest.join(".rdist")).unwrap();
-        std::fs::write(dest.join("big.bin"), &old).unwrap();
-    });
-    std::thread::sleep(std::time::Duration::from_millis(80));
     let mut new = old.clone();
     new[10] ^= 1;
-    let entries = [file("big.bin", &new)];
-    let mut agent = a.agent();
-    let begin = Begin {
-        leaves: true,
-        local_sources: false,
-        ..a.begin()
-    };
-    let wants = up_to_wants(&mut agent, begin, &entries);
+    let (a, mut agent, wants) = leaves_session(&old, &[file("big.bin", &new)]);
     assert!(
         matches!(wants[..], [Want::Leaves { index: 0, .. }]),
         "{wants:?}"
